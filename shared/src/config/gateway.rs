@@ -1,0 +1,1 @@
+//! `gateway.toml`: listeners, trusted proxies, health checks and the node list.

@@ -1,0 +1,328 @@
+//! `node.toml`: the settings of one `stickyio-node`, including its `[cluster]`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{ConfigError, Duration, Validate, Violation};
+
+/// Environment variable that can carry the mesh secret instead of the file.
+pub const SECRET_ENV: &str = "STICKYIO_CLUSTER_SECRET";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Address the Socket.IO and HTTP server binds.
+    pub listen: SocketAddr,
+    /// This node's name: shown on the demo page, in `message.node` and metrics.
+    pub name: String,
+    #[serde(default = "defaults::ping_interval")]
+    pub ping_interval: Duration,
+    #[serde(default = "defaults::ping_timeout")]
+    pub ping_timeout: Duration,
+    /// Largest Engine.IO payload accepted from a client, in bytes.
+    #[serde(default = "defaults::max_payload")]
+    pub max_payload: u64,
+    /// Most patterns one socket may hold at once.
+    #[serde(default = "defaults::max_subscriptions")]
+    pub max_subscriptions: usize,
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's own URL as its peers dial it; skipped in `cluster_nodes`.
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default = "defaults::standalone")]
+    pub standalone: bool,
+    /// Every node of the mesh, this one included or not.
+    #[serde(default)]
+    pub cluster_nodes: Vec<String>,
+    /// The mesh secret inline. Prefer `secret_file` or the environment.
+    #[serde(default, skip_serializing)]
+    pub secret: Option<String>,
+    /// A file holding the mesh secret, relative to the config file.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    #[serde(default = "defaults::retry_interval")]
+    pub retry_interval: Duration,
+    /// Relay frames queued per peer link before new ones are dropped.
+    #[serde(default = "defaults::link_queue")]
+    pub link_queue: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            host: None,
+            standalone: defaults::standalone(),
+            cluster_nodes: Vec::new(),
+            secret: None,
+            secret_file: None,
+            retry_interval: defaults::retry_interval(),
+            link_queue: defaults::link_queue(),
+        }
+    }
+}
+
+mod defaults {
+    use super::Duration;
+    pub fn ping_interval() -> Duration {
+        Duration::from_secs(25)
+    }
+    pub fn ping_timeout() -> Duration {
+        Duration::from_secs(20)
+    }
+    pub fn max_payload() -> u64 {
+        1_000_000
+    }
+    pub fn max_subscriptions() -> usize {
+        100
+    }
+    pub fn standalone() -> bool {
+        true
+    }
+    pub fn retry_interval() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn link_queue() -> usize {
+        4096
+    }
+}
+
+impl NodeConfig {
+    /// Reads, validates and resolves `node.toml`: a relative `secret_file`
+    /// is taken from the config file's directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let mut config: NodeConfig = super::load(path)?;
+        if let (Some(file), Some(dir)) = (&config.cluster.secret_file, path.parent()) {
+            if file.is_relative() {
+                config.cluster.secret_file = Some(dir.join(file));
+            }
+        }
+        Ok(config)
+    }
+
+    /// A standalone node on `listen` with every other setting at its default.
+    pub fn standalone(name: impl Into<String>, listen: SocketAddr) -> Self {
+        NodeConfig {
+            listen,
+            name: name.into(),
+            ping_interval: defaults::ping_interval(),
+            ping_timeout: defaults::ping_timeout(),
+            max_payload: defaults::max_payload(),
+            max_subscriptions: defaults::max_subscriptions(),
+            cluster: ClusterConfig::default(),
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Peer URLs to dial: `cluster_nodes` without this node's own `host`.
+    pub fn peers(&self) -> Vec<String> {
+        let own = self.host.as_deref().map(normalize_url);
+        self.cluster_nodes
+            .iter()
+            .filter(|u| Some(normalize_url(u)) != own)
+            .cloned()
+            .collect()
+    }
+
+    /// The mesh secret: inline, else `secret_file`, else the environment.
+    pub fn resolve_secret(&self) -> Result<Option<String>, SecretError> {
+        if let Some(s) = &self.secret {
+            return Ok(Some(s.clone()));
+        }
+        if let Some(path) = &self.secret_file {
+            let text = std::fs::read_to_string(path).map_err(|source| SecretError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let secret = text.trim().to_owned();
+            if secret.is_empty() {
+                return Err(SecretError::Empty(path.clone()));
+            }
+            return Ok(Some(secret));
+        }
+        Ok(std::env::var(SECRET_ENV).ok().filter(|s| !s.is_empty()))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("cluster.secret_file {}: cannot read: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cluster.secret_file {}: the file is empty", .0.display())]
+    Empty(PathBuf),
+}
+
+fn normalize_url(url: &str) -> String {
+    url.trim_end_matches('/').to_ascii_lowercase()
+}
+
+impl Validate for NodeConfig {
+    fn validate(&self) -> Result<(), Violation> {
+        if self.name.is_empty() || self.name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(Violation::new("name", "must be non-empty, without spaces or control characters"));
+        }
+        if self.ping_interval.get().is_zero() {
+            return Err(Violation::new("ping_interval", "must be greater than 0"));
+        }
+        if self.ping_timeout.get().is_zero() {
+            return Err(Violation::new("ping_timeout", "must be greater than 0"));
+        }
+        if self.max_payload < 1024 {
+            return Err(Violation::new("max_payload", "must be at least 1024 bytes"));
+        }
+        if self.max_subscriptions == 0 {
+            return Err(Violation::new("max_subscriptions", "must be at least 1"));
+        }
+        self.cluster.validate()
+    }
+}
+
+impl ClusterConfig {
+    fn validate(&self) -> Result<(), Violation> {
+        for (i, url) in self.cluster_nodes.iter().enumerate() {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(Violation::new(
+                    format!("cluster.cluster_nodes[{i}]"),
+                    format!("{url:?} is not an http:// or https:// URL"),
+                ));
+            }
+        }
+        if let Some(host) = &self.host {
+            if !(host.starts_with("http://") || host.starts_with("https://")) {
+                return Err(Violation::new("cluster.host", format!("{host:?} is not an http:// or https:// URL")));
+            }
+        }
+        if self.secret.is_some() && self.secret_file.is_some() {
+            return Err(Violation::new("cluster.secret_file", "set either `secret` or `secret_file`, not both"));
+        }
+        if self.secret.as_deref() == Some("") {
+            return Err(Violation::new("cluster.secret", "must not be empty"));
+        }
+        if self.retry_interval.get().is_zero() {
+            return Err(Violation::new("cluster.retry_interval", "must be greater than 0"));
+        }
+        if self.link_queue == 0 {
+            return Err(Violation::new("cluster.link_queue", "must be at least 1"));
+        }
+        if self.standalone {
+            return Ok(());
+        }
+        if self.host.is_none() {
+            return Err(Violation::new("cluster.standalone", "a clustered node needs `cluster.host`, its own URL as peers dial it"));
+        }
+        if self.peers().is_empty() {
+            return Err(Violation::new(
+                "cluster.cluster_nodes",
+                "standalone = false needs at least one peer other than this node's own `host`",
+            ));
+        }
+        let env_secret = std::env::var(SECRET_ENV).is_ok_and(|s| !s.is_empty());
+        if self.secret.is_none() && self.secret_file.is_none() && !env_secret {
+            return Err(Violation::new(
+                "cluster.standalone",
+                format!("standalone = false needs a mesh secret: set `secret_file`, `secret`, or {SECRET_ENV}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+
+    const FULL: &str = r#"
+listen = "0.0.0.0:3001"
+name = "node-a"
+ping_interval = "25s"
+ping_timeout = "20s"
+max_payload = 1000000
+
+[cluster]
+host = "http://127.0.0.1:3001"
+standalone = false
+cluster_nodes = ["http://127.0.0.1:3001", "http://127.0.0.1:3002", "http://127.0.0.1:3003"]
+secret = "s3cret"
+retry_interval = "5s"
+"#;
+
+    #[test]
+    fn design_example_parses_and_skips_own_host() {
+        let c: NodeConfig = parse(FULL, "node.toml").unwrap();
+        assert_eq!(c.name, "node-a");
+        assert_eq!(c.cluster.retry_interval, Duration::from_secs(5));
+        assert_eq!(c.cluster.peers(), vec!["http://127.0.0.1:3002", "http://127.0.0.1:3003"]);
+        assert_eq!(c.cluster.resolve_secret().unwrap().as_deref(), Some("s3cret"));
+    }
+
+    #[test]
+    fn defaults_are_standalone() {
+        let c: NodeConfig = parse("listen = \"127.0.0.1:0\"\nname = \"n\"\n", "n.toml").unwrap();
+        assert!(c.cluster.standalone);
+        assert_eq!(c.ping_interval, Duration::from_secs(25));
+        assert_eq!(c.max_payload, 1_000_000);
+    }
+
+    #[test]
+    fn clustered_without_secret_is_an_error_at_the_cluster_table() {
+        let text = FULL.replace("secret = \"s3cret\"\n", "");
+        if std::env::var(SECRET_ENV).is_ok() {
+            return;
+        }
+        let err = parse::<NodeConfig>(&text, "node.toml").unwrap_err().to_string();
+        assert!(err.starts_with("node.toml:10:14: `cluster.standalone`: standalone = false needs a mesh secret"), "{err}");
+    }
+
+    #[test]
+    fn clustered_with_only_itself_is_an_error() {
+        let text = FULL.replace(
+            r#"["http://127.0.0.1:3001", "http://127.0.0.1:3002", "http://127.0.0.1:3003"]"#,
+            r#"["http://127.0.0.1:3001/"]"#,
+        );
+        let err = parse::<NodeConfig>(&text, "node.toml").unwrap_err().to_string();
+        assert!(err.contains("`cluster.cluster_nodes`: standalone = false needs at least one peer"), "{err}");
+        assert!(err.starts_with("node.toml:11:17:"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_located() {
+        let err = parse::<NodeConfig>("listen = \"nope\"\nname = \"n\"\n", "n.toml").unwrap_err().to_string();
+        assert!(err.starts_with("n.toml:1:10:"), "{err}");
+        let err = parse::<NodeConfig>("listen = \"127.0.0.1:1\"\nname = \"n\"\nping_timeout = \"soon\"\n", "n.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("n.toml:3:16:") && err.contains("invalid duration"), "{err}");
+        let err = parse::<NodeConfig>("listen = \"127.0.0.1:1\"\nname = \"n\"\n[cluster]\ncluster_nodes = [\"ftp://x\"]\n", "n.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`cluster.cluster_nodes[0]`: \"ftp://x\" is not an http"), "{err}");
+    }
+
+    #[test]
+    fn secret_file_is_resolved_relative_to_the_config() {
+        let dir = std::env::temp_dir().join(format!("stickyio-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("mesh.secret"), "from-file\n").unwrap();
+        let text = FULL.replace("secret = \"s3cret\"", "secret_file = \"mesh.secret\"");
+        std::fs::write(dir.join("node.toml"), text).unwrap();
+        let c = NodeConfig::load(&dir.join("node.toml")).unwrap();
+        assert_eq!(c.cluster.resolve_secret().unwrap().as_deref(), Some("from-file"));
+        std::fs::write(dir.join("mesh.secret"), "\n").unwrap();
+        let err = c.cluster.resolve_secret().unwrap_err().to_string();
+        assert!(err.ends_with("the file is empty"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

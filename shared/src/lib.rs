@@ -1,0 +1,7 @@
+//! What the stickyio gateway, nodes and tests must agree on.
+//!
+//! - [`config`]: typed `gateway.toml` and `node.toml`, with `file:line:column` errors.
+//! - [`message`]: a publication as delivered to sockets and relayed between nodes.
+
+pub mod config;
+pub mod message;
