@@ -2,6 +2,8 @@
 //!
 //! - [`config`]: typed `gateway.toml` and `node.toml`, with `file:line:column` errors.
 //! - [`message`]: a publication as delivered to sockets and relayed between nodes.
+//! - [`topic`]: topic names and subscription patterns (`*`, `#`): validation and matching.
 
 pub mod config;
 pub mod message;
+pub mod topic;
