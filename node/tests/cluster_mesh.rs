@@ -2,17 +2,20 @@
 //! bare socketioxide servers that host only `/cluster`, with raw
 //! rust_socketio clients playing well-behaved and hostile peers.
 
-mod cluster_support;
+#[path = "cluster_support/forwarder.rs"]
+mod forwarder;
+#[path = "cluster_support/peer.rs"]
+mod peer;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use cluster_support::forwarder::Forwarder;
-use futures_util::FutureExt;
-use rust_socketio::asynchronous::{Client, ClientBuilder};
-use rust_socketio::{Event, Payload};
+use forwarder::Forwarder;
+use peer::{next_event, no_event, raw_peer};
+use rust_socketio::Payload;
 use serde_json::json;
 use socketioxide::SocketIo;
+use stickyio_node::Relay;
 use stickyio_node::mesh::{Deliver, LinkState, Mesh};
 use stickyio_shared::config::Duration as ConfigDuration;
 use stickyio_shared::config::node::NodeConfig;
@@ -22,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::{sleep, timeout};
+use tokio_util::sync::CancellationToken;
 
 const SECRET: &str = "mesh-test-secret";
 const RETRY: Duration = Duration::from_millis(300);
@@ -48,6 +52,10 @@ struct Bare {
 impl Bare {
     fn publication(&self, id: u64, topic: &str) -> Publication {
         publication(&self.name, &format!("{}-{id}", self.name), topic)
+    }
+
+    fn relay(&self, publication: &Publication) {
+        self.mesh.relay(&Arc::new(publication.clone()));
     }
 
     /// Stops like a node: links first, then every socket, then the listener.
@@ -94,7 +102,7 @@ fn serve(
     let (svc, io) = SocketIo::builder()
         .max_payload(io_config.max_payload)
         .build_svc();
-    let mesh = Mesh::start(io_config, deliver).unwrap();
+    let mesh = Mesh::start(io_config, deliver, CancellationToken::new()).unwrap();
     mesh.register(&io);
     let server = tokio::spawn(async move {
         let mut connections = JoinSet::new();
@@ -172,38 +180,6 @@ async fn nothing_more(inbox: &mut mpsc::UnboundedReceiver<Publication>) {
     }
 }
 
-/// A hand-driven `/cluster` client; its callbacks only forward into a channel.
-async fn raw_peer(
-    url: &str,
-    auth: serde_json::Value,
-) -> (Client, mpsc::UnboundedReceiver<(String, String)>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let any = tx.clone();
-    let client = ClientBuilder::new(url)
-        .namespace("/cluster")
-        .auth(auth)
-        .reconnect(false)
-        .on(Event::Error, move |p, _| {
-            let _ = tx.send(("error".into(), format!("{p:?}")));
-            async {}.boxed()
-        })
-        .on_any(move |event, p, _| {
-            let _ = any.send((String::from(event), format!("{p:?}")));
-            async {}.boxed()
-        })
-        .connect()
-        .await
-        .unwrap();
-    (client, rx)
-}
-
-async fn next_event(rx: &mut mpsc::UnboundedReceiver<(String, String)>) -> (String, String) {
-    timeout(WAIT, rx.recv())
-        .await
-        .expect("an event in time")
-        .expect("client open")
-}
-
 #[tokio::test]
 async fn two_nodes_relay_each_publication_once_each_way() {
     let (la, a_url) = bind().await;
@@ -214,8 +190,8 @@ async fn two_nodes_relay_each_publication_once_each_way() {
     eventually("both links are up", || linked(&a) && linked(&b)).await;
 
     for i in 0..20 {
-        a.mesh.relay(&a.publication(i, "chat.room1"));
-        b.mesh.relay(&b.publication(i, "chat.room2"));
+        a.relay(&a.publication(i, "chat.room1"));
+        b.relay(&b.publication(i, "chat.room2"));
     }
     for i in 0..20 {
         assert_eq!(
@@ -256,11 +232,11 @@ async fn relayed_publications_are_never_relayed_again() {
     .await;
 
     let original = a.publication(1, "news.eu");
-    a.mesh.relay(&original);
+    a.relay(&original);
     let at_b = next(&mut b.inbox).await;
     assert_eq!(next(&mut c.inbox).await, original);
     // Even if a node tried, a publication of another origin does not leave it.
-    b.mesh.relay(&at_b);
+    b.relay(&at_b);
     nothing_more(&mut b.inbox).await;
     nothing_more(&mut c.inbox).await;
     for node in [a, b, c] {
@@ -284,14 +260,14 @@ async fn a_first_dial_that_fails_is_retried_until_the_peer_appears() {
         a.mesh.status().ready,
         "an unreachable peer does not hold readiness back"
     );
-    a.mesh.relay(&a.publication(1, "lost.while.down"));
+    a.relay(&a.publication(1, "lost.while.down"));
 
     let lb = TcpListener::bind(b_url.trim_start_matches("http://"))
         .await
         .unwrap();
     let mut b = start("node-b", lb, &b_url, &nodes, SECRET).await;
     eventually("A's link to B is up", || linked(&a)).await;
-    a.mesh.relay(&a.publication(2, "after.the.redial"));
+    a.relay(&a.publication(2, "after.the.redial"));
     assert_eq!(
         next(&mut b.inbox).await.id,
         "node-a-2",
@@ -325,8 +301,8 @@ async fn a_node_with_the_wrong_secret_is_refused_both_ways() {
         "a peer that answers but refuses is a problem to report"
     );
 
-    a.mesh.relay(&a.publication(1, "x"));
-    b.mesh.relay(&b.publication(1, "x"));
+    a.relay(&a.publication(1, "x"));
+    b.relay(&b.publication(1, "x"));
     nothing_more(&mut a.inbox).await;
     nothing_more(&mut b.inbox).await;
     a.stop().await;
@@ -365,6 +341,7 @@ async fn clients_without_the_secret_are_refused_and_cannot_inject() {
         let _ = client
             .emit("relay", Payload::Binary(frame.clone().into()))
             .await;
+        no_event(&mut events, Duration::from_millis(200)).await;
         let _ = client.disconnect().await;
     }
     nothing_more(&mut a.inbox).await;
@@ -446,7 +423,7 @@ async fn a_lost_link_is_noticed_and_redialled_when_the_peer_returns() {
         "{:?}",
         restarted.elapsed()
     );
-    a.mesh.relay(&a.publication(1, "after.restart"));
+    a.relay(&a.publication(1, "after.restart"));
     assert_eq!(next(&mut b.inbox).await.id, "node-a-1");
     a.stop().await;
     b.stop().await;
@@ -483,8 +460,8 @@ async fn a_cut_link_loses_only_its_own_traffic_and_heals() {
             && state_of(&b, &b_to_a.url) == Some(LinkState::Down)
     })
     .await;
-    a.mesh.relay(&a.publication(1, "during.cut"));
-    b.mesh.relay(&b.publication(1, "during.cut"));
+    a.relay(&a.publication(1, "during.cut"));
+    b.relay(&b.publication(1, "during.cut"));
     let mut at_c = vec![next(&mut c.inbox).await.id, next(&mut c.inbox).await.id];
     at_c.sort();
     assert_eq!(at_c, ["node-a-1", "node-b-1"], "C still hears both");
@@ -495,8 +472,8 @@ async fn a_cut_link_loses_only_its_own_traffic_and_heals() {
     a_to_b.restore();
     b_to_a.restore();
     eventually("A and B are linked again", || linked(&a) && linked(&b)).await;
-    a.mesh.relay(&a.publication(2, "after.cut"));
-    b.mesh.relay(&b.publication(2, "after.cut"));
+    a.relay(&a.publication(2, "after.cut"));
+    b.relay(&b.publication(2, "after.cut"));
     assert_eq!(next(&mut b.inbox).await.id, "node-a-2");
     assert_eq!(next(&mut a.inbox).await.id, "node-b-2");
     for node in [a, b, c] {

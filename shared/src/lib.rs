@@ -3,7 +3,9 @@
 //! - [`config`]: typed `gateway.toml` and `node.toml`, with `file:line:column` errors.
 //! - [`message`]: a publication as delivered to sockets and relayed between nodes.
 //! - [`relay`]: the frame that carries a publication from one node to a peer.
+//! - [`topic`]: topic names and subscription patterns (`*`, `#`): validation and matching.
 
 pub mod config;
 pub mod message;
 pub mod relay;
+pub mod topic;

@@ -14,6 +14,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::message::Publication;
+use crate::topic::{Topic, TopicError};
 
 /// The frame version this build writes and reads.
 pub const FRAME_VERSION: u64 = 1;
@@ -32,6 +33,8 @@ pub enum FrameError {
         field: &'static str,
         reason: &'static str,
     },
+    #[error("relay frame topic: {0}")]
+    Topic(#[from] TopicError),
 }
 
 impl FrameError {
@@ -42,6 +45,7 @@ impl FrameError {
             FrameError::UnsupportedVersion(_) => "unsupported_version",
             FrameError::Malformed(_) => "malformed",
             FrameError::Invalid { .. } => "invalid",
+            FrameError::Topic(_) => "invalid_topic",
         }
     }
 }
@@ -113,7 +117,9 @@ pub fn decode(bytes: &[u8], max_len: usize) -> Result<Publication, FrameError> {
     require_text("id", &frame.id)?;
     require_text("node", &frame.node)?;
     require_text("senderId", &frame.sender_id)?;
-    check_topic(&frame.topic)?;
+    // The origin validated the topic; checked again so a peer's frame can
+    // never reach subscribers as a wildcard or malformed topic.
+    Topic::parse(&frame.topic)?;
     Ok(Publication {
         id: frame.id,
         topic: frame.topic,
@@ -136,27 +142,6 @@ fn require_text(field: &'static str, value: &str) -> Result<(), FrameError> {
             field,
             reason: "contains control characters",
         });
-    }
-    Ok(())
-}
-
-/// A relayed topic must be concrete: the origin validated it, but a frame
-/// with a wildcard would otherwise be matched as a pattern by a subscriber.
-fn check_topic(topic: &str) -> Result<(), FrameError> {
-    require_text("topic", topic)?;
-    for segment in topic.split('.') {
-        if segment.is_empty() {
-            return Err(FrameError::Invalid {
-                field: "topic",
-                reason: "has an empty segment",
-            });
-        }
-        if segment == "*" || segment == "#" {
-            return Err(FrameError::Invalid {
-                field: "topic",
-                reason: "contains a wildcard",
-            });
-        }
     }
     Ok(())
 }
@@ -282,22 +267,6 @@ mod tests {
                 json!(""),
                 "relay frame field `senderId` is empty",
             ),
-            ("topic", json!(""), "relay frame field `topic` is empty"),
-            (
-                "topic",
-                json!("a..b"),
-                "relay frame field `topic` has an empty segment",
-            ),
-            (
-                "topic",
-                json!("news.*"),
-                "relay frame field `topic` contains a wildcard",
-            ),
-            (
-                "topic",
-                json!("news.#"),
-                "relay frame field `topic` contains a wildcard",
-            ),
         ];
         for (field, value, expected) in cases {
             let mut v = serde_json::to_value(publication()).unwrap();
@@ -306,6 +275,35 @@ mod tests {
             let err = decode(&frame(v), 1024).unwrap_err();
             assert_eq!(err.to_string(), expected);
             assert_eq!(err.kind(), "invalid");
+        }
+    }
+
+    #[test]
+    fn refuses_topics_that_are_not_concrete() {
+        let cases = [
+            ("", "relay frame topic: topic is empty"),
+            (
+                "a..b",
+                "relay frame topic: segment 2 of topic \"a..b\" is empty",
+            ),
+            (
+                "news.*",
+                "relay frame topic: segment 2 of topic \"news.*\" contains the wildcard '*'",
+            ),
+            (
+                "news.#",
+                "relay frame topic: segment 2 of topic \"news.#\" contains the wildcard '#'",
+            ),
+        ];
+        for (topic, expected) in cases {
+            let bytes = serde_json::to_vec(&json!({
+                "v": 1, "id": "a-1", "node": "a", "topic": topic,
+                "content": null, "senderId": "s", "createdAt": 1
+            }))
+            .unwrap();
+            let err = decode(&bytes, 1024).unwrap_err();
+            assert!(err.to_string().starts_with(expected), "{err}");
+            assert_eq!(err.kind(), "invalid_topic");
         }
     }
 }

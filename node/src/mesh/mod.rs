@@ -7,9 +7,10 @@
 //! no echo to the origin, and no partition while the links are up, whatever
 //! order nodes start in. Lost links are redialled every `retry_interval`.
 //!
-//! [`Mesh`] ties the two together for the node: it relays publications, adds
-//! `/cluster` to the node's `SocketIo`, reports link status for `/readyz` and
-//! counters for `/metrics`.
+//! [`Mesh`] ties the two together for the node: it is the topic service's
+//! [`Relay`], adds `/cluster` to the node's `SocketIo`, reports link status
+//! for `/readyz` and counters for `/metrics`. [`attach`] plugs it into a
+//! [`Node`] before it serves.
 
 mod dedup;
 mod link;
@@ -17,7 +18,7 @@ mod listener;
 mod metrics;
 mod secret;
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -29,6 +30,10 @@ use stickyio_shared::message::Publication;
 use stickyio_shared::relay;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use crate::readiness::{Check, Readiness};
+use crate::server::Node;
+use crate::topics::{Relay, TopicService};
 
 pub use link::{LinkState, LinkStatus};
 pub use listener::{Deliver, InboundStatus, NAMESPACE, Refusal};
@@ -87,15 +92,19 @@ pub struct Mesh {
 
 impl Mesh {
     /// Resolves the secret and starts a link to every peer of `config`.
-    /// Relayed publications are handed to `deliver`. Needs a Tokio runtime.
-    pub fn start(config: &NodeConfig, deliver: Arc<dyn Deliver>) -> Result<Arc<Mesh>, MeshError> {
+    /// Relayed publications are handed to `deliver`. The links stop when
+    /// `shutdown` is cancelled. Needs a Tokio runtime.
+    pub fn start(
+        config: &NodeConfig,
+        deliver: Arc<dyn Deliver>,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Mesh>, MeshError> {
         let cluster = &config.cluster;
         let secret = Secret::new(cluster.resolve_secret()?.ok_or(MeshError::NoSecret)?);
         let retry_interval = cluster.retry_interval.get();
         let max_frame = usize::try_from(config.max_payload).unwrap_or(usize::MAX);
         let boot = rand::random::<u64>();
         let metrics = Arc::new(MeshMetrics::default());
-        let shutdown = CancellationToken::new();
         let (links, tasks) = cluster
             .peers()
             .into_iter()
@@ -141,39 +150,6 @@ impl Mesh {
         self.metrics.register(registry);
     }
 
-    /// Sends a publication made on this node once over each link. Never
-    /// waits: a peer whose queue is full or whose link is down misses it, and
-    /// the drop is counted. Publications of other nodes are never relayed.
-    pub fn relay(&self, publication: &Publication) {
-        if publication.node != self.node {
-            tracing::debug!(
-                origin = publication.node,
-                "not relaying a publication of another node"
-            );
-            return;
-        }
-        let frame = match relay::encode(publication) {
-            Ok(frame) => Bytes::from(frame),
-            Err(e) => {
-                tracing::error!(id = publication.id, "cannot encode a relay frame: {e}");
-                return;
-            }
-        };
-        if frame.len() > self.max_frame {
-            tracing::warn!(
-                id = publication.id,
-                "not relaying a publication: its {}-byte frame exceeds max_payload ({})",
-                frame.len(),
-                self.max_frame
-            );
-            self.links.iter().for_each(|link| link.drop_too_large());
-            return;
-        }
-        for link in &self.links {
-            link.relay(&frame);
-        }
-    }
-
     /// Every peer's links. Ready means linked to every reachable peer: each
     /// link is up, or down because its peer cannot be reached. A link still
     /// on its first dial, or refused by a peer that answered, is not ready.
@@ -213,6 +189,83 @@ impl Mesh {
             }
         }
     }
+}
+
+impl Relay for Mesh {
+    /// Sends a publication made on this node once over each link. Never
+    /// waits: a peer whose queue is full or whose link is down misses it, and
+    /// the drop is counted. Publications of other nodes are never relayed.
+    fn relay(&self, publication: &Arc<Publication>) {
+        if publication.node != self.node {
+            tracing::debug!(
+                origin = publication.node,
+                "not relaying a publication of another node"
+            );
+            return;
+        }
+        let frame = match relay::encode(publication) {
+            Ok(frame) => Bytes::from(frame),
+            Err(e) => {
+                tracing::error!(id = publication.id, "cannot encode a relay frame: {e}");
+                return;
+            }
+        };
+        if frame.len() > self.max_frame {
+            tracing::warn!(
+                id = publication.id,
+                "not relaying a publication: its {}-byte frame exceeds max_payload ({})",
+                frame.len(),
+                self.max_frame
+            );
+            self.links.iter().for_each(|link| link.drop_too_large());
+            return;
+        }
+        for link in &self.links {
+            link.relay(&frame);
+        }
+    }
+}
+
+impl Readiness for Mesh {
+    fn name(&self) -> &str {
+        "mesh"
+    }
+
+    fn check(&self) -> Check {
+        let status = self.status();
+        Check {
+            ready: status.ready,
+            detail: serde_json::json!({ "peers": status.peers }),
+        }
+    }
+}
+
+/// Relayed publications go to the node's topic service, held weakly: the
+/// service holds the mesh as its relay, and a strong reference back would
+/// keep both alive after the node stops.
+struct LocalDelivery(Weak<TopicService>);
+
+impl Deliver for LocalDelivery {
+    fn deliver(&self, publication: &Publication) -> usize {
+        self.0
+            .upgrade()
+            .map_or(0, |topics| topics.deliver_relayed(publication))
+    }
+}
+
+/// Plugs a mesh into a prepared node: `/cluster` on its `SocketIo`, the
+/// relay on its topic service, counters on `/metrics`, link status on
+/// `/readyz`. `config` is normally [`Node::config`]; tests that bind every
+/// node on port 0 first pass the cluster they learned afterwards. The links
+/// stop when the node shuts down.
+pub fn attach(node: &Node, config: &NodeConfig) -> Result<Arc<Mesh>, MeshError> {
+    let deliver = Arc::new(LocalDelivery(Arc::downgrade(node.topics())));
+    let mesh = Mesh::start(config, deliver, node.shutdown_token())?;
+    mesh.register(node.io());
+    node.with_registry(|registry| mesh.register_metrics(registry));
+    node.add_readiness(mesh.clone());
+    node.topics().set_relay(mesh.clone());
+    Ok(mesh)
 }
 
 impl Drop for Mesh {
