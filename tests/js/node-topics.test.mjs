@@ -109,6 +109,21 @@ for (const transport of ["polling", "websocket"]) {
       return reply.id;
     }
 
+    it("answers a request sent the moment the socket connects", async () => {
+      // Repeated because the race it guards against (an event arriving
+      // before the server registered its handlers) does not lose every time.
+      for (let i = 0; i < 20; i++) {
+        const socket = io(node.url, { transports: [transport], reconnection: false, forceNew: true, timeout: WAIT_MS });
+        sockets.push(socket);
+        const reply = await new Promise((resolve, reject) => {
+          socket.once("connect", () => request(socket, "subscriptions").then(resolve, reject));
+          socket.once("connect_error", reject);
+        });
+        assert.deepEqual(reply, { ok: true, patterns: [] });
+        socket.close();
+      }
+    });
+
     it("news.* gets news.eu but not news.eu.fr; news.# gets both", async () => {
       const star = await connect();
       const hash = await connect();
