@@ -419,7 +419,8 @@ impl Logs {
 /// without `retry_interval` redials every 5 s, and says so.
 #[tokio::test]
 async fn by_default_a_failed_dial_is_retried_every_five_seconds() {
-    let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // A port freed on an address no other test binds: refused, every time.
+    let gone = tokio::net::TcpListener::bind("127.77.0.1:0").await.unwrap();
     let peer = format!("http://{}", gone.local_addr().unwrap());
     drop(gone);
     let toml = format!(

@@ -78,7 +78,13 @@ fn publication(node: &str, id: &str, topic: &str) -> Publication {
 }
 
 async fn bind() -> (TcpListener, String) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    bind_at("127.0.0.1").await
+}
+
+/// Binds on a loopback address of its own, for a test that frees a port and
+/// binds it again: no other test or client can take it in between.
+async fn bind_at(ip: &str) -> (TcpListener, String) {
+    let listener = TcpListener::bind((ip, 0)).await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     (listener, url)
 }
@@ -247,7 +253,7 @@ async fn relayed_publications_are_never_relayed_again() {
 #[tokio::test]
 async fn a_first_dial_that_fails_is_retried_until_the_peer_appears() {
     let (la, a_url) = bind().await;
-    let (lb, b_url) = bind().await;
+    let (lb, b_url) = bind_at("127.78.0.1").await;
     // Nothing listens on B's port yet.
     drop(lb);
     let nodes = [a_url.as_str(), b_url.as_str()];
@@ -394,7 +400,7 @@ async fn a_duplicated_frame_is_delivered_once_and_bad_frames_are_dropped() {
 #[tokio::test]
 async fn a_lost_link_is_noticed_and_redialled_when_the_peer_returns() {
     let (la, a_url) = bind().await;
-    let (lb, b_url) = bind().await;
+    let (lb, b_url) = bind_at("127.78.0.2").await;
     let nodes = [a_url.as_str(), b_url.as_str()];
     let a = start("node-a", la, &a_url, &nodes, SECRET).await;
     let b = start("node-b", lb, &b_url, &nodes, SECRET).await;

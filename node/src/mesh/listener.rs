@@ -184,6 +184,8 @@ impl Listener {
             listener.connected(&node, -1);
             std::future::ready(())
         });
+        // Last: a link sends nothing before `welcome`, so its frames always
+        // find the handlers above in place.
         if let Err(e) = s.emit("welcome", &serde_json::json!({ "node": self.node })) {
             tracing::warn!(sid = %s.id, "could not welcome a peer: {e}");
         }

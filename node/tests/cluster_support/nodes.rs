@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -19,6 +20,9 @@ use tokio::time::{sleep, timeout};
 use super::client::WAIT;
 
 pub const SECRET: &str = "cluster-test-secret";
+
+/// Clusters started so far by this test binary; `127.77.0.*` stays unused.
+static CLUSTERS: AtomicU8 = AtomicU8::new(1);
 
 enum Slot {
     Prepared(Node),
@@ -46,12 +50,15 @@ async fn prepare(i: usize, listen: SocketAddr) -> Node {
 }
 
 impl Cluster {
-    /// Binds `n` nodes on `127.0.0.1:0`; none serves until [`Cluster::start`].
+    /// Binds `n` nodes on port 0; none serves until [`Cluster::start`].
+    /// Each cluster has loopback addresses of its own (`127.77.<k>.<i>`), so
+    /// a node restarted on its port cannot find it taken by another test.
     pub async fn bind(n: usize, retry: Duration) -> Cluster {
+        let k = CLUSTERS.fetch_add(1, Ordering::Relaxed);
         let mut slots = Vec::new();
         let mut addrs = Vec::new();
         for i in 0..n {
-            let node = prepare(i, "127.0.0.1:0".parse().unwrap()).await;
+            let node = prepare(i, SocketAddr::from(([127, 77, k, i as u8 + 1], 0))).await;
             addrs.push(node.local_addr());
             slots.push(Slot::Prepared(node));
         }
