@@ -196,7 +196,7 @@ impl Cluster {
 }
 
 /// Polls `check` every 50 ms until it holds; panics after about [`WAIT`].
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
+async fn eventually<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
