@@ -119,7 +119,7 @@ pub struct Link {
 #[derive(Debug, thiserror::Error)]
 enum LinkError {
     #[error("{0}")]
-    Client(#[from] rust_socketio::Error),
+    Client(String),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     #[error("refused by the peer: {0}")]
@@ -128,6 +128,26 @@ enum LinkError {
     Closed,
     #[error("{0}")]
     Transport(String),
+    #[error("this node is shutting down")]
+    ShuttingDown,
+}
+
+impl From<rust_socketio::Error> for LinkError {
+    /// rust_socketio's own messages are terse ("EngineIO Error"): the causes
+    /// say what actually failed, e.g. "Connection refused".
+    fn from(e: rust_socketio::Error) -> Self {
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !text.contains(&cause_text) {
+                text.push_str(": ");
+                text.push_str(&cause_text);
+            }
+            source = cause.source();
+        }
+        LinkError::Client(text)
+    }
 }
 
 /// What rust_socketio's callbacks report to the link task.
@@ -235,10 +255,7 @@ impl Link {
         let mut unsent: Option<Bytes> = None;
         loop {
             tracing::info!(peer = url, "Trying to connect to {url}");
-            let dialed = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                dialed = dial(&settings) => dialed,
-            };
+            let dialed = dial(&settings, &shutdown).await;
             let end = match dialed {
                 Ok((client, mut events, node)) => {
                     tracing::info!(peer = url, node = node.as_deref(), "Linked to {url}");
@@ -260,15 +277,12 @@ impl Link {
                 }
             };
             match end {
-                End::Shutdown => {
+                End::Shutdown | End::Lost(LinkError::ShuttingDown) => {
                     self.set_down(LinkState::Down, Some("this node is shutting down".into()));
                     return;
                 }
                 End::Lost(LinkError::Refused(reason)) => {
-                    tracing::error!(
-                        peer = url,
-                        "{url} refused this node's link: {reason} (check cluster.secret)"
-                    );
+                    tracing::error!(peer = url, "{url} refused this node's link: {reason}");
                     self.set_down(LinkState::Refused, Some(reason));
                 }
                 End::Lost(e) => {
@@ -370,6 +384,7 @@ impl Link {
 /// `welcome` when the secret was accepted, a connect error when refused.
 async fn dial(
     settings: &LinkSettings,
+    shutdown: &CancellationToken,
 ) -> Result<(Client, mpsc::Receiver<PeerEvent>, Option<String>), LinkError> {
     let (tx, mut events) = mpsc::channel(EVENT_QUEUE);
     let on_welcome = tx.clone();
@@ -393,17 +408,25 @@ async fn dial(
             let _ = on_close.try_send(PeerEvent::Closed);
             async {}.boxed()
         });
-    let client = tokio::time::timeout(CONNECT_TIMEOUT, builder.connect())
-        .await
-        .map_err(|_| LinkError::Timeout(CONNECT_TIMEOUT))??;
-    let answer = match tokio::time::timeout(CONNECT_TIMEOUT, events.recv()).await {
-        Ok(Some(PeerEvent::Welcome(node))) => return Ok((client, events, node)),
-        Ok(Some(PeerEvent::Error(text))) => match text.strip_prefix(CONNECT_ERROR) {
-            Some(refusal) => LinkError::Refused(refusal_message(refusal)),
-            None => LinkError::Transport(text),
+    // Cancelling the handshake is safe: rust_socketio spawns its reader
+    // task only once connected, and from then on the client is closed below.
+    let client = tokio::select! {
+        _ = shutdown.cancelled() => return Err(LinkError::ShuttingDown),
+        connected = tokio::time::timeout(CONNECT_TIMEOUT, builder.connect()) => {
+            connected.map_err(|_| LinkError::Timeout(CONNECT_TIMEOUT))??
+        }
+    };
+    let answer = tokio::select! {
+        _ = shutdown.cancelled() => LinkError::ShuttingDown,
+        answer = tokio::time::timeout(CONNECT_TIMEOUT, events.recv()) => match answer {
+            Ok(Some(PeerEvent::Welcome(node))) => return Ok((client, events, node)),
+            Ok(Some(PeerEvent::Error(text))) => match text.strip_prefix(CONNECT_ERROR) {
+                Some(refusal) => LinkError::Refused(refusal_message(refusal)),
+                None => LinkError::Transport(text),
+            },
+            Ok(Some(PeerEvent::Closed) | None) => LinkError::Closed,
+            Err(_) => LinkError::Timeout(CONNECT_TIMEOUT),
         },
-        Ok(Some(PeerEvent::Closed) | None) => LinkError::Closed,
-        Err(_) => LinkError::Timeout(CONNECT_TIMEOUT),
     };
     close(&client).await;
     Err(answer)
