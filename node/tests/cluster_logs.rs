@@ -65,6 +65,9 @@ async fn by_default_a_failed_dial_is_retried_every_five_seconds() {
         "{text}"
     );
     assert!(text.contains(&format!("Link to {peer} failed")), "{text}");
-    assert!(text.contains("Connection refused"), "the cause is named: {text}");
+    assert!(
+        text.contains("Connection refused"),
+        "the cause is named: {text}"
+    );
     node.shutdown().await.unwrap();
 }
