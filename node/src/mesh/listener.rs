@@ -74,8 +74,6 @@ pub struct InboundStatus {
     pub connected: bool,
     /// When it last connected or disconnected, in ms since the Unix epoch.
     pub since: u64,
-    /// Relayed publications received from the peer and delivered.
-    pub messages_in: u64,
 }
 
 #[derive(Debug)]
@@ -272,13 +270,14 @@ impl Listener {
         Some(InboundStatus {
             connected: entry.sockets > 0,
             since: super::millis(entry.since),
-            messages_in: self
-                .metrics
-                .relayed_in
-                .get_or_create(&OriginLabels {
-                    origin: node.to_owned(),
-                })
-                .get(),
         })
+    }
+
+    /// Relayed publications received from peer `node` and delivered.
+    pub fn messages_in(&self, node: &str) -> u64 {
+        let origin = OriginLabels {
+            origin: node.to_owned(),
+        };
+        self.metrics.relayed_in.get_or_create(&origin).get()
     }
 }

@@ -159,13 +159,10 @@ impl Mesh {
             .iter()
             .map(|link| {
                 let link = link.status();
-                let inbound = link
-                    .node
-                    .as_deref()
-                    .and_then(|node| self.listener.inbound(node));
+                let node = link.node.as_deref();
                 PeerStatus {
-                    messages_in: inbound.as_ref().map_or(0, |i| i.messages_in),
-                    inbound,
+                    messages_in: node.map_or(0, |node| self.listener.messages_in(node)),
+                    inbound: node.and_then(|node| self.listener.inbound(node)),
                     link,
                 }
             })
