@@ -57,6 +57,17 @@ fn expect(ids: &[&String]) -> BTreeSet<String> {
     ids.iter().map(|id| id.to_string()).collect()
 }
 
+fn id(message: &Value) -> String {
+    message["id"].as_str().expect("an id").to_owned()
+}
+
+/// The value of one series in Prometheus text, e.g. `name{labels}`.
+fn sample(metrics: &str, series: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
 fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
@@ -290,6 +301,68 @@ async fn a_cut_link_loses_only_that_pair_and_heals() {
     for client in &mut clients {
         assert_eq!(client.receive(1).await[0]["id"], from_a.as_str());
     }
+    cluster.stop().await;
+}
+
+/// B reads nothing from A (its link stalls), with a queue of 8 per link:
+/// A keeps acking publishes and C gets every one, while what B cannot take
+/// is dropped and counted. When B reads again it gets what was in flight,
+/// each once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_peer_never_holds_back_publishes_to_others() {
+    const COUNT: usize = 200;
+    let mut cluster = Cluster::bind(3, RETRY).await;
+    cluster.link_queue = 8;
+    let a_to_b = Forwarder::start(&cluster.url(1)).await;
+    cluster.route(0, 1, &a_to_b.url);
+    cluster.start().await;
+    cluster
+        .links_become(&Cluster::pairs(&[0, 1, 2]), "up")
+        .await;
+    let publisher = TopicClient::connect(&cluster.url(0)).await;
+    let mut at_b = TopicClient::connect(&cluster.url(1)).await;
+    let mut at_c = TopicClient::connect(&cluster.url(2)).await;
+    at_b.subscribe(&["bulk.*"]).await;
+    at_c.subscribe(&["bulk.*"]).await;
+
+    a_to_b.stall();
+    let bulk = "x".repeat(40_000);
+    let mut published = Vec::new();
+    for _ in 0..COUNT {
+        published.push(publisher.publish("bulk.data", json!(bulk)).await);
+    }
+    let at_c_ids: Vec<String> = at_c.take(COUNT).await.iter().map(id).collect();
+    assert_eq!(at_c_ids, published, "C gets every publish, in order");
+    let link = cluster.link(0, 1).await;
+    assert!(link["dropped"].as_u64().unwrap() > 0, "{link}");
+    let queue_full = format!(
+        "stickyio_node_cluster_dropped_total{{node=\"node-a\",peer=\"{}\",reason=\"queue_full\"}}",
+        a_to_b.url
+    );
+    let metrics = cluster.metrics(0).await;
+    assert!(
+        sample(&metrics, &queue_full).is_some_and(|n| n > 0),
+        "{metrics}"
+    );
+
+    a_to_b.restore();
+    let mut at_b_ids = Vec::new();
+    for _ in 0..COUNT {
+        match at_b.within(GRACE * 2).await {
+            Some(m) => at_b_ids.push(id(&m)),
+            None => break,
+        }
+    }
+    assert!(
+        !at_b_ids.is_empty() && at_b_ids.len() < COUNT,
+        "B got {} of {COUNT}",
+        at_b_ids.len()
+    );
+    let mut expected = published.iter().filter(|id| at_b_ids.contains(id));
+    assert!(
+        at_b_ids.iter().all(|id| Some(id) == expected.next()),
+        "each once, in order: {at_b_ids:?}"
+    );
     cluster.stop().await;
 }
 

@@ -101,6 +101,11 @@ impl TopicClient {
             .expect("a message in time")
     }
 
+    /// The next `message` event, if one comes within `wait`.
+    pub async fn within(&mut self, wait: Duration) -> Option<Value> {
+        timeout(wait, self.messages.recv()).await.ok().flatten()
+    }
+
     /// The next `count` messages.
     pub async fn take(&mut self, count: usize) -> Vec<Value> {
         let mut received = Vec::with_capacity(count);

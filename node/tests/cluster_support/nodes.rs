@@ -32,6 +32,8 @@ enum Slot {
 
 pub struct Cluster {
     pub retry: Duration,
+    /// `cluster.link_queue` of every node.
+    pub link_queue: usize,
     addrs: Vec<SocketAddr>,
     routes: HashMap<(usize, usize), String>,
     secrets: Vec<String>,
@@ -64,6 +66,7 @@ impl Cluster {
         }
         Cluster {
             retry,
+            link_queue: NodeConfig::standalone("n", addrs[0]).cluster.link_queue,
             addrs,
             routes: HashMap::new(),
             secrets: vec![SECRET.to_owned(); n],
@@ -102,6 +105,7 @@ impl Cluster {
             .collect();
         config.cluster.secret = Some(self.secrets[i].clone());
         config.cluster.retry_interval = ConfigDuration(self.retry);
+        config.cluster.link_queue = self.link_queue;
         config
     }
 
