@@ -36,13 +36,13 @@ use crate::server::Node;
 use crate::topics::{Relay, TopicService};
 
 pub use link::{LinkState, LinkStatus};
-pub use listener::{Deliver, InboundStatus, NAMESPACE, Refusal};
-pub use secret::Secret;
+pub use listener::{Deliver, InboundStatus};
 
 use dedup::Dedup;
 use link::{Link, LinkSettings};
 use listener::Listener;
 use metrics::MeshMetrics;
+use secret::Secret;
 
 /// Relayed ids remembered per node; far above what one node relays between
 /// a link failing and its redial.
