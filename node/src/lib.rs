@@ -1,1 +1,35 @@
-//! placeholder
+//! `stickyio-node`: a Socket.IO server (socketioxide on hyper 1) with a topic
+//! publish/subscribe API, plus health, readiness, metrics and a demo page.
+//!
+//! - [`server`]: bind, plug in, serve, shut down ([`Node`], [`RunningNode`]).
+//! - [`topics`]: subscriptions and delivery ([`TopicService`], [`Relay`]).
+//! - `index`: the pattern trie that makes a publish cost what it delivers.
+//! - `api`: the Socket.IO events of the topic API and their acks.
+//! - `routes`, `readiness`, [`metrics`], `demo`: the HTTP side.
+//! - [`cli`]: the `stickyio-node` command line.
+//!
+//! Tests and the launcher run nodes in-process:
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), stickyio_node::NodeError> {
+//! use stickyio_shared::config::node::NodeConfig;
+//! let config = NodeConfig::standalone("node-a", "127.0.0.1:0".parse().unwrap());
+//! let node = stickyio_node::Node::bind(config).await?;
+//! println!("serving on {}", node.local_addr());
+//! node.shutdown().await
+//! # }
+//! ```
+
+mod api;
+pub mod cli;
+mod demo;
+mod index;
+pub mod metrics;
+mod readiness;
+mod routes;
+pub mod server;
+pub mod topics;
+
+pub use readiness::{Check, Readiness};
+pub use server::{Node, NodeError, RunningNode};
+pub use topics::{ErrorCode, Relay, TopicError, TopicService};

@@ -44,9 +44,9 @@ impl<'de> Deserialize<'de> for Duration {
                 f.write_str("a duration string such as \"5s\" or \"250ms\"")
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
-                humantime::parse_duration(v)
-                    .map(Duration)
-                    .map_err(|e| E::custom(format!("invalid duration {v:?}: {e} (write e.g. \"5s\")")))
+                humantime::parse_duration(v).map(Duration).map_err(|e| {
+                    E::custom(format!("invalid duration {v:?}: {e} (write e.g. \"5s\")"))
+                })
             }
         }
         d.deserialize_str(Visitor)
@@ -80,7 +80,10 @@ mod tests {
     fn refuses_bare_numbers_and_garbage() {
         let e = toml::from_str::<T>("d = 5").err().unwrap().to_string();
         assert!(e.contains("a duration string"), "{e}");
-        let e = toml::from_str::<T>("d = \"5 parsecs\"").err().unwrap().to_string();
+        let e = toml::from_str::<T>("d = \"5 parsecs\"")
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("invalid duration \"5 parsecs\""), "{e}");
     }
 

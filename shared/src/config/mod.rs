@@ -171,6 +171,12 @@ mod tests {
     }
 
     #[test]
+    fn valid_text_parses() {
+        let s: Sample = parse("name = \"x\"\n[[items]]\nid = 1\n", "s.toml").unwrap();
+        assert_eq!((s.name.as_str(), s.items.len()), ("x", 1));
+    }
+
+    #[test]
     fn syntax_error_points_at_line_and_column() {
         let err = parse::<Sample>("name = \"x\"\nitems = [ oops ]\n", "s.toml").unwrap_err();
         let loc = err.location().unwrap();
@@ -199,6 +205,9 @@ mod tests {
     #[test]
     fn missing_file_names_the_path() {
         let err = load::<Sample>(Path::new("/nonexistent/s.toml")).unwrap_err();
-        assert!(err.to_string().starts_with("/nonexistent/s.toml: cannot read config"));
+        assert!(
+            err.to_string()
+                .starts_with("/nonexistent/s.toml: cannot read config")
+        );
     }
 }

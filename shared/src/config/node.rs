@@ -27,6 +27,11 @@ pub struct NodeConfig {
     /// Most patterns one socket may hold at once.
     #[serde(default = "defaults::max_subscriptions")]
     pub max_subscriptions: usize,
+    /// Largest `content` of one publish, in bytes of JSON; bigger ones are
+    /// refused with `too_large`. A frame over `max_payload` never gets that far:
+    /// the transport closes the connection first.
+    #[serde(default = "defaults::max_message_bytes")]
+    pub max_message_bytes: usize,
     #[serde(default)]
     pub cluster: ClusterConfig,
 }
@@ -83,6 +88,9 @@ mod defaults {
     pub fn max_subscriptions() -> usize {
         100
     }
+    pub fn max_message_bytes() -> usize {
+        64 * 1024
+    }
     pub fn standalone() -> bool {
         true
     }
@@ -99,10 +107,10 @@ impl NodeConfig {
     /// is taken from the config file's directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let mut config: NodeConfig = super::load(path)?;
-        if let (Some(file), Some(dir)) = (&config.cluster.secret_file, path.parent()) {
-            if file.is_relative() {
-                config.cluster.secret_file = Some(dir.join(file));
-            }
+        if let (Some(file), Some(dir)) = (&config.cluster.secret_file, path.parent())
+            && file.is_relative()
+        {
+            config.cluster.secret_file = Some(dir.join(file));
         }
         Ok(config)
     }
@@ -116,6 +124,7 @@ impl NodeConfig {
             ping_timeout: defaults::ping_timeout(),
             max_payload: defaults::max_payload(),
             max_subscriptions: defaults::max_subscriptions(),
+            max_message_bytes: defaults::max_message_bytes(),
             cluster: ClusterConfig::default(),
         }
     }
@@ -170,8 +179,16 @@ fn normalize_url(url: &str) -> String {
 
 impl Validate for NodeConfig {
     fn validate(&self) -> Result<(), Violation> {
-        if self.name.is_empty() || self.name.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err(Violation::new("name", "must be non-empty, without spaces or control characters"));
+        if self.name.is_empty()
+            || self
+                .name
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace())
+        {
+            return Err(Violation::new(
+                "name",
+                "must be non-empty, without spaces or control characters",
+            ));
         }
         if self.ping_interval.get().is_zero() {
             return Err(Violation::new("ping_interval", "must be greater than 0"));
@@ -184,6 +201,12 @@ impl Validate for NodeConfig {
         }
         if self.max_subscriptions == 0 {
             return Err(Violation::new("max_subscriptions", "must be at least 1"));
+        }
+        if self.max_message_bytes == 0 {
+            return Err(Violation::new(
+                "max_message_bytes",
+                "must be at least 1 byte",
+            ));
         }
         self.cluster.validate()
     }
@@ -199,19 +222,28 @@ impl ClusterConfig {
                 ));
             }
         }
-        if let Some(host) = &self.host {
-            if !(host.starts_with("http://") || host.starts_with("https://")) {
-                return Err(Violation::new("cluster.host", format!("{host:?} is not an http:// or https:// URL")));
-            }
+        if let Some(host) = &self.host
+            && !(host.starts_with("http://") || host.starts_with("https://"))
+        {
+            return Err(Violation::new(
+                "cluster.host",
+                format!("{host:?} is not an http:// or https:// URL"),
+            ));
         }
         if self.secret.is_some() && self.secret_file.is_some() {
-            return Err(Violation::new("cluster.secret_file", "set either `secret` or `secret_file`, not both"));
+            return Err(Violation::new(
+                "cluster.secret_file",
+                "set either `secret` or `secret_file`, not both",
+            ));
         }
         if self.secret.as_deref() == Some("") {
             return Err(Violation::new("cluster.secret", "must not be empty"));
         }
         if self.retry_interval.get().is_zero() {
-            return Err(Violation::new("cluster.retry_interval", "must be greater than 0"));
+            return Err(Violation::new(
+                "cluster.retry_interval",
+                "must be greater than 0",
+            ));
         }
         if self.link_queue == 0 {
             return Err(Violation::new("cluster.link_queue", "must be at least 1"));
@@ -220,7 +252,10 @@ impl ClusterConfig {
             return Ok(());
         }
         if self.host.is_none() {
-            return Err(Violation::new("cluster.standalone", "a clustered node needs `cluster.host`, its own URL as peers dial it"));
+            return Err(Violation::new(
+                "cluster.standalone",
+                "a clustered node needs `cluster.host`, its own URL as peers dial it",
+            ));
         }
         if self.peers().is_empty() {
             return Err(Violation::new(
@@ -232,7 +267,9 @@ impl ClusterConfig {
         if self.secret.is_none() && self.secret_file.is_none() && !env_secret {
             return Err(Violation::new(
                 "cluster.standalone",
-                format!("standalone = false needs a mesh secret: set `secret_file`, `secret`, or {SECRET_ENV}"),
+                format!(
+                    "standalone = false needs a mesh secret: set `secret_file`, `secret`, or {SECRET_ENV}"
+                ),
             ));
         }
         Ok(())
@@ -264,8 +301,14 @@ retry_interval = "5s"
         let c: NodeConfig = parse(FULL, "node.toml").unwrap();
         assert_eq!(c.name, "node-a");
         assert_eq!(c.cluster.retry_interval, Duration::from_secs(5));
-        assert_eq!(c.cluster.peers(), vec!["http://127.0.0.1:3002", "http://127.0.0.1:3003"]);
-        assert_eq!(c.cluster.resolve_secret().unwrap().as_deref(), Some("s3cret"));
+        assert_eq!(
+            c.cluster.peers(),
+            vec!["http://127.0.0.1:3002", "http://127.0.0.1:3003"]
+        );
+        assert_eq!(
+            c.cluster.resolve_secret().unwrap().as_deref(),
+            Some("s3cret")
+        );
     }
 
     #[test]
@@ -274,6 +317,25 @@ retry_interval = "5s"
         assert!(c.cluster.standalone);
         assert_eq!(c.ping_interval, Duration::from_secs(25));
         assert_eq!(c.max_payload, 1_000_000);
+        assert_eq!(c.max_message_bytes, 65_536);
+    }
+
+    #[test]
+    fn max_message_bytes_is_read_and_validated() {
+        let base = "listen = \"127.0.0.1:0\"\nname = \"n\"\n";
+        let c: NodeConfig = parse(&format!("{base}max_message_bytes = 1000\n"), "n.toml").unwrap();
+        assert_eq!(c.max_message_bytes, 1000);
+        let err = parse::<NodeConfig>(&format!("{base}max_message_bytes = 0\n"), "n.toml")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "n.toml:3:21: `max_message_bytes`: must be at least 1 byte"
+        );
+        let err = parse::<NodeConfig>(&format!("{base}max_message_bytes = -1\n"), "n.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("n.toml:3:21: "), "{err}");
     }
 
     #[test]
@@ -282,8 +344,15 @@ retry_interval = "5s"
         if std::env::var(SECRET_ENV).is_ok() {
             return;
         }
-        let err = parse::<NodeConfig>(&text, "node.toml").unwrap_err().to_string();
-        assert!(err.starts_with("node.toml:10:14: `cluster.standalone`: standalone = false needs a mesh secret"), "{err}");
+        let err = parse::<NodeConfig>(&text, "node.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "node.toml:10:14: `cluster.standalone`: standalone = false needs a mesh secret"
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -292,23 +361,42 @@ retry_interval = "5s"
             r#"["http://127.0.0.1:3001", "http://127.0.0.1:3002", "http://127.0.0.1:3003"]"#,
             r#"["http://127.0.0.1:3001/"]"#,
         );
-        let err = parse::<NodeConfig>(&text, "node.toml").unwrap_err().to_string();
-        assert!(err.contains("`cluster.cluster_nodes`: standalone = false needs at least one peer"), "{err}");
+        let err = parse::<NodeConfig>(&text, "node.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`cluster.cluster_nodes`: standalone = false needs at least one peer"),
+            "{err}"
+        );
         assert!(err.starts_with("node.toml:11:17:"), "{err}");
     }
 
     #[test]
     fn bad_values_are_located() {
-        let err = parse::<NodeConfig>("listen = \"nope\"\nname = \"n\"\n", "n.toml").unwrap_err().to_string();
+        let err = parse::<NodeConfig>("listen = \"nope\"\nname = \"n\"\n", "n.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("n.toml:1:10:"), "{err}");
-        let err = parse::<NodeConfig>("listen = \"127.0.0.1:1\"\nname = \"n\"\nping_timeout = \"soon\"\n", "n.toml")
-            .unwrap_err()
-            .to_string();
-        assert!(err.starts_with("n.toml:3:16:") && err.contains("invalid duration"), "{err}");
-        let err = parse::<NodeConfig>("listen = \"127.0.0.1:1\"\nname = \"n\"\n[cluster]\ncluster_nodes = [\"ftp://x\"]\n", "n.toml")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("`cluster.cluster_nodes[0]`: \"ftp://x\" is not an http"), "{err}");
+        let err = parse::<NodeConfig>(
+            "listen = \"127.0.0.1:1\"\nname = \"n\"\nping_timeout = \"soon\"\n",
+            "n.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("n.toml:3:16:") && err.contains("invalid duration"),
+            "{err}"
+        );
+        let err = parse::<NodeConfig>(
+            "listen = \"127.0.0.1:1\"\nname = \"n\"\n[cluster]\ncluster_nodes = [\"ftp://x\"]\n",
+            "n.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("`cluster.cluster_nodes[0]`: \"ftp://x\" is not an http"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -319,7 +407,10 @@ retry_interval = "5s"
         let text = FULL.replace("secret = \"s3cret\"", "secret_file = \"mesh.secret\"");
         std::fs::write(dir.join("node.toml"), text).unwrap();
         let c = NodeConfig::load(&dir.join("node.toml")).unwrap();
-        assert_eq!(c.cluster.resolve_secret().unwrap().as_deref(), Some("from-file"));
+        assert_eq!(
+            c.cluster.resolve_secret().unwrap().as_deref(),
+            Some("from-file")
+        );
         std::fs::write(dir.join("mesh.secret"), "\n").unwrap();
         let err = c.cluster.resolve_secret().unwrap_err().to_string();
         assert!(err.ends_with("the file is empty"), "{err}");

@@ -1,0 +1,213 @@
+//! The topic API on the main namespace: Socket.IO events and their acks.
+//!
+//! | event | argument | ack |
+//! |---|---|---|
+//! | `subscribe` | pattern | `{ok:true, pattern}` or `{ok:false, error:{code, message}}` |
+//! | `unsubscribe` | pattern | same |
+//! | `subscriptions` | none | `{ok:true, patterns:[…]}` |
+//! | `publish` | `{topic, content}` | `{ok:true, id}` or an error |
+//!
+//! Arguments are taken as raw JSON and checked here, not by a typed
+//! extractor: socketioxide skips the handler when its extractor fails, and a
+//! client that sent the wrong shape would then wait for an ack that never
+//! comes. Every request with an ack callback gets an answer.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
+use socketioxide::SocketIo;
+use socketioxide::extract::{AckSender, Event, SocketRef, State, TryData};
+use socketioxide::socket::DisconnectReason;
+
+use crate::metrics::Metrics;
+use crate::topics::{TopicError, TopicService};
+
+/// What the handlers share, as socketioxide state.
+#[derive(Clone)]
+pub struct Api {
+    pub topics: Arc<TopicService>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Registers the main namespace and its event handlers.
+pub fn register(io: &SocketIo) {
+    io.ns("/", on_connect);
+}
+
+async fn on_connect(socket: SocketRef, State(api): State<Api>) {
+    api.metrics.connected_sockets.inc();
+    tracing::debug!(sid = %socket.id, "socket connected");
+    socket.on("subscribe", pattern_request);
+    socket.on("unsubscribe", pattern_request);
+    socket.on("subscriptions", subscriptions);
+    socket.on("publish", publish);
+    socket.on_disconnect(on_disconnect);
+}
+
+async fn on_disconnect(socket: SocketRef, reason: DisconnectReason, State(api): State<Api>) {
+    api.topics.remove_socket(socket.id);
+    api.metrics.connected_sockets.dec();
+    tracing::debug!(sid = %socket.id, ?reason, "socket disconnected");
+}
+
+/// `subscribe` and `unsubscribe`: same argument, same ack.
+async fn pattern_request(
+    socket: SocketRef,
+    Event(event): Event,
+    State(api): State<Api>,
+    TryData(arg): TryData<Value>,
+    ack: AckSender,
+) {
+    let result = pattern_argument(&event, arg)
+        .and_then(|pattern| match event.as_str() {
+            "subscribe" => api.topics.subscribe(&socket, &pattern),
+            _ => api.topics.unsubscribe(socket.id, &pattern),
+        })
+        .map(|pattern| json!({ "ok": true, "pattern": pattern.as_str() }));
+    reply(&api, ack, result);
+}
+
+async fn subscriptions(socket: SocketRef, State(api): State<Api>, ack: AckSender) {
+    let patterns = api.topics.subscriptions(socket.id);
+    reply(&api, ack, Ok(json!({ "ok": true, "patterns": patterns })));
+}
+
+async fn publish(
+    socket: SocketRef,
+    State(api): State<Api>,
+    TryData(arg): TryData<Value>,
+    ack: AckSender,
+) {
+    let result = publish_argument(arg)
+        .and_then(|(topic, content)| api.topics.publish(socket.id.as_str(), &topic, content))
+        .map(|publication| json!({ "ok": true, "id": publication.id }));
+    reply(&api, ack, result);
+}
+
+/// Sends the ack: the success body, or `{ok:false, error:{code, message}}`.
+fn reply(api: &Api, ack: AckSender, result: Result<Value, TopicError>) {
+    let body = result.unwrap_or_else(|e| {
+        api.metrics.reject(e.code());
+        json!({ "ok": false, "error": { "code": e.code(), "message": e.to_string() } })
+    });
+    if let Err(e) = ack.send(&body) {
+        tracing::debug!("ack not sent: {e}");
+    }
+}
+
+/// The pattern string that `subscribe` and `unsubscribe` take.
+fn pattern_argument<E>(event: &str, arg: Result<Value, E>) -> Result<String, TopicError> {
+    match arg {
+        Ok(Value::String(pattern)) => Ok(pattern),
+        Ok(other) => Err(TopicError::InvalidPayload(format!(
+            "{event} takes a pattern string such as \"news.*\", not {}",
+            describe(&other)
+        ))),
+        Err(_) => Err(TopicError::InvalidPayload(format!(
+            "{event} takes a pattern string such as \"news.*\" as its argument; none was sent"
+        ))),
+    }
+}
+
+/// The `{topic, content}` object that `publish` takes.
+fn publish_argument<E>(arg: Result<Value, E>) -> Result<(String, Value), TopicError> {
+    const SHAPE: &str = "publish takes an object {topic, content}";
+    let invalid = |why: String| TopicError::InvalidPayload(format!("{SHAPE}; {why}"));
+    let mut object: Map<String, Value> = match arg {
+        Ok(Value::Object(object)) => object,
+        Ok(other) => return Err(invalid(format!("got {}", describe(&other)))),
+        Err(_) => return Err(invalid("no argument was sent".to_owned())),
+    };
+    if let Some(unknown) = object
+        .keys()
+        .find(|k| !matches!(k.as_str(), "topic" | "content"))
+    {
+        return Err(invalid(format!("unknown field {unknown:?}")));
+    }
+    let topic = match object.remove("topic") {
+        Some(Value::String(topic)) => topic,
+        Some(other) => {
+            return Err(invalid(format!(
+                "`topic` must be a string, not {}",
+                describe(&other)
+            )));
+        }
+        None => return Err(invalid("`topic` is missing".to_owned())),
+    };
+    let Some(content) = object.remove("content") else {
+        return Err(invalid("`content` is missing".to_owned()));
+    };
+    Ok((topic, content))
+}
+
+/// A JSON value's kind, for error messages.
+fn describe(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(result: Result<impl std::fmt::Debug, TopicError>) -> String {
+        result.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn pattern_argument_must_be_a_string() {
+        assert_eq!(
+            pattern_argument::<()>("subscribe", Ok(json!("a.*"))).unwrap(),
+            "a.*"
+        );
+        assert_eq!(
+            message(pattern_argument::<()>("subscribe", Ok(json!(5)))),
+            "subscribe takes a pattern string such as \"news.*\", not a number"
+        );
+        assert_eq!(
+            message(pattern_argument("unsubscribe", Err(()))),
+            "unsubscribe takes a pattern string such as \"news.*\" as its argument; none was sent"
+        );
+    }
+
+    #[test]
+    fn publish_argument_checks_the_object_shape() {
+        let (topic, content) =
+            publish_argument::<()>(Ok(json!({"topic": "a", "content": null}))).unwrap();
+        assert_eq!((topic.as_str(), content), ("a", Value::Null));
+        assert_eq!(
+            message(publish_argument::<()>(Ok(json!(42)))),
+            "publish takes an object {topic, content}; got a number"
+        );
+        assert_eq!(
+            message(publish_argument::<()>(Ok(json!({"content": 1})))),
+            "publish takes an object {topic, content}; `topic` is missing"
+        );
+        assert_eq!(
+            message(publish_argument::<()>(Ok(
+                json!({"topic": ["a"], "content": 1})
+            ))),
+            "publish takes an object {topic, content}; `topic` must be a string, not an array"
+        );
+        assert_eq!(
+            message(publish_argument::<()>(Ok(json!({"topic": "a"})))),
+            "publish takes an object {topic, content}; `content` is missing"
+        );
+        assert_eq!(
+            message(publish_argument::<()>(Ok(
+                json!({"topic": "a", "content": 1, "tpoic": 2})
+            ))),
+            "publish takes an object {topic, content}; unknown field \"tpoic\""
+        );
+        assert_eq!(
+            message(publish_argument(Err(()))),
+            "publish takes an object {topic, content}; no argument was sent"
+        );
+    }
+}

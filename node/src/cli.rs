@@ -1,0 +1,108 @@
+//! The `stickyio-node` command line: arguments, logging, `check`, and serving
+//! until SIGTERM or Ctrl-C.
+//!
+//! Kept in the library so `main.rs` stays a few lines and the launcher and
+//! tests can reuse the same pieces.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+use stickyio_shared::config::ConfigError;
+use stickyio_shared::config::node::{NodeConfig, SecretError};
+
+use crate::server::{Node, NodeError};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "stickyio-node",
+    version,
+    about = "Socket.IO server with a topic publish/subscribe API"
+)]
+pub struct Cli {
+    /// The node's config file.
+    #[arg(long, global = true, value_name = "PATH", default_value = "node.toml")]
+    pub config: PathBuf,
+    /// Log one JSON object per line instead of text.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the config and print it as the node would use it (defaults
+    /// filled in, secrets left out); exit non-zero with file:line:column if invalid.
+    Check,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error("cannot print the config as TOML: {0}")]
+    Render(#[from] toml::ser::Error),
+}
+
+/// Loads and validates the config (and, for a clustered node, that its
+/// secret can be read) and returns the effective config as TOML.
+pub fn check(path: &Path) -> Result<String, CheckError> {
+    let config = NodeConfig::load(path)?;
+    if !config.cluster.standalone {
+        config.cluster.resolve_secret()?;
+    }
+    Ok(toml::to_string(&config)?)
+}
+
+/// Logs to stdout, filtered by `RUST_LOG` (default `info`).
+pub fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Ignored when a subscriber is already set, e.g. by an embedding process.
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Serves `config` until SIGTERM or Ctrl-C, then shuts down gracefully.
+pub async fn serve(config: NodeConfig) -> Result<(), NodeError> {
+    let node = Node::bind(config).await?;
+    shutdown_signal().await;
+    tracing::info!("signal received");
+    node.shutdown().await
+}
+
+/// Resolves on Ctrl-C, or SIGTERM on Unix. If a handler cannot be installed
+/// that signal is logged and ignored rather than stopping the node at once.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!("cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

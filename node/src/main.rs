@@ -1,0 +1,32 @@
+//! `stickyio-node`: parses the command line and hands over to the library.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use stickyio_node::cli::{self, Cli, Command};
+use stickyio_shared::config::node::NodeConfig;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Cli::parse();
+    let result = match args.command {
+        Some(Command::Check) => cli::check(&args.config)
+            .map(|toml| print!("{toml}"))
+            .map_err(anyhow::Error::from),
+        None => run(&args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("stickyio-node: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: &Cli) -> anyhow::Result<()> {
+    cli::init_logging(args.log_json);
+    let config = NodeConfig::load(&args.config)?;
+    cli::serve(config).await.context("node stopped")
+}

@@ -1,0 +1,279 @@
+//! The node's server: one listener serving Socket.IO and the HTTP routes on
+//! hyper 1, and its lifecycle from bind to graceful shutdown.
+//!
+//! Starting is split in two so other parts of the node can plug in before
+//! traffic arrives: [`Node::prepare`] binds the port and builds everything;
+//! the cluster mesh can then register its `/cluster` namespace on
+//! [`Node::io`], its relay on [`Node::topics`], its metrics through
+//! [`Node::with_registry`] and its readiness through [`Node::add_readiness`];
+//! [`Node::serve`] starts accepting. [`Node::bind`] does both for the common case.
+//!
+//! Shutdown stops accepting, marks the node unready, disconnects every socket
+//! (which ends long-polling requests and websockets), then lets in-flight HTTP
+//! requests finish, each step bounded by [`DRAIN_TIMEOUT`].
+
+use std::net::SocketAddr;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use prometheus_client::registry::Registry;
+use socketioxide::SocketIo;
+use socketioxide::service::SocketIoService;
+use stickyio_shared::config::node::NodeConfig;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, Api};
+use crate::demo;
+use crate::metrics::Metrics;
+use crate::readiness::{Readiness, ReadinessChecks};
+use crate::routes::{HttpState, Routes};
+use crate::topics::TopicService;
+
+/// Longest wait for each shutdown step: closing sockets, then draining HTTP.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop
+/// does not spin while the condition lasts.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the server task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// A node that is bound but not yet serving: the place to plug in.
+pub struct Node {
+    config: Arc<NodeConfig>,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    io: SocketIo,
+    service: SocketIoService<Routes>,
+    topics: Arc<TopicService>,
+    http: Arc<HttpState>,
+    shutdown: CancellationToken,
+}
+
+impl Node {
+    /// Binds `config.listen` and starts serving. Port 0 picks a free port;
+    /// see [`RunningNode::local_addr`].
+    pub async fn bind(config: NodeConfig) -> Result<RunningNode, NodeError> {
+        Ok(Node::prepare(config).await?.serve())
+    }
+
+    /// Binds `config.listen` and builds the Socket.IO server, the topic
+    /// service and the HTTP routes, without accepting connections yet.
+    pub async fn prepare(config: NodeConfig) -> Result<Node, NodeError> {
+        let bind_error = |source| NodeError::Bind {
+            addr: config.listen,
+            source,
+        };
+        let listener = TcpListener::bind(config.listen).await.map_err(bind_error)?;
+        let local_addr = listener.local_addr().map_err(bind_error)?;
+
+        let (registry, metrics) = Metrics::registry(&config.name);
+        let metrics = Arc::new(metrics);
+        let topics = Arc::new(TopicService::new(&config, metrics.clone()));
+        let http = Arc::new(HttpState {
+            registry: RwLock::new(registry),
+            readiness: ReadinessChecks::new(&config.name),
+            page: Bytes::from(demo::page(&config.name)),
+        });
+        let (service, io) = SocketIo::builder()
+            .ping_interval(config.ping_interval.get())
+            .ping_timeout(config.ping_timeout.get())
+            .max_payload(config.max_payload)
+            // Polling bodies are capped by `max_payload`; cap websocket
+            // messages the same so both transports refuse the same frames.
+            .ws_max_message_size(usize::try_from(config.max_payload).unwrap_or(usize::MAX))
+            .with_state(Api {
+                topics: topics.clone(),
+                metrics,
+            })
+            .build_with_inner_svc(Routes(http.clone()));
+        api::register(&io);
+
+        Ok(Node {
+            config: Arc::new(config),
+            listener,
+            local_addr,
+            io,
+            service,
+            topics,
+            http,
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The Socket.IO server, to register more namespaces on.
+    pub fn io(&self) -> &SocketIo {
+        &self.io
+    }
+
+    pub fn topics(&self) -> &Arc<TopicService> {
+        &self.topics
+    }
+
+    /// Registers more metrics: they are served on `/metrics` with the
+    /// node's own (prefix `stickyio_node_`, label `node`). Use
+    /// `registry.sub_registry_with_prefix("mesh")` to keep them grouped.
+    pub fn with_registry<R>(&self, register: impl FnOnce(&mut Registry) -> R) -> R {
+        register(
+            &mut self
+                .http
+                .registry
+                .write()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+    }
+
+    /// Adds a condition to `/readyz`; the node is ready only when all hold.
+    pub fn add_readiness(&self, check: Arc<dyn Readiness>) {
+        self.http.readiness.add(check);
+    }
+
+    /// Cancelled when the node starts shutting down, so background tasks
+    /// plugged into it (mesh links) can stop with it.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.child_token()
+    }
+
+    /// Starts accepting connections.
+    pub fn serve(self) -> RunningNode {
+        self.http.readiness.set_serving(true);
+        tracing::info!(node = %self.config.name, addr = %self.local_addr, "listening");
+        let task = tokio::spawn(serve(
+            self.listener,
+            self.service,
+            self.io.clone(),
+            self.http,
+            self.shutdown.clone(),
+        ));
+        RunningNode {
+            config: self.config,
+            local_addr: self.local_addr,
+            io: self.io,
+            topics: self.topics,
+            shutdown: self.shutdown,
+            task: Some(task),
+        }
+    }
+}
+
+/// A serving node. Dropping it stops the server without waiting; call
+/// [`RunningNode::shutdown`] to stop gracefully.
+pub struct RunningNode {
+    config: Arc<NodeConfig>,
+    local_addr: SocketAddr,
+    io: SocketIo,
+    topics: Arc<TopicService>,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl RunningNode {
+    /// The bound address (the real port when `listen` used port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    pub fn io(&self) -> &SocketIo {
+        &self.io
+    }
+
+    pub fn topics(&self) -> &Arc<TopicService> {
+        &self.topics
+    }
+
+    /// Stops accepting, disconnects every socket, lets in-flight requests
+    /// finish, and returns when the server has stopped.
+    pub async fn shutdown(mut self) -> Result<(), NodeError> {
+        self.shutdown.cancel();
+        match self.task.take() {
+            Some(task) => Ok(task.await?),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RunningNode {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn serve(
+    listener: TcpListener,
+    service: SocketIoService<Routes>,
+    io: SocketIo,
+    http: Arc<HttpState>,
+    shutdown: CancellationToken,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // A timer enables hyper's header read timeout against slow clients.
+    builder.http1().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service.clone())
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, "connection ended with an error: {e}");
+            }
+        });
+    }
+
+    http.readiness.set_serving(false);
+    drop(listener);
+    tracing::info!("shutting down: disconnecting sockets");
+    if tokio::time::timeout(DRAIN_TIMEOUT, io.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!("sockets still open after {DRAIN_TIMEOUT:?}; closing anyway");
+    }
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("HTTP requests still running after {DRAIN_TIMEOUT:?}; closing anyway");
+    }
+    tracing::info!("stopped");
+}
