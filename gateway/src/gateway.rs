@@ -26,7 +26,7 @@ const FINAL_WAIT: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub enum ConfigSource {
     File(PathBuf),
-    Config(GatewayConfig),
+    Config(Box<GatewayConfig>),
 }
 
 impl From<PathBuf> for ConfigSource {
@@ -43,7 +43,7 @@ impl From<&Path> for ConfigSource {
 
 impl From<GatewayConfig> for ConfigSource {
     fn from(config: GatewayConfig) -> Self {
-        ConfigSource::Config(config)
+        ConfigSource::Config(Box::new(config))
     }
 }
 
@@ -75,7 +75,7 @@ impl Gateway {
     pub async fn start(source: impl Into<ConfigSource>) -> Result<RunningGateway, StartError> {
         let (config, path) = match source.into() {
             ConfigSource::File(path) => (GatewayConfig::load(&path)?, Some(path)),
-            ConfigSource::Config(config) => (config, None),
+            ConfigSource::Config(config) => (*config, None),
         };
         let bind = |what, addr| async move {
             TcpListener::bind(addr)

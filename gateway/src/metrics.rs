@@ -46,8 +46,8 @@ pub struct NodeMetrics {
     pub up: Gauge,
 }
 
-impl Metrics {
-    pub fn new() -> Self {
+impl Default for Metrics {
+    fn default() -> Self {
         let mut registry = Registry::with_prefix("stickyio_gateway");
         let (requests, handshakes, upstream_errors) =
             (Family::default(), Family::default(), Family::default());
@@ -98,7 +98,9 @@ impl Metrics {
             connections,
         }
     }
+}
 
+impl Metrics {
     pub fn node(&self, name: &str) -> NodeMetrics {
         let label = NodeLabel {
             node: name.to_owned(),

@@ -113,7 +113,7 @@ mod tests {
             "ipv4_prefix = {prefix}\n[[nodes]]\nname = \"node-a\"\naddr = \"h:1\"\n[[nodes]]\nname = \"node-b\"\naddr = \"h:2\"\n[[nodes]]\nname = \"node-c\"\naddr = \"h:3\"\n"
         );
         let config = Arc::new(stickyio_shared::config::parse(&text, "t").unwrap());
-        Registry::new().initial(config, &Metrics::new())
+        Registry::default().initial(config, &Metrics::default())
     }
 
     fn names(route: &Route) -> Vec<&str> {

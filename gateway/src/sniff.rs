@@ -150,8 +150,8 @@ mod tests {
             stickyio_shared::config::parse("[[nodes]]\nname = \"a\"\naddr = \"h:1\"\n", "t")
                 .unwrap(),
         );
-        Registry::new()
-            .initial(config, &Metrics::new())
+        Registry::default()
+            .initial(config, &Metrics::default())
             .nodes
             .remove(0)
     }

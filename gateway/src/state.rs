@@ -45,8 +45,8 @@ pub struct State {
 
 impl State {
     pub fn new(config: GatewayConfig, config_path: Option<PathBuf>) -> Arc<Self> {
-        let metrics = Metrics::new();
-        let registry = Registry::new();
+        let metrics = Metrics::default();
+        let registry = Registry::default();
         let snapshot = registry.initial(Arc::new(config), &metrics);
         let idle = snapshot.config.limits.idle_timeout.get();
         let mut connector = HttpConnector::new();

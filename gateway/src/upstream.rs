@@ -141,6 +141,7 @@ impl Snapshot {
 
 /// Builds snapshots from configs, reusing the upstreams that stay and keeping
 /// removed ones as draining until their last session ends.
+#[derive(Default)]
 pub struct Registry {
     draining: Mutex<Vec<Arc<Upstream>>>,
 }
@@ -154,12 +155,6 @@ pub struct NodeChanges {
 }
 
 impl Registry {
-    pub fn new() -> Self {
-        Registry {
-            draining: Mutex::new(Vec::new()),
-        }
-    }
-
     /// The first snapshot.
     pub fn initial(&self, config: Arc<GatewayConfig>, metrics: &Metrics) -> Snapshot {
         let nodes = config
@@ -251,8 +246,8 @@ mod tests {
 
     #[test]
     fn reload_keeps_state_of_nodes_that_stay_and_drains_removed_ones() {
-        let metrics = Metrics::new();
-        let registry = Registry::new();
+        let metrics = Metrics::default();
+        let registry = Registry::default();
         let first = registry.initial(config(&[("a", "h:1", 1), ("b", "h:2", 1)]), &metrics);
         first.nodes[0].eject();
         first.nodes[1].metrics.sessions.inc();
@@ -284,8 +279,8 @@ mod tests {
 
     #[test]
     fn a_node_readded_while_draining_is_revived() {
-        let metrics = Metrics::new();
-        let registry = Registry::new();
+        let metrics = Metrics::default();
+        let registry = Registry::default();
         let first = registry.initial(config(&[("a", "h:1", 1), ("b", "h:2", 1)]), &metrics);
         first.nodes[1].metrics.websockets.inc();
         let (second, _) = registry.next(&first, config(&[("a", "h:1", 1)]), &metrics);
@@ -302,8 +297,8 @@ mod tests {
 
     #[test]
     fn rise_and_fall_need_consecutive_results() {
-        let metrics = Metrics::new();
-        let registry = Registry::new();
+        let metrics = Metrics::default();
+        let registry = Registry::default();
         let snap = registry.initial(config(&[("a", "h:1", 1)]), &metrics);
         let a = &snap.nodes[0];
         assert_eq!(a.observe(false, 2, 2), Transition::None);
