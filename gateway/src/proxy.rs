@@ -167,10 +167,20 @@ async fn forward(
             }
         }
     }
+    unreachable(state, pinned, last_error)
+}
+
+/// Every candidate refused the connection: 502 for a pinned session (its
+/// node is gone), 503 for placement (no node can take the client now).
+pub fn unreachable(state: &State, pinned: bool, last_error: String) -> Response<Body> {
+    if pinned {
+        return body::error(StatusCode::BAD_GATEWAY, "node_unreachable", last_error, json!({}));
+    }
+    state.metrics.rejected("no_healthy_node");
     body::error(
-        StatusCode::BAD_GATEWAY,
-        "node_unreachable",
-        last_error,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no_healthy_node",
+        format!("no node accepted the connection; last: {last_error}"),
         json!({}),
     )
 }

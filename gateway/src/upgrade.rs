@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 
 use crate::body::{self, Body, BoxError};
 use crate::forwarding::{add_forwarding, strip_hop_by_hop};
-use crate::proxy::{Conn, NODE_HEADER, Routed, bad_gateway};
+use crate::proxy::{Conn, NODE_HEADER, Routed, bad_gateway, unreachable};
 use crate::router::Reason;
 use crate::state::{CONNECT_TIMEOUT, State};
 use crate::upstream::{Transition, Upstream};
@@ -124,12 +124,7 @@ pub async fn handle(
             response,
         );
     }
-    body::error(
-        StatusCode::BAD_GATEWAY,
-        "node_unreachable",
-        last_error,
-        json!({}),
-    )
+    unreachable(&state, pinned, last_error)
 }
 
 fn connect_failed(upstream: &Upstream, why: &str) -> String {

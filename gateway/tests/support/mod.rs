@@ -367,3 +367,15 @@ async fn forward_to(
     tokio::spawn(conn);
     Ok(sender.send_request(req).await?)
 }
+
+/// The node placement picks for `ip` among equal-weight `names`, in order.
+pub fn ranking(ip: Ipv4Addr, names: &[&str]) -> Vec<String> {
+    let key = stickyio_shared::placement::ClientKey::new(IpAddr::V4(ip), 32, 64);
+    stickyio_shared::placement::rank(&key, names, |n| (n, 1)).into_iter().map(|n| n.to_string()).collect()
+}
+
+/// The one node that served a session.
+pub fn only(nodes: &BTreeSet<String>) -> String {
+    assert_eq!(nodes.len(), 1, "one session, one node: {nodes:?}");
+    nodes.iter().next().cloned().unwrap_or_default()
+}
