@@ -58,8 +58,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         None => {
+            // Signal handlers first: a SIGTERM right after start must not
+            // hit the default action and kill the process.
+            let stop = stop_signal()?;
             let gateway = Gateway::start(cli.config.clone()).await?;
-            wait_for_stop_signal().await;
+            stop.await;
             tracing::info!("stop signal received; finishing in-flight requests");
             gateway.shutdown().await;
             Ok(())
@@ -67,26 +70,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Ctrl-C or SIGTERM.
-async fn wait_for_stop_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; stop with Ctrl-C");
-                let _ = tokio::signal::ctrl_c().await;
-            }
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM; the handlers are installed on return.
+#[cfg(unix)]
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = term.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    {
+    })
+}
+
+/// Resolves on Ctrl-C.
+#[cfg(not(unix))]
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
         let _ = tokio::signal::ctrl_c().await;
-    }
+    })
 }

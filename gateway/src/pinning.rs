@@ -110,7 +110,9 @@ mod tests {
         let text =
             "[[nodes]]\nname = \"a\"\naddr = \"h:1\"\n[[nodes]]\nname = \"b\"\naddr = \"h:2\"\n";
         let config = Arc::new(stickyio_shared::config::parse(text, "t").unwrap());
-        Registry::default().initial(config, &Metrics::default()).nodes
+        Registry::default()
+            .initial(config, &Metrics::default())
+            .nodes
     }
 
     #[test]

@@ -174,7 +174,12 @@ async fn forward(
 /// node is gone), 503 for placement (no node can take the client now).
 pub fn unreachable(state: &State, pinned: bool, last_error: String) -> Response<Body> {
     if pinned {
-        return body::error(StatusCode::BAD_GATEWAY, "node_unreachable", last_error, json!({}));
+        return body::error(
+            StatusCode::BAD_GATEWAY,
+            "node_unreachable",
+            last_error,
+            json!({}),
+        );
     }
     state.metrics.rejected("no_healthy_node");
     body::error(

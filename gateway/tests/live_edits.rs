@@ -17,12 +17,17 @@ use support::*;
 
 const LIVE: usize = 100;
 
-async fn open_sessions(target: std::net::SocketAddr, range: std::ops::Range<usize>) -> Vec<(usize, PollingSession)> {
+async fn open_sessions(
+    target: std::net::SocketAddr,
+    range: std::ops::Range<usize>,
+) -> Vec<(usize, PollingSession)> {
     let opened: Vec<(usize, Result<PollingSession, String>)> = futures_util::stream::iter(range)
         .map(|i| async move {
             let session = async {
                 let mut s = PollingSession::open(client_ip(i), target).await?;
-                let ack = s.emit_ack("subscribe", &Value::from(format!("live.{i}"))).await?;
+                let ack = s
+                    .emit_ack("subscribe", &Value::from(format!("live.{i}")))
+                    .await?;
                 if ack["ok"] != true {
                     return Err(format!("subscribe: {ack}"));
                 }
@@ -35,7 +40,12 @@ async fn open_sessions(target: std::net::SocketAddr, range: std::ops::Range<usiz
         .await;
     opened
         .into_iter()
-        .map(|(i, s)| (i, s.unwrap_or_else(|e| panic!("session {i} failed to open: {e}"))))
+        .map(|(i, s)| {
+            (
+                i,
+                s.unwrap_or_else(|e| panic!("session {i} failed to open: {e}")),
+            )
+        })
         .collect()
 }
 
@@ -43,7 +53,12 @@ async fn open_sessions(target: std::net::SocketAddr, range: std::ops::Range<usiz
 async fn exercise(sessions: Vec<(usize, PollingSession)>) -> Vec<(usize, PollingSession)> {
     futures_util::stream::iter(sessions)
         .map(|(i, mut s)| async move {
-            let ack = s.emit_ack("publish", &serde_json::json!({ "topic": format!("live.{i}"), "content": i })).await;
+            let ack = s
+                .emit_ack(
+                    "publish",
+                    &serde_json::json!({ "topic": format!("live.{i}"), "content": i }),
+                )
+                .await;
             match ack {
                 Ok(ack) if ack["ok"] == true => (i, s),
                 other => panic!("live session {i} broke: {other:?}"),
@@ -55,12 +70,17 @@ async fn exercise(sessions: Vec<(usize, PollingSession)>) -> Vec<(usize, Polling
 }
 
 async fn handshake_node(i: usize, target: std::net::SocketAddr) -> String {
-    let session = PollingSession::open(client_ip(i), target).await.unwrap_or_else(|e| panic!("handshake {i}: {e}"));
+    let session = PollingSession::open(client_ip(i), target)
+        .await
+        .unwrap_or_else(|e| panic!("handshake {i}: {e}"));
     only(&session.close().await.expect("close"))
 }
 
 fn node<'a>(nodes: &'a [Value], name: &str) -> &'a Value {
-    nodes.iter().find(|n| n["name"] == name).unwrap_or_else(|| panic!("{name} not in {nodes:?}"))
+    nodes
+        .iter()
+        .find(|n| n["name"] == name)
+        .unwrap_or_else(|| panic!("{name} not in {nodes:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,20 +93,34 @@ async fn adding_and_removing_nodes_breaks_no_live_session() {
     let sessions = exercise(sessions).await;
     let before: Vec<(usize, String)> = sessions.iter().map(|(i, s)| (*i, only(&s.nodes))).collect();
     for (i, node) in &before {
-        assert_eq!(*node, ranking(client_ip(*i), &["node-a", "node-b"])[0], "session {i}");
+        assert_eq!(
+            *node,
+            ranking(client_ip(*i), &["node-a", "node-b"])[0],
+            "session {i}"
+        );
     }
 
     // Add node-c by editing the file; the watcher reloads it.
     cluster.nodes.push(node_c);
-    replace_file(&cluster.config, &gateway_toml(&node_list(&cluster.nodes), ""));
-    eventually("node-c in the ring", || async { nodes_json(admin).await.len() == 3 }).await;
+    replace_file(
+        &cluster.config,
+        &gateway_toml(&node_list(&cluster.nodes), ""),
+    );
+    eventually("node-c in the ring", || async {
+        nodes_json(admin).await.len() == 3
+    })
+    .await;
 
     let moved: Vec<usize> = before
         .iter()
         .filter(|(i, _)| ranking(client_ip(*i), &["node-a", "node-b", "node-c"])[0] == "node-c")
         .map(|(i, _)| *i)
         .collect();
-    assert!(moved.len() >= LIVE / 6, "placement moved {} of {LIVE} clients to node-c", moved.len());
+    assert!(
+        moved.len() >= LIVE / 6,
+        "placement moved {} of {LIVE} clients to node-c",
+        moved.len()
+    );
     let sessions = exercise(sessions).await;
     for (i, s) in &sessions {
         let was = &before.iter().find(|(j, _)| j == i).unwrap().1;
@@ -94,16 +128,29 @@ async fn adding_and_removing_nodes_breaks_no_live_session() {
     }
     // New handshakes follow the new ring, including from the moved clients.
     for &i in moved.iter().take(5) {
-        assert_eq!(handshake_node(i, target).await, "node-c", "new handshake from client {i}");
+        assert_eq!(
+            handshake_node(i, target).await,
+            "node-c",
+            "new handshake from client {i}"
+        );
     }
     for i in 1000..1020 {
-        assert_eq!(handshake_node(i, target).await, ranking(client_ip(i), &["node-a", "node-b", "node-c"])[0]);
+        assert_eq!(
+            handshake_node(i, target).await,
+            ranking(client_ip(i), &["node-a", "node-b", "node-c"])[0]
+        );
     }
 
     // Remove node-a: its sessions drain, it takes no new handshakes.
-    let without_a: Vec<_> = node_list(&cluster.nodes).into_iter().filter(|(n, _)| *n != "node-a").collect();
+    let without_a: Vec<_> = node_list(&cluster.nodes)
+        .into_iter()
+        .filter(|(n, _)| *n != "node-a")
+        .collect();
     replace_file(&cluster.config, &gateway_toml(&without_a, ""));
-    eventually("node-a draining", || async { node(&nodes_json(admin).await, "node-a")["draining"] == true }).await;
+    eventually("node-a draining", || async {
+        node(&nodes_json(admin).await, "node-a")["draining"] == true
+    })
+    .await;
     let on_a = before.iter().filter(|(_, n)| n == "node-a").count() as i64;
     assert!(on_a > 0);
     assert_eq!(node(&nodes_json(admin).await, "node-a")["sessions"], on_a);
@@ -114,16 +161,26 @@ async fn adding_and_removing_nodes_breaks_no_live_session() {
         .collect();
     for &i in &a_clients {
         let served = handshake_node(i, target).await;
-        assert_eq!(served, ranking(client_ip(i), &["node-b", "node-c"])[0], "client {i} of removed node-a");
+        assert_eq!(
+            served,
+            ranking(client_ip(i), &["node-b", "node-c"])[0],
+            "client {i} of removed node-a"
+        );
     }
 
     let mut seen = BTreeSet::new();
     for (_, s) in sessions {
         seen.extend(s.close().await.expect("close"));
     }
-    assert!(seen.contains("node-a"), "the drained node served its sessions to the end");
+    assert!(
+        seen.contains("node-a"),
+        "the drained node served its sessions to the end"
+    );
     eventually("node-a forgotten once drained", || async {
-        nodes_json(admin).await.iter().all(|n| n["name"] != "node-a")
+        nodes_json(admin)
+            .await
+            .iter()
+            .all(|n| n["name"] != "node-a")
     })
     .await;
     cluster.stop().await;
@@ -139,12 +196,20 @@ async fn a_bad_edit_is_refused_with_its_location_and_the_old_config_serves() {
     replace_file(&cluster.config, &bad);
 
     let reply = admin_reload(admin).await;
-    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", reply.body);
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reply.body
+    );
     let json = reply.json();
     let location = format!("{}:{weight_line}:10", cluster.config.display());
     assert_eq!(json["location"], location.as_str(), "{json}");
     assert!(
-        json["message"].as_str().unwrap_or("").contains("`nodes[1].weight`: must be at least 1"),
+        json["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("`nodes[1].weight`: must be at least 1"),
         "{json}"
     );
     let err = cluster.gateway.reload().await.unwrap_err().to_string();
@@ -152,11 +217,22 @@ async fn a_bad_edit_is_refused_with_its_location_and_the_old_config_serves() {
 
     // Still serving with both nodes.
     assert_eq!(nodes_json(admin).await.len(), 2);
-    let nodes = run_session(client_ip(1), target, "still.here").await.expect("old config serves");
-    assert_eq!(only(&nodes), ranking(client_ip(1), &["node-a", "node-b"])[0]);
+    let nodes = run_session(client_ip(1), target, "still.here")
+        .await
+        .expect("old config serves");
+    assert_eq!(
+        only(&nodes),
+        ranking(client_ip(1), &["node-a", "node-b"])[0]
+    );
 
     // A fixed file is taken again.
-    replace_file(&cluster.config, &good.replace("[[nodes]]\nname = \"node-b\"", "[[nodes]]\nweight = 3\nname = \"node-b\""));
+    replace_file(
+        &cluster.config,
+        &good.replace(
+            "[[nodes]]\nname = \"node-b\"",
+            "[[nodes]]\nweight = 3\nname = \"node-b\"",
+        ),
+    );
     let reply = admin_reload(admin).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     assert_eq!(node(&nodes_json(admin).await, "node-b")["weight"], 3);
@@ -172,25 +248,50 @@ async fn a_killed_node_fails_over_and_comes_back_after_restart() {
     let mut cluster = Cluster::start("failover", &["node-a", "node-b", "node-c"], "").await;
     let (target, admin) = (cluster.addr(), cluster.admin());
     let all = ["node-a", "node-b", "node-c"];
-    let b_clients: Vec<usize> = (0..200).filter(|i| ranking(client_ip(*i), &all)[0] == "node-b").take(6).collect();
+    let b_clients: Vec<usize> = (0..200)
+        .filter(|i| ranking(client_ip(*i), &all)[0] == "node-b")
+        .take(6)
+        .collect();
     assert_eq!(handshake_node(b_clients[0], target).await, "node-b");
 
     let b = cluster.nodes.remove(1);
     let b_addr = b.local_addr();
     b.shutdown().await.expect("node-b stops");
     for &i in &b_clients {
-        let nodes = run_session(client_ip(i), target, "failover").await.unwrap_or_else(|e| panic!("client {i}: {e}"));
-        assert_eq!(only(&nodes), ranking(client_ip(i), &all)[1], "client {i} went to its next choice");
+        let nodes = run_session(client_ip(i), target, "failover")
+            .await
+            .unwrap_or_else(|e| panic!("client {i}: {e}"));
+        assert_eq!(
+            only(&nodes),
+            ranking(client_ip(i), &all)[1],
+            "client {i} went to its next choice"
+        );
     }
-    eventually("node-b marked down", || async { node(&nodes_json(admin).await, "node-b")["healthy"] == false }).await;
+    eventually("node-b marked down", || async {
+        node(&nodes_json(admin).await, "node-b")["healthy"] == false
+    })
+    .await;
     let route = admin_json(admin, &format!("/route?ip={}", client_ip(b_clients[0]))).await;
-    assert!(route["reason"].as_str().unwrap_or("").contains("node-b is down"), "{route}");
+    assert!(
+        route["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("node-b is down"),
+        "{route}"
+    );
 
     let b = start_node_at("node-b", b_addr).await;
     cluster.nodes.insert(1, b);
-    eventually("node-b healthy again", || async { node(&nodes_json(admin).await, "node-b")["healthy"] == true }).await;
+    eventually("node-b healthy again", || async {
+        node(&nodes_json(admin).await, "node-b")["healthy"] == true
+    })
+    .await;
     for &i in &b_clients {
-        assert_eq!(handshake_node(i, target).await, "node-b", "client {i} is back on node-b");
+        assert_eq!(
+            handshake_node(i, target).await,
+            "node-b",
+            "client {i} is back on node-b"
+        );
     }
     cluster.stop().await;
 }

@@ -35,18 +35,26 @@ async fn client(url: &str, messages: mpsc::UnboundedSender<Value>) -> Client {
 async fn ack(client: &Client, event: &str, arg: Value) -> Value {
     let (tx, mut rx) = mpsc::unbounded_channel();
     client
-        .emit_with_ack(event, arg, Duration::from_secs(5), move |payload: Payload, _| {
-            let tx = tx.clone();
-            async move {
-                if let Payload::Text(values) = payload {
-                    let _ = tx.send(first(values));
+        .emit_with_ack(
+            event,
+            arg,
+            Duration::from_secs(5),
+            move |payload: Payload, _| {
+                let tx = tx.clone();
+                async move {
+                    if let Payload::Text(values) = payload {
+                        let _ = tx.send(first(values));
+                    }
                 }
-            }
-            .boxed()
-        })
+                .boxed()
+            },
+        )
         .await
         .expect("emit");
-    tokio::time::timeout(TIMEOUT, rx.recv()).await.expect("ack in time").expect("ack")
+    tokio::time::timeout(TIMEOUT, rx.recv())
+        .await
+        .expect("ack in time")
+        .expect("ack")
 }
 
 /// The first argument; rust_socketio hands ack arguments over as one array.
@@ -59,7 +67,10 @@ fn first(values: Vec<Value>) -> Value {
 }
 
 fn websockets(nodes: &[Value]) -> i64 {
-    nodes.iter().map(|n| n["websockets"].as_i64().unwrap_or(0)).sum()
+    nodes
+        .iter()
+        .map(|n| n["websockets"].as_i64().unwrap_or(0))
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,13 +82,24 @@ async fn rust_socketio_upgrades_to_websocket_through_the_gateway() {
     let (other_tx, _other_rx) = mpsc::unbounded_channel();
     let publisher = client(&url, other_tx).await;
     let admin = cluster.admin();
-    eventually("two relayed websockets", || async { websockets(&nodes_json(admin).await) == 2 }).await;
+    eventually("two relayed websockets", || async {
+        websockets(&nodes_json(admin).await) == 2
+    })
+    .await;
 
     let sub = ack(&subscriber, "subscribe", json!("chat.*")).await;
     assert_eq!(sub, json!({ "ok": true, "pattern": "chat.*" }));
-    let published = ack(&publisher, "publish", json!({ "topic": "chat.lobby", "content": "hello over ws" })).await;
+    let published = ack(
+        &publisher,
+        "publish",
+        json!({ "topic": "chat.lobby", "content": "hello over ws" }),
+    )
+    .await;
     assert_eq!(published["ok"], true, "{published}");
-    let message = tokio::time::timeout(TIMEOUT, received.recv()).await.expect("message in time").expect("message");
+    let message = tokio::time::timeout(TIMEOUT, received.recv())
+        .await
+        .expect("message in time")
+        .expect("message");
     assert_eq!(message["topic"], "chat.lobby");
     assert_eq!(message["content"], "hello over ws");
     assert_eq!(message["id"], published["id"]);
@@ -87,7 +109,10 @@ async fn rust_socketio_upgrades_to_websocket_through_the_gateway() {
     drop((subscriber, publisher));
     eventually("relays closed and sessions unpinned", || async {
         let nodes = nodes_json(admin).await;
-        let sessions: i64 = nodes.iter().map(|n| n["sessions"].as_i64().unwrap_or(0)).sum();
+        let sessions: i64 = nodes
+            .iter()
+            .map(|n| n["sessions"].as_i64().unwrap_or(0))
+            .sum();
         websockets(&nodes) == 0 && sessions == 0
     })
     .await;

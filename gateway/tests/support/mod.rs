@@ -34,7 +34,8 @@ impl TempDir {
     pub fn new(tag: &str) -> Self {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("stickyio-gw-{tag}-{}-{n}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("stickyio-gw-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create temp dir");
         TempDir(dir)
@@ -56,7 +57,9 @@ pub async fn start_node(name: &str) -> RunningNode {
 }
 
 pub async fn start_node_at(name: &str, addr: SocketAddr) -> RunningNode {
-    Node::bind(NodeConfig::standalone(name, addr)).await.expect("node starts")
+    Node::bind(NodeConfig::standalone(name, addr))
+        .await
+        .expect("node starts")
 }
 
 /// A `gateway.toml` on port 0 with fast health checks.
@@ -65,7 +68,9 @@ pub fn gateway_toml(nodes: &[(&str, SocketAddr)], extra: &str) -> String {
         "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{extra}\n[health]\ninterval = \"100ms\"\ntimeout = \"500ms\"\nrise = 2\nfall = 2\n"
     );
     for (name, addr) in nodes {
-        text.push_str(&format!("\n[[nodes]]\nname = \"{name}\"\naddr = \"{addr}\"\n"));
+        text.push_str(&format!(
+            "\n[[nodes]]\nname = \"{name}\"\naddr = \"{addr}\"\n"
+        ));
     }
     text
 }
@@ -94,8 +99,15 @@ impl Cluster {
         let dir = TempDir::new(tag);
         let config = dir.path("gateway.toml");
         std::fs::write(&config, gateway_toml(&node_list(&nodes), extra)).unwrap();
-        let gateway = Gateway::start(config.clone()).await.expect("gateway starts");
-        Cluster { dir, config, nodes, gateway }
+        let gateway = Gateway::start(config.clone())
+            .await
+            .expect("gateway starts");
+        Cluster {
+            dir,
+            config,
+            nodes,
+            gateway,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -115,12 +127,20 @@ impl Cluster {
 }
 
 pub fn node_list(nodes: &[RunningNode]) -> Vec<(&str, SocketAddr)> {
-    nodes.iter().map(|n| (n.config().name.as_str(), n.local_addr())).collect()
+    nodes
+        .iter()
+        .map(|n| (n.config().name.as_str(), n.local_addr()))
+        .collect()
 }
 
 /// The i-th distinct client address, 127.20.0.1 upwards.
 pub fn client_ip(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(127, 20 + (i / 60_000) as u8, ((i % 60_000) / 250) as u8, (i % 250) as u8 + 1)
+    Ipv4Addr::new(
+        127,
+        20 + (i / 60_000) as u8,
+        ((i % 60_000) / 250) as u8,
+        (i % 250) as u8 + 1,
+    )
 }
 
 /// A TCP connection to `target` from `source`.
@@ -154,7 +174,9 @@ pub struct HttpConn {
 
 impl HttpConn {
     pub async fn open(source: Ipv4Addr, target: SocketAddr) -> Result<Self, String> {
-        let stream = connect_from(source, target).await.map_err(|e| format!("connect {target}: {e}"))?;
+        let stream = connect_from(source, target)
+            .await
+            .map_err(|e| format!("connect {target}: {e}"))?;
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| format!("handshake: {e}"))?;
@@ -164,22 +186,55 @@ impl HttpConn {
         Ok(HttpConn { sender })
     }
 
-    pub async fn send(&mut self, method: Method, path: &str, headers: &[(&str, &str)], body: &str) -> Result<Reply, String> {
-        let mut req = Request::builder().method(method).uri(path).header("host", "gateway.test");
+    pub async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Result<Reply, String> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "gateway.test");
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let req = req.body(Full::new(Bytes::from(body.to_owned()))).map_err(|e| e.to_string())?;
+        let req = req
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .map_err(|e| e.to_string())?;
         let exchange = async {
-            self.sender.ready().await.map_err(|e| format!("connection: {e}"))?;
-            let res = self.sender.send_request(req).await.map_err(|e| format!("request {path}: {e}"))?;
+            self.sender
+                .ready()
+                .await
+                .map_err(|e| format!("connection: {e}"))?;
+            let res = self
+                .sender
+                .send_request(req)
+                .await
+                .map_err(|e| format!("request {path}: {e}"))?;
             let status = res.status();
             let headers = res.headers().clone();
-            let node = headers.get(NODE_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
-            let body = res.into_body().collect().await.map_err(|e| format!("body: {e}"))?.to_bytes();
-            Ok(Reply { status, node, headers, body: String::from_utf8_lossy(&body).into_owned() })
+            let node = headers
+                .get(NODE_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let body = res
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| format!("body: {e}"))?
+                .to_bytes();
+            Ok(Reply {
+                status,
+                node,
+                headers,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            })
         };
-        tokio::time::timeout(TIMEOUT, exchange).await.map_err(|_| format!("{path}: timed out"))?
+        tokio::time::timeout(TIMEOUT, exchange)
+            .await
+            .map_err(|_| format!("{path}: timed out"))?
     }
 
     pub async fn get(&mut self, path: &str) -> Result<Reply, String> {
@@ -205,12 +260,23 @@ impl PollingSession {
         let mut conn = HttpConn::open(source, target).await?;
         let reply = conn.get("/socket.io/?EIO=4&transport=polling").await?;
         let open = ok_body(&reply, "handshake")?;
-        let json: Value = serde_json::from_str(open.strip_prefix('0').unwrap_or(&open)).map_err(|e| format!("open packet {open:?}: {e}"))?;
-        let sid = json["sid"].as_str().ok_or(format!("no sid in {open:?}"))?.to_owned();
-        let mut session = PollingSession { conn, sid, nodes: BTreeSet::new(), next_ack: 0 };
+        let json: Value = serde_json::from_str(open.strip_prefix('0').unwrap_or(&open))
+            .map_err(|e| format!("open packet {open:?}: {e}"))?;
+        let sid = json["sid"]
+            .as_str()
+            .ok_or(format!("no sid in {open:?}"))?
+            .to_owned();
+        let mut session = PollingSession {
+            conn,
+            sid,
+            nodes: BTreeSet::new(),
+            next_ack: 0,
+        };
         session.nodes.extend(reply.node);
         session.post("40").await?;
-        let packets = session.poll_until(|p| p.starts_with("40") || p.starts_with("44")).await?;
+        let packets = session
+            .poll_until(|p| p.starts_with("40") || p.starts_with("44"))
+            .await?;
         if !packets.iter().any(|p| p.starts_with("40{")) {
             return Err(format!("namespace connect refused: {packets:?}"));
         }
@@ -223,7 +289,15 @@ impl PollingSession {
 
     pub async fn post(&mut self, payload: &str) -> Result<(), String> {
         let path = self.path();
-        let reply = self.conn.send(Method::POST, &path, &[("content-type", "text/plain;charset=UTF-8")], payload).await?;
+        let reply = self
+            .conn
+            .send(
+                Method::POST,
+                &path,
+                &[("content-type", "text/plain;charset=UTF-8")],
+                payload,
+            )
+            .await?;
         self.nodes.extend(reply.node.clone());
         let body = ok_body(&reply, "post")?;
         if body != "ok" {
@@ -262,11 +336,16 @@ impl PollingSession {
     pub async fn emit_ack(&mut self, event: &str, arg: &Value) -> Result<Value, String> {
         let id = self.next_ack;
         self.next_ack += 1;
-        self.post(&format!("42{id}{}", serde_json::json!([event, arg]))).await?;
+        self.post(&format!("42{id}{}", serde_json::json!([event, arg])))
+            .await?;
         let prefix = format!("43{id}");
         let packets = self.poll_until(|p| p.starts_with(&prefix)).await?;
-        let ack = packets.iter().find(|p| p.starts_with(&prefix)).ok_or("ack vanished")?;
-        let args: Value = serde_json::from_str(&ack[prefix.len()..]).map_err(|e| format!("ack {ack:?}: {e}"))?;
+        let ack = packets
+            .iter()
+            .find(|p| p.starts_with(&prefix))
+            .ok_or("ack vanished")?;
+        let args: Value =
+            serde_json::from_str(&ack[prefix.len()..]).map_err(|e| format!("ack {ack:?}: {e}"))?;
         Ok(args[0].clone())
     }
 
@@ -277,7 +356,12 @@ impl PollingSession {
             return Err(format!("subscribe: {ack}"));
         }
         for n in 0..2 {
-            let ack = self.emit_ack("publish", &serde_json::json!({ "topic": topic, "content": n })).await?;
+            let ack = self
+                .emit_ack(
+                    "publish",
+                    &serde_json::json!({ "topic": topic, "content": n }),
+                )
+                .await?;
             if ack["ok"] != true {
                 return Err(format!("publish: {ack}"));
             }
@@ -301,20 +385,33 @@ fn ok_body(reply: &Reply, what: &str) -> Result<String, String> {
 }
 
 /// A full polling session: handshake, connect, round trips, close.
-pub async fn run_session(source: Ipv4Addr, target: SocketAddr, topic: &str) -> Result<BTreeSet<String>, String> {
+pub async fn run_session(
+    source: Ipv4Addr,
+    target: SocketAddr,
+    topic: &str,
+) -> Result<BTreeSet<String>, String> {
     let mut session = PollingSession::open(source, target).await?;
     session.round_trips(topic).await?;
     session.close().await
 }
 
 pub async fn admin(addr: SocketAddr, method: Method, path: &str) -> Reply {
-    let mut conn = HttpConn::open(Ipv4Addr::LOCALHOST, addr).await.expect("admin connect");
-    conn.send(method, path, &[], "").await.expect("admin request")
+    let mut conn = HttpConn::open(Ipv4Addr::LOCALHOST, addr)
+        .await
+        .expect("admin connect");
+    conn.send(method, path, &[], "")
+        .await
+        .expect("admin request")
 }
 
 /// The gateway's `/nodes`, by name.
 pub async fn nodes_json(addr: SocketAddr) -> Vec<Value> {
-    admin(addr, Method::GET, "/nodes").await.json().as_array().cloned().unwrap_or_default()
+    admin(addr, Method::GET, "/nodes")
+        .await
+        .json()
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// Polls `check` every 50 ms until it holds or [`TIMEOUT`] passes.
@@ -343,10 +440,11 @@ pub async fn round_robin(nodes: Vec<SocketAddr>) -> SocketAddr {
         while let Ok((stream, _)) = listener.accept().await {
             let (nodes, next) = (nodes.clone(), next.clone());
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let target = nodes[next.fetch_add(1, Ordering::Relaxed) % nodes.len()];
-                    forward_to(target, req)
-                });
+                let service =
+                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let target = nodes[next.fetch_add(1, Ordering::Relaxed) % nodes.len()];
+                        forward_to(target, req)
+                    });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
@@ -371,7 +469,10 @@ async fn forward_to(
 /// The node placement picks for `ip` among equal-weight `names`, in order.
 pub fn ranking(ip: Ipv4Addr, names: &[&str]) -> Vec<String> {
     let key = stickyio_shared::placement::ClientKey::new(IpAddr::V4(ip), 32, 64);
-    stickyio_shared::placement::rank(&key, names, |n| (n, 1)).into_iter().map(|n| n.to_string()).collect()
+    stickyio_shared::placement::rank(&key, names, |n| (n, 1))
+        .into_iter()
+        .map(|n| n.to_string())
+        .collect()
 }
 
 /// The one node that served a session.
