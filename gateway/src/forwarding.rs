@@ -43,6 +43,26 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// A client request's headers as sent to a node: hop-by-hop headers dropped,
+/// forwarding headers added.
+pub fn rewrite_request(headers: &mut HeaderMap, peer: IpAddr, peer_trusted: bool) {
+    let host = headers.get(header::HOST).cloned();
+    strip_hop_by_hop(headers);
+    add_forwarding(headers, peer, peer_trusted, host.as_ref());
+}
+
+/// A node's response headers as sent to the client: hop-by-hop headers
+/// dropped, the node named in `x-stickyio-node`.
+pub fn rewrite_response(headers: &mut HeaderMap, node: &str) {
+    strip_hop_by_hop(headers);
+    if let Ok(name) = HeaderValue::from_str(node) {
+        headers.insert(NODE_HEADER, name);
+    }
+}
+
+/// Names the node that served a response, so clients and tests can see pinning.
+pub const NODE_HEADER: &str = "x-stickyio-node";
+
 /// Adds the client to `X-Forwarded-For` and `Forwarded`, and sets
 /// `X-Forwarded-Proto`. A trusted peer's chain is extended; an untrusted
 /// peer's is replaced.

@@ -31,6 +31,6 @@ pub mod state;
 pub mod upgrade;
 pub mod upstream;
 
+pub use forwarding::NODE_HEADER;
 pub use gateway::{ConfigSource, Gateway, RunningGateway, StartError};
-pub use proxy::NODE_HEADER;
 pub use reload::{ReloadError, ReloadReport};

@@ -9,7 +9,6 @@ use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use http::header::{HOST, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
@@ -20,16 +19,13 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::body::{self, Body};
 use crate::client_ip::{client_ip, is_trusted};
 use crate::engineio::EngineQuery;
-use crate::forwarding::{add_forwarding, strip_hop_by_hop};
+use crate::forwarding::{rewrite_request, rewrite_response};
 use crate::limits;
 use crate::router::{self, Route};
 use crate::sniff::{CloseObserver, HandshakeObserver, Observed};
 use crate::state::State;
 use crate::upgrade;
 use crate::upstream::{Transition, Upstream};
-
-/// Names the node that served a response, so clients and tests can see pinning.
-pub const NODE_HEADER: &str = "x-stickyio-node";
 
 /// One client connection's context.
 #[derive(Clone)]
@@ -101,9 +97,7 @@ async fn forward(
         route,
     } = incoming;
     let (mut parts, body) = req.into_parts();
-    let host = parts.headers.get(HOST).cloned();
-    strip_hop_by_hop(&mut parts.headers);
-    add_forwarding(&mut parts.headers, peer_ip, peer_trusted, host.as_ref());
+    rewrite_request(&mut parts.headers, peer_ip, peer_trusted);
     // Without a body the request can be sent again to the next choice.
     let mut body = (!body.is_end_stream()).then(|| {
         let limited = limits::limited(body, max_body);
@@ -200,10 +194,7 @@ fn respond(
     res: Response<Incoming>,
 ) -> Response<Body> {
     let (mut parts, body) = res.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    if let Ok(name) = HeaderValue::from_str(&upstream.name) {
-        parts.headers.insert(NODE_HEADER, name);
-    }
+    rewrite_response(&mut parts.headers, &upstream.name);
     let body = if query.is_polling_handshake(method) && parts.status == StatusCode::OK {
         let observer = HandshakeObserver {
             pins: state.pins.clone(),

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use http::header::{CONNECTION, HOST, HeaderValue, UPGRADE};
+use http::header::{CONNECTION, HeaderValue, UPGRADE};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -18,8 +18,8 @@ use serde_json::json;
 use tokio::net::TcpStream;
 
 use crate::body::{self, Body, BoxError};
-use crate::forwarding::{add_forwarding, strip_hop_by_hop};
-use crate::proxy::{Conn, NODE_HEADER, Routed, bad_gateway, unreachable};
+use crate::forwarding::{NODE_HEADER, rewrite_request, rewrite_response};
+use crate::proxy::{Conn, Routed, bad_gateway, unreachable};
 use crate::router::Reason;
 use crate::state::{CONNECT_TIMEOUT, State};
 use crate::upstream::{Transition, Upstream};
@@ -51,9 +51,7 @@ pub async fn handle(
     } = routed;
     let (mut parts, _) = req.into_parts();
     let protocol = parts.headers.get(UPGRADE).cloned();
-    let host = parts.headers.get(HOST).cloned();
-    strip_hop_by_hop(&mut parts.headers);
-    add_forwarding(&mut parts.headers, peer_ip, peer_trusted, host.as_ref());
+    rewrite_request(&mut parts.headers, peer_ip, peer_trusted);
     if let Some(protocol) = protocol {
         parts.headers.insert(UPGRADE, protocol);
     }
@@ -163,20 +161,17 @@ fn relay(
     client_upgrade: OnUpgrade,
     mut response: Response<Incoming>,
 ) -> Response<Body> {
-    let node_name = HeaderValue::from_str(&upstream.name).ok();
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         let (mut parts, body) = response.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        if let Some(name) = node_name {
-            parts.headers.insert(NODE_HEADER, name);
-        }
+        rewrite_response(&mut parts.headers, &upstream.name);
         return Response::from_parts(parts, body.map_err(Into::into).boxed_unsync());
     }
     let node_upgrade = hyper::upgrade::on(&mut response);
     let mut to_client = Response::new(body::empty());
     *to_client.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     *to_client.headers_mut() = response.headers().clone();
-    if let Some(name) = node_name {
+    if let Ok(name) = HeaderValue::from_str(&upstream.name) {
+        // Upgrade and Connection stay: they are the 101's meaning.
         to_client.headers_mut().insert(NODE_HEADER, name);
     }
 

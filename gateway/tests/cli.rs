@@ -11,20 +11,22 @@ use support::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_stickyio-gateway");
 
-#[test]
-fn check_prints_the_effective_config() {
+/// Runs `stickyio-gateway check` on `text` written as a config file.
+fn check(text: &str) -> (std::process::Output, std::path::PathBuf, TempDir) {
     let dir = TempDir::new("cli-check");
     let path = dir.path("gateway.toml");
-    std::fs::write(
-        &path,
-        "[[nodes]]\nname = \"node-a\"\naddr = \"127.0.0.1:3001\"\n",
-    )
-    .unwrap();
+    std::fs::write(&path, text).unwrap();
     let out = Command::new(BIN)
         .args(["check", "--config"])
         .arg(&path)
         .output()
         .unwrap();
+    (out, path, dir)
+}
+
+#[test]
+fn check_prints_the_effective_config() {
+    let (out, _, _dir) = check("[[nodes]]\nname = \"node-a\"\naddr = \"127.0.0.1:3001\"\n");
     assert!(
         out.status.success(),
         "{}",
@@ -44,18 +46,8 @@ fn check_prints_the_effective_config() {
 
 #[test]
 fn check_reports_a_bad_config_with_its_location() {
-    let dir = TempDir::new("cli-bad");
-    let path = dir.path("gateway.toml");
-    std::fs::write(
-        &path,
-        "ipv4_prefix = 40\n[[nodes]]\nname = \"a\"\naddr = \"127.0.0.1:1\"\n",
-    )
-    .unwrap();
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let (out, path, _dir) =
+        check("ipv4_prefix = 40\n[[nodes]]\nname = \"a\"\naddr = \"127.0.0.1:1\"\n");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     let want = format!(

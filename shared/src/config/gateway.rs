@@ -156,7 +156,9 @@ mod defaults {
         2
     }
     pub fn header_read_timeout() -> Duration {
-        Duration::from_secs(10)
+        // Also the keep-alive idle limit: above the usual 25 s ping interval
+        // so a polling client's connection survives between pongs.
+        Duration::from_secs(30)
     }
     pub fn max_header_bytes() -> usize {
         16 * 1024
@@ -239,12 +241,7 @@ impl Validate for GatewayConfig {
 
 impl HealthConfig {
     fn validate(&self) -> Result<(), Violation> {
-        if !self.path.starts_with('/')
-            || self
-                .path
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control())
-        {
+        if !self.path.starts_with('/') || has_blank(&self.path) {
             return Err(Violation::new(
                 "health.path",
                 "must start with `/` and hold no spaces",
@@ -307,12 +304,7 @@ impl LimitsConfig {
 
 impl NodeEntry {
     fn validate(&self, i: usize) -> Result<(), Violation> {
-        if self.name.is_empty()
-            || self
-                .name
-                .chars()
-                .any(|c| c.is_control() || c.is_whitespace())
-        {
+        if self.name.is_empty() || has_blank(&self.name) {
             return Err(Violation::new(
                 format!("nodes[{i}].name"),
                 "must be non-empty, without spaces or control characters",
@@ -332,6 +324,11 @@ impl NodeEntry {
         }
         Ok(())
     }
+}
+
+/// Whitespace or control characters, which no name or path may hold.
+fn has_blank(s: &str) -> bool {
+    s.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 /// `host:port` with a DNS name, an IPv4 address or a bracketed IPv6 address.
