@@ -51,14 +51,14 @@ impl From<GatewayConfig> for ConfigSource {
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("cannot listen on {addr} ({what}): {source}")]
+    #[error("cannot listen on {addr} ({what})")]
     Bind {
         what: &'static str,
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot watch the config file {}: {source}", .path.display())]
+    #[error("cannot watch the config file {}", .path.display())]
     Watch {
         path: PathBuf,
         #[source]

@@ -54,6 +54,10 @@ pub async fn reload(state: &State) -> Result<ReloadReport, ReloadError> {
 /// Swaps `config` in.
 pub fn apply(state: &State, config: GatewayConfig) -> ReloadReport {
     let old = state.snapshot();
+    if config == *old.config {
+        tracing::debug!("config unchanged");
+        return ReloadReport::default();
+    }
     let mut restart_needed = Vec::new();
     if config.listen != old.config.listen {
         restart_needed.push("listen");
@@ -80,13 +84,17 @@ pub fn apply(state: &State, config: GatewayConfig) -> ReloadReport {
     report
 }
 
-/// Watches the config file's directory and reloads on changes to the file.
+/// Watches the config file's directory and reloads after any change in it.
+///
+/// Not only events naming the file count: Kubernetes updates a mounted
+/// ConfigMap by swapping a `..data` symlink beside it, and editors write
+/// temporary files and rename them. A reload whose config equals the
+/// running one changes nothing.
 pub fn watch(state: Arc<State>, path: &Path) -> notify::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
         _ => PathBuf::from("."),
     };
-    let name = path.file_name().map(ToOwned::to_owned);
     let (tx, mut rx) = mpsc::channel::<()>(1);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
@@ -94,8 +102,7 @@ pub fn watch(state: Arc<State>, path: &Path) -> notify::Result<()> {
             event.kind,
             EventKind::Access(AccessKind::Open(_) | AccessKind::Read)
         );
-        let ours = event.paths.iter().any(|p| p.file_name() == name.as_deref());
-        if ours && !reading {
+        if !reading {
             // A full channel already holds a pending reload.
             let _ = tx.try_send(());
         }

@@ -299,3 +299,41 @@ async fn a_killed_node_fails_over_and_comes_back_after_restart() {
 async fn admin_json(addr: std::net::SocketAddr, path: &str) -> Value {
     admin(addr, Method::GET, path).await.json()
 }
+
+/// Kubernetes updates a mounted ConfigMap by swapping a `..data` symlink;
+/// the file's own name sees no event, yet the change must be picked up.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configmap_style_symlink_swap_is_reloaded() {
+    use std::os::unix::fs::symlink;
+    let nodes = [start_node("node-a").await, start_node("node-b").await];
+    let dir = TempDir::new("configmap");
+    let version = |n: u32, text: &str| {
+        let v = dir.path(&format!("..v{n}"));
+        std::fs::create_dir_all(&v).unwrap();
+        std::fs::write(v.join("gateway.toml"), text).unwrap();
+        symlink(format!("..v{n}"), dir.path("..data_tmp")).unwrap();
+        std::fs::rename(dir.path("..data_tmp"), dir.path("..data")).unwrap();
+    };
+    let text = gateway_toml(&node_list(&nodes), "");
+    version(1, &text);
+    symlink("..data/gateway.toml", dir.path("gateway.toml")).unwrap();
+    let gw = stickyio_gateway::Gateway::start(dir.path("gateway.toml"))
+        .await
+        .expect("gateway starts");
+    let admin_addr = gw.admin_addr();
+    assert_eq!(node(&nodes_json(admin_addr).await, "node-b")["weight"], 1);
+
+    version(
+        2,
+        &text.replace("name = \"node-b\"", "name = \"node-b\"\nweight = 5"),
+    );
+    eventually("the swapped config is live", || async {
+        node(&nodes_json(admin_addr).await, "node-b")["weight"] == 5
+    })
+    .await;
+    gw.shutdown().await;
+    for n in nodes {
+        let _ = n.shutdown().await;
+    }
+}
