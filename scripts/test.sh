@@ -20,4 +20,5 @@ cargo build --workspace --bins
 cargo test --workspace
 
 step "JS client tests (official socket.io-client)"
-(cd tests/js && STICKYIO_BIN_DIR="$root/target/debug" node --test --test-concurrency=1 ./*.test.mjs)
+bin_dir="${CARGO_TARGET_DIR:-$root/target}/debug"
+(cd tests/js && STICKYIO_BIN_DIR="$bin_dir" node --test --test-concurrency=1 ./*.test.mjs)

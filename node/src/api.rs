@@ -12,11 +12,13 @@
 //! client that sent the wrong shape would then wait for an ack that never
 //! comes. Every request with an ack callback gets an answer.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, Event, SocketRef, State, TryData};
+use socketioxide::handler::ConnectHandler;
 use socketioxide::socket::DisconnectReason;
 
 use crate::metrics::Metrics;
@@ -31,17 +33,25 @@ pub struct Api {
 
 /// Registers the main namespace and its event handlers.
 pub fn register(io: &SocketIo) {
-    io.ns("/", on_connect);
+    io.ns("/", on_connect.with(add_handlers));
 }
 
-async fn on_connect(socket: SocketRef, State(api): State<Api>) {
-    api.metrics.connected_sockets.inc();
-    tracing::debug!(sid = %socket.id, "socket connected");
+/// Adds the event handlers in a connect middleware, which socketioxide runs
+/// before it tells the client it is connected. The connect handler itself is
+/// spawned after that, so a client emitting right away could beat it and
+/// have its first request dropped without an ack.
+async fn add_handlers(socket: SocketRef) -> Result<(), Infallible> {
     socket.on("subscribe", pattern_request);
     socket.on("unsubscribe", pattern_request);
     socket.on("subscriptions", subscriptions);
     socket.on("publish", publish);
     socket.on_disconnect(on_disconnect);
+    Ok(())
+}
+
+async fn on_connect(socket: SocketRef, State(api): State<Api>) {
+    api.metrics.connected_sockets.inc();
+    tracing::debug!(sid = %socket.id, "socket connected");
 }
 
 async fn on_disconnect(socket: SocketRef, reason: DisconnectReason, State(api): State<Api>) {

@@ -38,42 +38,27 @@ pub struct Metrics {
     pub rejected: Family<[(&'static str, &'static str); 1], Counter>,
 }
 
+/// Registers each named field of `metrics` under the field's own name.
+macro_rules! register_fields {
+    ($registry:ident, $metrics:ident, { $($field:ident: $help:literal,)* }) => {
+        $($registry.register(stringify!($field), $help, $metrics.$field.clone());)*
+    };
+}
+
 impl Metrics {
     /// A registry for a node named `node`, with the node's metrics in it.
     pub fn registry(node: &str) -> (Registry, Metrics) {
         let label = (Cow::Borrowed("node"), Cow::Owned(node.to_owned()));
         let mut registry = Registry::with_prefix_and_labels(PREFIX, std::iter::once(label));
         let metrics = Metrics::default();
-        registry.register(
-            "connected_sockets",
-            "Sockets connected to the main namespace",
-            metrics.connected_sockets.clone(),
-        );
-        registry.register(
-            "subscriptions",
-            "Subscription patterns held, summed over all sockets",
-            metrics.subscriptions.clone(),
-        );
-        registry.register(
-            "published",
-            "Publishes accepted from this node's sockets",
-            metrics.published.clone(),
-        );
-        registry.register(
-            "delivered",
-            "Message events handed to sockets, one per message per socket",
-            metrics.delivered.clone(),
-        );
-        registry.register(
-            "dropped",
-            "Deliveries lost because a socket's send buffer was full or closed",
-            metrics.dropped.clone(),
-        );
-        registry.register(
-            "rejected",
-            "Topic API requests refused, by error code",
-            metrics.rejected.clone(),
-        );
+        register_fields!(registry, metrics, {
+            connected_sockets: "Sockets connected to the main namespace",
+            subscriptions: "Subscription patterns held, summed over all sockets",
+            published: "Publishes accepted from this node's sockets",
+            delivered: "Message events handed to sockets, one per message per socket",
+            dropped: "Deliveries lost because a socket's send buffer was full or closed",
+            rejected: "Topic API requests refused, by error code",
+        });
         // Every code shows from the start, at 0, rather than on first use.
         for code in ErrorCode::ALL {
             drop(metrics.rejected.get_or_create(&[("code", code.as_str())]));

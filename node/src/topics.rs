@@ -2,7 +2,7 @@
 //!
 //! It owns the node's subscription state: which patterns each socket holds
 //! (for `subscriptions`, the per-socket limit and cleanup on disconnect) and
-//! the [`PatternIndex`] that finds, for a published topic, every socket to
+//! the pattern index (`index.rs`) that finds, for a published topic, every socket to
 //! reach. A message reaches each socket once, with all of that socket's
 //! matching patterns, however many of them match.
 //!

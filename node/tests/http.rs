@@ -1,0 +1,202 @@
+//! The HTTP side of a running node: health, readiness, metrics, the demo
+//! page and its client script, and what unknown routes get.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use serde_json::{Value, json};
+use stickyio_node::{Check, Node, Readiness, RunningNode};
+use stickyio_shared::config::node::NodeConfig;
+use tokio::time::timeout;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn config(name: &str) -> NodeConfig {
+    NodeConfig::standalone(name, "127.0.0.1:0".parse().unwrap())
+}
+
+async fn start(name: &str) -> RunningNode {
+    timeout(WAIT, Node::bind(config(name)))
+        .await
+        .expect("bind timed out")
+        .expect("bind failed")
+}
+
+/// Status, content type and body of one request.
+async fn fetch(node: &RunningNode, method: reqwest::Method, path: &str) -> (u16, String, String) {
+    let url = format!("http://{}{path}", node.local_addr());
+    timeout(WAIT, async {
+        let response = reqwest::Client::new().request(method, &url).send().await?;
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        Ok::<_, reqwest::Error>((status, content_type, response.text().await?))
+    })
+    .await
+    .expect("request timed out")
+    .expect("request failed")
+}
+
+async fn get(node: &RunningNode, path: &str) -> (u16, String, String) {
+    fetch(node, reqwest::Method::GET, path).await
+}
+
+#[tokio::test]
+async fn healthz_answers_ok() {
+    let node = start("node-a").await;
+    let (status, _, body) = get(&node, "/healthz").await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+}
+
+#[tokio::test]
+async fn readyz_is_ready_when_listening_standalone() {
+    let node = start("node-a").await;
+    let (status, content_type, body) = get(&node, "/readyz").await;
+    assert_eq!(status, 200);
+    assert_eq!(content_type, "application/json");
+    let report: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        report,
+        json!({"ready": true, "node": "node-a", "checks": {"listening": {"ready": true}}})
+    );
+}
+
+struct Unlinked;
+
+impl Readiness for Unlinked {
+    fn name(&self) -> &str {
+        "mesh"
+    }
+    fn check(&self) -> Check {
+        Check {
+            ready: false,
+            detail: json!({"unlinked": ["http://127.0.0.1:9"]}),
+        }
+    }
+}
+
+#[tokio::test]
+async fn plugged_in_checks_and_metrics_are_served() {
+    let node = timeout(WAIT, Node::prepare(config("node-b")))
+        .await
+        .expect("prepare timed out")
+        .expect("prepare failed");
+    node.add_readiness(Arc::new(Unlinked));
+    let links = Counter::<u64>::default();
+    node.with_registry(|registry| {
+        registry.sub_registry_with_prefix("mesh").register(
+            "links_opened",
+            "Peer links opened",
+            links.clone(),
+        );
+    });
+    links.inc_by(3);
+    let node = node.serve();
+
+    let (status, _, body) = get(&node, "/readyz").await;
+    assert_eq!(status, 503);
+    let report: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(report["ready"], false);
+    assert_eq!(report["checks"]["listening"]["ready"], true);
+    assert_eq!(
+        report["checks"]["mesh"],
+        json!({"ready": false, "detail": {"unlinked": ["http://127.0.0.1:9"]}})
+    );
+
+    let (_, _, metrics) = get(&node, "/metrics").await;
+    assert!(
+        metrics.contains("stickyio_node_mesh_links_opened_total{node=\"node-b\"} 3"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text_with_every_series() {
+    let node = start("node-a").await;
+    let (status, content_type, body) = get(&node, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    for series in [
+        "stickyio_node_connected_sockets{node=\"node-a\"} 0",
+        "stickyio_node_subscriptions{node=\"node-a\"} 0",
+        "stickyio_node_published_total{node=\"node-a\"} 0",
+        "stickyio_node_delivered_total{node=\"node-a\"} 0",
+        "stickyio_node_dropped_total{node=\"node-a\"} 0",
+    ] {
+        assert!(
+            body.lines().any(|l| l == series),
+            "missing {series} in\n{body}"
+        );
+    }
+    for code in [
+        "invalid_topic",
+        "invalid_payload",
+        "too_many_subscriptions",
+        "too_large",
+    ] {
+        assert!(
+            body.lines()
+                .any(|l| l.starts_with("stickyio_node_rejected_total{")
+                    && l.contains(&format!("code=\"{code}\""))
+                    && l.ends_with(" 0")),
+            "missing rejected {code} in\n{body}"
+        );
+    }
+    assert!(body.ends_with("# EOF\n"));
+}
+
+#[tokio::test]
+async fn demo_page_names_the_node_and_loads_the_client_from_the_node() {
+    let node = start("node-c").await;
+    let (status, content_type, page) = get(&node, "/").await;
+    assert_eq!(status, 200);
+    assert_eq!(content_type, "text/html; charset=utf-8");
+    assert!(
+        page.contains("<strong id=\"node\">node-c</strong>"),
+        "{page}"
+    );
+    assert!(page.contains("<script src=\"socket.io.min.js\"></script>"));
+
+    let (status, content_type, script) = get(&node, "/socket.io.min.js").await;
+    assert_eq!(status, 200);
+    assert_eq!(content_type, "text/javascript; charset=utf-8");
+    assert!(
+        script.starts_with("/*!\n * Socket.IO v4."),
+        "{}",
+        &script[..40]
+    );
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_get_clear_errors() {
+    let node = start("node-a").await;
+    let (status, _, body) = get(&node, "/nope").await;
+    assert_eq!((status, body.as_str()), (404, "no route for /nope\n"));
+    let (status, _, body) = fetch(&node, reqwest::Method::POST, "/healthz").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (405, "/healthz only answers GET and HEAD, not POST\n")
+    );
+    let (status, _, body) = fetch(&node, reqwest::Method::HEAD, "/").await;
+    assert_eq!((status, body.as_str()), (200, ""), "HEAD has no body");
+}
+
+#[tokio::test]
+async fn engine_io_is_served_under_socket_io() {
+    let node = start("node-a").await;
+    let (status, _, body) = get(&node, "/socket.io/?EIO=4&transport=polling").await;
+    assert_eq!(status, 200);
+    let handshake: Value = serde_json::from_str(body.strip_prefix('0').expect(&body)).unwrap();
+    assert_eq!(handshake["pingInterval"], 25000);
+    assert_eq!(handshake["pingTimeout"], 20000);
+    assert_eq!(handshake["maxPayload"], 1_000_000);
+    assert_eq!(handshake["upgrades"], json!(["websocket"]));
+}
