@@ -2,13 +2,15 @@
 //! `/nodes`, `/route?ip=…[&sid=…]` and `POST /reload`.
 //!
 //! Kept apart from the public listener so operators' endpoints are never
-//! reachable through the client-facing port.
+//! reachable through the client-facing port. With an admin token set, every
+//! endpoint but `/healthz` (which tells nothing, and serves liveness probes)
+//! needs `Authorization: Bearer <token>`, compared in constant time.
 
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use http::header::{CONTENT_TYPE, HeaderValue};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
@@ -23,6 +25,11 @@ pub async fn handle(
     state: Arc<State>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    if req.uri().path() != "/healthz"
+        && let Some(refusal) = unauthorized(&state, &req)
+    {
+        return Ok(refusal);
+    }
     let res = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => body::json(StatusCode::OK, &json!({ "status": "ok" })),
         (&Method::GET, "/metrics") => metrics(&state),
@@ -45,6 +52,31 @@ pub async fn handle(
         ),
     };
     Ok(res)
+}
+
+/// A 401 when a token is set and the request does not carry it.
+fn unauthorized<B>(state: &State, req: &Request<B>) -> Option<Response<Body>> {
+    let token = state.admin_token.as_ref()?;
+    let presented = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if presented.is_some_and(|p| token.matches(p)) {
+        return None;
+    }
+    state.metrics.rejected("admin_unauthorized");
+    tracing::warn!(path = %req.uri().path(), "admin request refused: missing or wrong bearer token");
+    let mut res = body::error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "this admin endpoint needs `Authorization: Bearer <admin token>`",
+        json!({}),
+    );
+    res.headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    Some(res)
 }
 
 fn metrics(state: &State) -> Response<Body> {

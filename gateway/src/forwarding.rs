@@ -45,10 +45,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// A client request's headers as sent to a node: hop-by-hop headers dropped,
 /// forwarding headers added.
-pub fn rewrite_request(headers: &mut HeaderMap, peer: IpAddr, peer_trusted: bool) {
+/// `proto` is how the client reached the gateway: `http` or `https`.
+pub fn rewrite_request(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    peer_trusted: bool,
+    proto: &'static str,
+) {
     let host = headers.get(header::HOST).cloned();
     strip_hop_by_hop(headers);
-    add_forwarding(headers, peer, peer_trusted, host.as_ref());
+    add_forwarding(headers, peer, peer_trusted, host.as_ref(), proto);
 }
 
 /// A node's response headers as sent to the client: hop-by-hop headers
@@ -71,6 +77,7 @@ pub fn add_forwarding(
     peer: IpAddr,
     peer_trusted: bool,
     host: Option<&HeaderValue>,
+    proto: &'static str,
 ) {
     if !peer_trusted {
         headers.remove(X_FORWARDED_FOR);
@@ -85,7 +92,7 @@ pub fn add_forwarding(
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => format!("\"[{v6}]\""),
     };
-    let mut element = format!("for={node};proto=http");
+    let mut element = format!("for={node};proto={proto}");
     if let Some(host) = host
         .and_then(|h| h.to_str().ok())
         .filter(|h| is_token_safe(h))
@@ -99,7 +106,7 @@ pub fn add_forwarding(
     set(headers, X_FORWARDED_FOR, &xff);
     set(headers, FORWARDED.as_str(), &forwarded);
     if !headers.contains_key(X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
 }
 
@@ -165,7 +172,13 @@ mod tests {
             ("x-forwarded-proto", "https"),
         ]);
         let host = HeaderValue::from_static("example.com:8080");
-        add_forwarding(&mut h, "127.0.0.7".parse().unwrap(), false, Some(&host));
+        add_forwarding(
+            &mut h,
+            "127.0.0.7".parse().unwrap(),
+            false,
+            Some(&host),
+            "http",
+        );
         assert_eq!(h["x-forwarded-for"], "127.0.0.7");
         assert_eq!(
             h["forwarded"],
@@ -181,7 +194,7 @@ mod tests {
             ("x-forwarded-for", "5.6.7.8"),
             ("x-forwarded-proto", "https"),
         ]);
-        add_forwarding(&mut h, "::1".parse().unwrap(), true, None);
+        add_forwarding(&mut h, "::1".parse().unwrap(), true, None, "http");
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 5.6.7.8, ::1");
         assert_eq!(h["forwarded"], "for=\"[::1]\";proto=http");
         assert_eq!(h["x-forwarded-proto"], "https");

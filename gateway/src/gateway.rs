@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use stickyio_shared::config::ConfigError;
 use stickyio_shared::config::gateway::GatewayConfig;
+use stickyio_shared::secret::SecretError;
 use tokio::net::TcpListener;
 
 use crate::health_check;
@@ -16,6 +17,7 @@ use crate::limits::ConnectionLimit;
 use crate::reload::{self, ReloadError, ReloadReport};
 use crate::server;
 use crate::state::State;
+use crate::tls::{self, TlsError};
 
 /// How often silent pins are expired and drained nodes forgotten.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
@@ -51,6 +53,10 @@ impl From<GatewayConfig> for ConfigSource {
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("admin token: {0}")]
+    AdminToken(#[from] SecretError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("cannot listen on {addr} ({what})")]
     Bind {
         what: &'static str,
@@ -82,12 +88,17 @@ impl Gateway {
                 .await
                 .map_err(|source| StartError::Bind { what, addr, source })
         };
+        let admin_token = config.resolve_admin_token()?;
+        let acceptor = config.tls.as_ref().map(tls::acceptor).transpose()?;
+        if !config.admin.ip().is_loopback() && admin_token.is_none() {
+            tracing::warn!(admin = %config.admin, "the admin listener is open to anyone who can reach it (allow_open_admin)");
+        }
         let public = bind("listen", config.listen).await?;
         let admin = bind("admin", config.admin).await?;
         let local_addr = bound_addr(&public, config.listen);
         let admin_addr = bound_addr(&admin, config.admin);
         let limit = ConnectionLimit::new(config.limits.max_connections);
-        let state = State::new(config, path.clone());
+        let state = State::new(config, path.clone(), admin_token);
         if let Some(path) = &path {
             reload::watch(state.clone(), path).map_err(|source| StartError::Watch {
                 path: path.clone(),
@@ -97,7 +108,7 @@ impl Gateway {
         }
         state
             .tasks
-            .spawn(server::serve_public(state.clone(), public, limit));
+            .spawn(server::serve_public(state.clone(), public, limit, acceptor));
         state.tasks.spawn(server::serve_admin(state.clone(), admin));
         state.tasks.spawn(health_check::run(state.clone()));
         state.tasks.spawn(maintenance(state.clone()));

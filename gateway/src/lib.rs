@@ -6,7 +6,7 @@
 //! - Pinning: `sid → node` learned from polling handshakes ([`pinning`],
 //!   [`engineio`], [`sniff`]).
 //! - Proxying: streamed HTTP and relayed websockets ([`proxy`], [`upgrade`],
-//!   [`forwarding`]) behind [`limits`].
+//!   [`forwarding`]) behind [`limits`], optionally over [`tls`].
 //! - Operations: [`health_check`], [`reload`], [`admin`], [`metrics`].
 //!
 //! Start one with [`Gateway::start`].
@@ -28,6 +28,7 @@ pub mod router;
 pub mod server;
 pub mod sniff;
 pub mod state;
+pub mod tls;
 pub mod upgrade;
 pub mod upstream;
 

@@ -33,12 +33,16 @@ pub struct Conn {
     pub peer: SocketAddr,
     /// Held by websocket relays too, so they count against the connection limit.
     pub permit: Arc<OwnedSemaphorePermit>,
+    /// Arrived over TLS: told to the node as `proto=https`.
+    pub tls: bool,
 }
 
 /// What routing needs to know about a request.
 pub struct Routed {
     pub peer_ip: IpAddr,
     pub peer_trusted: bool,
+    /// `http` or `https`, as the client reached the gateway.
+    pub proto: &'static str,
     pub query: EngineQuery,
     pub route: Route,
 }
@@ -68,6 +72,7 @@ pub async fn handle(
     let incoming = Routed {
         peer_ip,
         peer_trusted,
+        proto: if conn.tls { "https" } else { "http" },
         query,
         route,
     };
@@ -93,11 +98,12 @@ async fn forward(
     let Routed {
         peer_ip,
         peer_trusted,
+        proto,
         query,
         route,
     } = incoming;
     let (mut parts, body) = req.into_parts();
-    rewrite_request(&mut parts.headers, peer_ip, peer_trusted);
+    rewrite_request(&mut parts.headers, peer_ip, peer_trusted, proto);
     // Without a body the request can be sent again to the next choice.
     let mut body = (!body.is_end_stream()).then(|| {
         let limited = limits::limited(body, max_body);

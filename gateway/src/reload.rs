@@ -68,6 +68,14 @@ pub fn apply(state: &State, config: GatewayConfig) -> ReloadReport {
     if config.limits.max_connections != old.config.limits.max_connections {
         restart_needed.push("limits.max_connections");
     }
+    if config.admin_token != old.config.admin_token
+        || config.admin_token_file != old.config.admin_token_file
+    {
+        restart_needed.push("admin_token");
+    }
+    if config.tls != old.config.tls {
+        restart_needed.push("tls");
+    }
     let (snapshot, nodes) = state.registry.next(&old, Arc::new(config), &state.metrics);
     state.store(snapshot);
     let report = ReloadReport {

@@ -3,6 +3,8 @@
 //!
 //! On shutdown the loops stop accepting and every connection is asked to
 //! finish its in-flight request and close (hyper's graceful shutdown).
+//! With `[tls]`, a public connection is served once its TLS handshake has
+//! finished within the header read timeout.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,7 +15,9 @@ use futures_util::future::BoxFuture;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 
 use crate::admin;
 use crate::limits::{self, ConnectionLimit};
@@ -47,7 +51,12 @@ where
 }
 
 /// The client-facing listener.
-pub async fn serve_public(state: Arc<State>, listener: TcpListener, limit: ConnectionLimit) {
+pub async fn serve_public(
+    state: Arc<State>,
+    listener: TcpListener,
+    limit: ConnectionLimit,
+    tls: Option<TlsAcceptor>,
+) {
     let loop_state = state.clone();
     accept_loop(loop_state, listener, move |stream, peer| {
         let state = state.clone();
@@ -57,18 +66,37 @@ pub async fn serve_public(state: Arc<State>, listener: TcpListener, limit: Conne
             return limits::refuse_busy(stream).boxed();
         };
         let _ = stream.set_nodelay(true);
-        let builder = limits::http1_builder(&state.snapshot().config.limits);
+        let limits = state.snapshot().config.limits.clone();
+        let builder = limits::http1_builder(&limits);
         let conn = Conn {
             peer,
             permit: Arc::new(permit),
+            tls: tls.is_some(),
         };
+        let tls = tls.clone();
         async move {
             let open = state.metrics.connections().clone();
             open.inc();
             let handler_state = state.clone();
             let service =
                 service_fn(move |req| proxy::handle(handler_state.clone(), conn.clone(), req));
-            drive(&state, &builder, stream, service, peer).await;
+            match tls {
+                None => drive(&state, &builder, stream, service, peer).await,
+                Some(acceptor) => {
+                    let handshake = acceptor.accept(stream);
+                    match tokio::time::timeout(limits.header_read_timeout.get(), handshake).await {
+                        Ok(Ok(stream)) => drive(&state, &builder, stream, service, peer).await,
+                        Ok(Err(e)) => {
+                            state.metrics.rejected("tls_handshake");
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            state.metrics.rejected("tls_handshake");
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                        }
+                    }
+                }
+            }
             open.dec();
         }
         .boxed()
@@ -93,13 +121,14 @@ pub async fn serve_admin(state: Arc<State>, listener: TcpListener) {
 }
 
 /// Serves one connection until it closes, or gracefully ends it at shutdown.
-async fn drive<S>(
+async fn drive<I, S>(
     state: &State,
     builder: &http1::Builder,
-    stream: TcpStream,
+    stream: I,
     service: S,
     peer: SocketAddr,
 ) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::HttpService<hyper::body::Incoming> + Send,
     S::Future: Send + 'static,
     S::ResBody: Send + 'static,

@@ -11,6 +11,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use stickyio_shared::config::gateway::GatewayConfig;
+use stickyio_shared::secret::Secret;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -33,6 +34,8 @@ pub struct State {
     pub client: NodeClient,
     /// Where the config came from; `None` when started from a value.
     pub config_path: Option<PathBuf>,
+    /// Bearer token of the admin listener, resolved at start.
+    pub admin_token: Option<Secret>,
     /// Serialises reloads so two edits never interleave.
     pub reload_lock: tokio::sync::Mutex<()>,
     /// Connections, websocket relays and background tasks, waited for on shutdown.
@@ -44,7 +47,11 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(config: GatewayConfig, config_path: Option<PathBuf>) -> Arc<Self> {
+    pub fn new(
+        config: GatewayConfig,
+        config_path: Option<PathBuf>,
+        admin_token: Option<Secret>,
+    ) -> Arc<Self> {
         let metrics = Metrics::default();
         let registry = Registry::default();
         let snapshot = registry.initial(Arc::new(config), &metrics);
@@ -64,6 +71,7 @@ impl State {
             metrics,
             client,
             config_path,
+            admin_token,
             reload_lock: tokio::sync::Mutex::new(()),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),

@@ -46,12 +46,13 @@ pub async fn handle(
     let Routed {
         peer_ip,
         peer_trusted,
+        proto,
         query,
         route,
     } = routed;
     let (mut parts, _) = req.into_parts();
     let protocol = parts.headers.get(UPGRADE).cloned();
-    rewrite_request(&mut parts.headers, peer_ip, peer_trusted);
+    rewrite_request(&mut parts.headers, peer_ip, peer_trusted, proto);
     if let Some(protocol) = protocol {
         parts.headers.insert(UPGRADE, protocol);
     }

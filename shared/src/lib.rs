@@ -4,10 +4,12 @@
 //! - [`message`]: a publication as delivered to sockets and relayed between nodes.
 //! - [`placement`]: the portable rendezvous hash that maps a client address to a node.
 //! - [`relay`]: the frame that carries a publication from one node to a peer.
+//! - [`secret`]: shared secrets, compared in constant time and never printed.
 //! - [`topic`]: topic names and subscription patterns (`*`, `#`): validation and matching.
 
 pub mod config;
 pub mod message;
 pub mod placement;
 pub mod relay;
+pub mod secret;
 pub mod topic;

@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use stickyio_shared::config;
 
 use super::metrics::{DropLabels, MeshMetrics, PeerLabels};
-use super::secret::Secret;
+use stickyio_shared::secret::Secret;
 
 /// How long a dial (handshake and the peer's answer) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

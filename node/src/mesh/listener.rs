@@ -22,7 +22,7 @@ use stickyio_shared::relay;
 
 use super::dedup::{Dedup, Key};
 use super::metrics::{MeshMetrics, OriginLabels};
-use super::secret::Secret;
+use stickyio_shared::secret::Secret;
 
 /// The namespace peers link to.
 pub const NAMESPACE: &str = "/cluster";

@@ -16,7 +16,6 @@ mod dedup;
 mod link;
 mod listener;
 mod metrics;
-mod secret;
 
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -28,6 +27,7 @@ use socketioxide::SocketIo;
 use stickyio_shared::config::node::{NodeConfig, SECRET_ENV, SecretError};
 use stickyio_shared::message::Publication;
 use stickyio_shared::relay;
+use stickyio_shared::secret::Secret;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -42,7 +42,6 @@ use dedup::Dedup;
 use link::{Link, LinkSettings};
 use listener::Listener;
 use metrics::MeshMetrics;
-use secret::Secret;
 
 /// Relayed ids remembered per node; far above what one node relays between
 /// a link failing and its redial.

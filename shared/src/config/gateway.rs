@@ -6,12 +6,16 @@
 //! is checked here, before a new config is swapped in.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, Duration, Validate, Violation};
+use crate::secret::{self, Secret, SecretError};
+
+/// Environment variable that can carry the admin token instead of the file.
+pub const ADMIN_TOKEN_ENV: &str = "STICKYIO_ADMIN_TOKEN";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -31,11 +35,34 @@ pub struct GatewayConfig {
     /// IPv6 clients are placed by this many leading bits of their address.
     #[serde(default = "defaults::ipv6_prefix")]
     pub ipv6_prefix: u8,
+    /// Bearer token the admin listener requires (all but `/healthz`).
+    /// Prefer `admin_token_file` or `STICKYIO_ADMIN_TOKEN`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<Secret>,
+    /// A file holding the admin token, relative to the config file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Serve an admin listener on a non-loopback address without a token.
+    /// Off by default: such a config is refused.
+    #[serde(default)]
+    pub allow_open_admin: bool,
     #[serde(default)]
     pub health: HealthConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// TLS on the public listener; plain HTTP without this table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
     pub nodes: Vec<NodeEntry>,
+}
+
+/// The public listener's certificate chain and private key, PEM files
+/// relative to the config file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 /// Active health checks: `GET path` every `interval`; `fall` failures in a
@@ -184,9 +211,36 @@ mod defaults {
 }
 
 impl GatewayConfig {
-    /// Reads and validates `gateway.toml`.
+    /// Reads and validates `gateway.toml`; relative `admin_token_file` and
+    /// `[tls]` paths are taken from the config file's directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        super::load(path)
+        let mut config: GatewayConfig = super::load(path)?;
+        if let Some(dir) = path.parent() {
+            let relative = |file: &mut PathBuf| {
+                if file.is_relative() {
+                    *file = dir.join(&*file);
+                }
+            };
+            if let Some(file) = &mut config.admin_token_file {
+                relative(file);
+            }
+            if let Some(tls) = &mut config.tls {
+                relative(&mut tls.cert_file);
+                relative(&mut tls.key_file);
+            }
+        }
+        Ok(config)
+    }
+
+    /// The admin token: inline, else `admin_token_file`, else the environment.
+    pub fn resolve_admin_token(&self) -> Result<Option<Secret>, SecretError> {
+        let token = secret::resolve(
+            self.admin_token.as_ref().map(Secret::expose),
+            self.admin_token_file.as_deref(),
+            "admin_token_file",
+            ADMIN_TOKEN_ENV,
+        )?;
+        Ok(token.map(Secret::new))
     }
 
     /// The config as TOML, every default written out (for `check`).
@@ -203,8 +257,12 @@ impl Validate for GatewayConfig {
         if !(1..=128).contains(&self.ipv6_prefix) {
             return Err(Violation::new("ipv6_prefix", "must be between 1 and 128"));
         }
+        self.validate_admin()?;
         self.health.validate()?;
         self.limits.validate()?;
+        if let Some(tls) = &self.tls {
+            tls.validate()?;
+        }
         if self.nodes.is_empty() {
             return Err(Violation::new(
                 "nodes",
@@ -233,6 +291,55 @@ impl Validate for GatewayConfig {
                         node.addr
                     ),
                 ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl GatewayConfig {
+    /// The admin listener can reload the config and reveals the topology:
+    /// off loopback it needs a token, unless explicitly opened.
+    fn validate_admin(&self) -> Result<(), Violation> {
+        if self.admin_token.is_some() && self.admin_token_file.is_some() {
+            return Err(Violation::new(
+                "admin_token_file",
+                "set either `admin_token` or `admin_token_file`, not both",
+            ));
+        }
+        if self
+            .admin_token
+            .as_ref()
+            .is_some_and(|t| t.expose().trim().is_empty())
+        {
+            return Err(Violation::new("admin_token", "must not be empty"));
+        }
+        let token_set = self.admin_token.is_some()
+            || self.admin_token_file.is_some()
+            || std::env::var(ADMIN_TOKEN_ENV).is_ok_and(|t| !t.is_empty());
+        if !self.admin.ip().is_loopback() && !token_set && !self.allow_open_admin {
+            return Err(Violation::new(
+                "admin",
+                format!(
+                    "{} is not a loopback address, so the admin listener needs a token: \
+                     set `admin_token_file`, `admin_token` or {ADMIN_TOKEN_ENV} \
+                     (or `allow_open_admin = true` to serve it to anyone who can reach it)",
+                    self.admin
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl TlsConfig {
+    fn validate(&self) -> Result<(), Violation> {
+        for (key, path) in [
+            ("tls.cert_file", &self.cert_file),
+            ("tls.key_file", &self.key_file),
+        ] {
+            if path.as_os_str().is_empty() {
+                return Err(Violation::new(key, "must name a PEM file"));
             }
         }
         Ok(())
@@ -488,6 +595,81 @@ weight = 1
         );
         let e = err(&format!("ipv4_prefix = 300\n{NODES}"));
         assert!(e.starts_with("gateway.toml:1:15:"), "{e}");
+    }
+
+    #[test]
+    fn a_non_loopback_admin_needs_a_token_or_an_explicit_opening() {
+        if std::env::var(ADMIN_TOKEN_ENV).is_ok() {
+            return; // the environment would supply the token
+        }
+        let e = err(&format!("admin = \"0.0.0.0:9090\"\n{NODES}"));
+        assert!(
+            e.starts_with(
+                "gateway.toml:1:9: `admin`: 0.0.0.0:9090 is not a loopback address, so the admin listener needs a token"
+            ),
+            "{e}"
+        );
+        for extra in [
+            "admin_token = \"t0ken\"",
+            "admin_token_file = \"admin.token\"",
+            "allow_open_admin = true",
+        ] {
+            let text = format!("admin = \"0.0.0.0:9090\"\n{extra}\n{NODES}");
+            assert!(parse::<GatewayConfig>(&text, "g").is_ok(), "{extra}");
+        }
+        let both = format!("admin_token = \"a\"\nadmin_token_file = \"f\"\n{NODES}");
+        assert_eq!(
+            err(&both),
+            "gateway.toml:2:20: `admin_token_file`: set either `admin_token` or `admin_token_file`, not both"
+        );
+        assert_eq!(
+            err(&format!("admin_token = \" \"\n{NODES}")),
+            "gateway.toml:1:15: `admin_token`: must not be empty"
+        );
+    }
+
+    #[test]
+    fn the_admin_token_is_never_rendered() {
+        let text = format!("admin_token = \"t0p-s3cret\"\n{NODES}");
+        let c: GatewayConfig = parse(&text, "g").unwrap();
+        let rendered = c.to_toml();
+        assert!(!rendered.contains("t0p-s3cret"), "{rendered}");
+        assert!(
+            rendered.contains("admin_token = \"<redacted>\""),
+            "{rendered}"
+        );
+        assert!(!format!("{c:?}").contains("t0p-s3cret"));
+        assert_eq!(
+            c.resolve_admin_token()
+                .unwrap()
+                .map(|t| t.expose().to_owned()),
+            Some("t0p-s3cret".to_owned())
+        );
+    }
+
+    #[test]
+    fn tls_paths_are_read_and_resolved_relative_to_the_config() {
+        let dir = std::env::temp_dir().join(format!("stickyio-gw-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = format!(
+            "admin_token_file = \"admin.token\"\n[tls]\ncert_file = \"cert.pem\"\nkey_file = \"/etc/key.pem\"\n{NODES}"
+        );
+        std::fs::write(dir.join("gateway.toml"), text).unwrap();
+        let c = GatewayConfig::load(&dir.join("gateway.toml")).unwrap();
+        let tls = c.tls.clone().unwrap();
+        assert_eq!(tls.cert_file, dir.join("cert.pem"));
+        assert_eq!(tls.key_file, PathBuf::from("/etc/key.pem"));
+        assert_eq!(c.admin_token_file, Some(dir.join("admin.token")));
+        std::fs::remove_dir_all(&dir).unwrap();
+        let e = err(&format!("[tls]\ncert_file = \"c.pem\"\n{NODES}"));
+        assert!(e.contains("missing field `key_file`"), "{e}");
+        let e = err(&format!(
+            "[tls]\ncert_file = \"\"\nkey_file = \"k\"\n{NODES}"
+        ));
+        assert_eq!(
+            e,
+            "gateway.toml:2:13: `tls.cert_file`: must name a PEM file"
+        );
     }
 
     #[test]

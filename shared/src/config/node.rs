@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, Duration, Validate, Violation};
+pub use crate::secret::SecretError;
 
 /// Environment variable that can carry the mesh secret instead of the file.
 pub const SECRET_ENV: &str = "STICKYIO_CLUSTER_SECRET";
@@ -143,34 +144,13 @@ impl ClusterConfig {
 
     /// The mesh secret: inline, else `secret_file`, else the environment.
     pub fn resolve_secret(&self) -> Result<Option<String>, SecretError> {
-        if let Some(s) = &self.secret {
-            return Ok(Some(s.clone()));
-        }
-        if let Some(path) = &self.secret_file {
-            let text = std::fs::read_to_string(path).map_err(|source| SecretError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            let secret = text.trim().to_owned();
-            if secret.is_empty() {
-                return Err(SecretError::Empty(path.clone()));
-            }
-            return Ok(Some(secret));
-        }
-        Ok(std::env::var(SECRET_ENV).ok().filter(|s| !s.is_empty()))
+        crate::secret::resolve(
+            self.secret.as_deref(),
+            self.secret_file.as_deref(),
+            "cluster.secret_file",
+            SECRET_ENV,
+        )
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum SecretError {
-    #[error("cluster.secret_file {}: cannot read: {source}", .path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cluster.secret_file {}: the file is empty", .0.display())]
-    Empty(PathBuf),
 }
 
 fn normalize_url(url: &str) -> String {
