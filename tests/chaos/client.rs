@@ -1,0 +1,366 @@
+//! A load client speaking Engine.IO v4 long-polling by hand through the
+//! gateway, from its own 127.x.y.z address so the gateway places it like a
+//! distinct user. It subscribes to one topic, publishes on a timer, answers
+//! pings, and records everything the checks need: the node of each session,
+//! every error, every acked publish and every message received.
+//!
+//! A session ends on any failed request, or on a poll silent for longer than
+//! `pingInterval + pingTimeout` (a frozen node); the client then handshakes
+//! again through the gateway, as socket.io-client does, and resubscribes.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::processes::{PING_INTERVAL, PING_TIMEOUT};
+
+const SEP: char = '\u{1e}';
+/// Longest wait for any one request: a node silent for longer than its
+/// `pingInterval + pingTimeout` is as dead to a client as one that is gone.
+const REQUEST_TIMEOUT: Duration = PING_INTERVAL.saturating_add(PING_TIMEOUT);
+/// Pause between two failed handshakes.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// An acked publish.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub id: String,
+    pub topic: String,
+    /// The node that acked it (the publisher's node then).
+    pub origin: String,
+    pub acked_at: Instant,
+}
+
+/// A session: which node, from when to when.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub node: String,
+    pub subscribed_at: Instant,
+    pub ended_at: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+pub struct Record {
+    pub sessions: Vec<Session>,
+    pub errors: Vec<(Instant, String)>,
+    pub published: Vec<Published>,
+    /// Publishes sent whose ack never came (their session broke first).
+    pub unconfirmed: usize,
+    /// Every message id received, with how many times.
+    pub received: HashMap<String, u32>,
+}
+
+impl Record {
+    pub fn node_at(&self, at: Instant) -> Option<&str> {
+        self.sessions
+            .iter()
+            .find(|s| s.subscribed_at <= at && s.ended_at.is_none_or(|e| e > at))
+            .map(|s| s.node.as_str())
+    }
+}
+
+pub struct LoadClient {
+    pub topic: String,
+    pub record: Arc<Mutex<Record>>,
+}
+
+/// Why a session ended.
+type Broken = String;
+
+struct Conn {
+    http: HttpClient<HttpConnector, Full<Bytes>>,
+    base: String,
+    sid: String,
+    node: String,
+    /// One POST at a time: pongs (from the poller) and publishes share it.
+    posting: tokio::sync::Mutex<()>,
+}
+
+impl Conn {
+    async fn request(
+        &self,
+        method: Method,
+        query: &str,
+        body: String,
+        limit: Duration,
+    ) -> Result<(StatusCode, Option<String>, String), Broken> {
+        let req = Request::builder()
+            .method(method)
+            .uri(format!(
+                "{}/socket.io/?EIO=4&transport=polling{query}",
+                self.base
+            ))
+            .header("content-type", "text/plain;charset=UTF-8")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        let exchange = async {
+            let res = self
+                .http
+                .request(req)
+                .await
+                .map_err(|e| format!("request: {e}"))?;
+            let status = res.status();
+            let node = res
+                .headers()
+                .get("x-stickyio-node")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let body = res
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| format!("body: {e}"))?
+                .to_bytes();
+            Ok((status, node, String::from_utf8_lossy(&body).into_owned()))
+        };
+        tokio::time::timeout(limit, exchange)
+            .await
+            .map_err(|_| format!("no answer in {limit:?}"))?
+    }
+
+    async fn post(&self, payload: String) -> Result<(), Broken> {
+        let _one = self.posting.lock().await;
+        let query = format!("&sid={}", self.sid);
+        let (status, _, body) = self
+            .request(Method::POST, &query, payload, REQUEST_TIMEOUT)
+            .await?;
+        if status != StatusCode::OK {
+            return Err(format!("post: {status} {body}"));
+        }
+        Ok(())
+    }
+
+    /// One long-poll: the packets, pings already answered.
+    async fn poll(&self) -> Result<Vec<String>, Broken> {
+        let query = format!("&sid={}", self.sid);
+        let (status, _, body) = self
+            .request(Method::GET, &query, String::new(), REQUEST_TIMEOUT)
+            .await?;
+        if status != StatusCode::OK {
+            return Err(format!("poll: {status} {body}"));
+        }
+        let packets: Vec<String> = body.split(SEP).map(str::to_owned).collect();
+        for packet in &packets {
+            match packet.as_str() {
+                "2" => self.post("3".to_owned()).await?,
+                "1" => return Err("the node closed the session".into()),
+                _ => {}
+            }
+        }
+        Ok(packets)
+    }
+}
+
+/// The packet emitting `event` with `arg`, asking for ack `id`.
+fn emit(id: u64, event: &str, arg: &Value) -> String {
+    format!("42{id}{}", json!([event, arg]))
+}
+
+/// The first argument of an ack packet `43<id>[…]` for `id`.
+fn ack_of(packet: &str, id: u64) -> Option<Value> {
+    let rest = packet.strip_prefix(&format!("43{id}"))?;
+    let args: Value = serde_json::from_str(rest).ok()?;
+    Some(args[0].clone())
+}
+
+impl LoadClient {
+    pub fn new(topic: String) -> Self {
+        LoadClient {
+            topic,
+            record: Arc::new(Mutex::new(Record::default())),
+        }
+    }
+
+    fn note_error(&self, error: String) {
+        let mut record = self.record.lock().expect("record");
+        record.errors.push((Instant::now(), error));
+    }
+
+    /// Handshake, namespace connect and subscribe; the open session.
+    async fn open(&self, source: Ipv4Addr, gateway: SocketAddr) -> Result<Conn, Broken> {
+        let mut connector = HttpConnector::new();
+        connector.set_local_address(Some(IpAddr::V4(source)));
+        connector.set_nodelay(true);
+        let http = HttpClient::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(2)
+            .build(connector);
+        let mut conn = Conn {
+            http,
+            base: format!("http://{gateway}"),
+            sid: String::new(),
+            node: String::new(),
+            posting: tokio::sync::Mutex::new(()),
+        };
+        let (status, node, body) = conn
+            .request(Method::GET, "", String::new(), REQUEST_TIMEOUT)
+            .await?;
+        if status != StatusCode::OK {
+            return Err(format!("handshake: {status} {body}"));
+        }
+        let open: Value =
+            serde_json::from_str(body.split(SEP).next().unwrap_or("").trim_start_matches('0'))
+                .map_err(|e| format!("open packet {body:?}: {e}"))?;
+        conn.sid = open["sid"].as_str().ok_or("no sid")?.to_owned();
+        conn.node = node.ok_or("no node header")?;
+        conn.post("40".to_owned()).await?;
+        let ack = 0;
+        conn.post(emit(ack, "subscribe", &json!(self.topic)))
+            .await?;
+        let mut connected = false;
+        for _ in 0..10 {
+            for packet in conn.poll().await? {
+                connected |= packet.starts_with("40{");
+                if let Some(reply) = ack_of(&packet, ack) {
+                    if !connected || reply["ok"] != true {
+                        return Err(format!("subscribe refused: {reply}"));
+                    }
+                    return Ok(conn);
+                }
+            }
+        }
+        Err("no subscribe ack in 10 polls".into())
+    }
+
+    /// Runs sessions until `stop`, publishing every `every` once subscribed
+    /// (not at all when `every` is `None`).
+    pub async fn run(
+        self: Arc<Self>,
+        source: Ipv4Addr,
+        gateway: SocketAddr,
+        topics: Vec<String>,
+        every: Option<Duration>,
+        stop: CancellationToken,
+    ) {
+        let mut seq = 0usize;
+        while !stop.is_cancelled() {
+            let conn = match self.open(source, gateway).await {
+                Ok(conn) => Arc::new(conn),
+                Err(e) => {
+                    self.note_error(e);
+                    tokio::select! {
+                        () = tokio::time::sleep(RETRY_PAUSE) => continue,
+                        () = stop.cancelled() => return,
+                    }
+                }
+            };
+            let session = {
+                let mut record = self.record.lock().expect("record");
+                record.sessions.push(Session {
+                    node: conn.node.clone(),
+                    subscribed_at: Instant::now(),
+                    ended_at: None,
+                });
+                record.sessions.len() - 1
+            };
+            let ended = self.serve(conn, &topics, every, &mut seq, &stop).await;
+            let mut record = self.record.lock().expect("record");
+            record.sessions[session].ended_at = Some(Instant::now());
+            if let Err(e) = ended {
+                record.errors.push((Instant::now(), e));
+            }
+        }
+    }
+
+    /// One session: polls (in a task of its own, so a publish never cuts a
+    /// long-poll short), publishes and records until it breaks or `stop`.
+    async fn serve(
+        &self,
+        conn: Arc<Conn>,
+        topics: &[String],
+        every: Option<Duration>,
+        seq: &mut usize,
+        stop: &CancellationToken,
+    ) -> Result<(), Broken> {
+        let (tx, mut polls) = tokio::sync::mpsc::channel(16);
+        let poller = tokio::spawn({
+            let conn = conn.clone();
+            async move {
+                loop {
+                    let polled = conn.poll().await;
+                    let failed = polled.is_err();
+                    if tx.send(polled).await.is_err() || failed {
+                        return;
+                    }
+                }
+            }
+        });
+        let mut pending: HashMap<u64, String> = HashMap::new();
+        let mut next_ack = 1;
+        let mut ticker = tokio::time::interval(every.unwrap_or(Duration::from_secs(3600)));
+        ticker.tick().await;
+        // On `stop`, publishing ends and the acks still due are awaited.
+        let mut drain_until: Option<tokio::time::Instant> = None;
+        let result = loop {
+            if drain_until.is_some() && pending.is_empty() {
+                break Ok(());
+            }
+            let packets = tokio::select! {
+                () = stop.cancelled(), if drain_until.is_none() => {
+                    drain_until = Some(tokio::time::Instant::now() + REQUEST_TIMEOUT);
+                    continue;
+                }
+                () = tokio::time::sleep_until(drain_until.unwrap_or_else(tokio::time::Instant::now)), if drain_until.is_some() => {
+                    break Ok(());
+                }
+                _ = ticker.tick(), if every.is_some() && drain_until.is_none() => {
+                    let topic = topics[*seq % topics.len()].clone();
+                    *seq += 1;
+                    let packet = emit(next_ack, "publish", &json!({ "topic": topic, "content": *seq }));
+                    pending.insert(next_ack, topic);
+                    next_ack += 1;
+                    if let Err(e) = conn.post(packet).await {
+                        break Err(e);
+                    }
+                    continue;
+                }
+                polled = polls.recv() => match polled {
+                    Some(Ok(packets)) => packets,
+                    Some(Err(e)) => break Err(e),
+                    None => break Err("the poller stopped".into()),
+                },
+            };
+            let mut record = self.record.lock().expect("record");
+            for packet in packets {
+                if let Some(rest) = packet.strip_prefix("42[\"message\",") {
+                    let message: Value =
+                        serde_json::from_str(rest.trim_end_matches(']')).unwrap_or(Value::Null);
+                    let id = message["id"].as_str().unwrap_or("?").to_owned();
+                    *record.received.entry(id).or_default() += 1;
+                } else if let Some(rest) = packet.strip_prefix("43") {
+                    let digits = rest.chars().take_while(char::is_ascii_digit).count();
+                    let Ok(id) = rest[..digits].parse::<u64>() else {
+                        continue;
+                    };
+                    let Some(topic) = pending.remove(&id) else {
+                        continue;
+                    };
+                    let reply = ack_of(&packet, id).unwrap_or(Value::Null);
+                    match reply["id"].as_str() {
+                        Some(message) if reply["ok"] == true => record.published.push(Published {
+                            id: message.to_owned(),
+                            topic,
+                            origin: conn.node.clone(),
+                            acked_at: Instant::now(),
+                        }),
+                        _ => record
+                            .errors
+                            .push((Instant::now(), format!("publish refused: {reply}"))),
+                    }
+                }
+            }
+        };
+        poller.abort();
+        self.record.lock().expect("record").unconfirmed += pending.len();
+        result
+    }
+}

@@ -1,0 +1,291 @@
+//! The cluster under test as real processes: three `stickyio-node` binaries
+//! meshed with a secret and one `stickyio-gateway` in front, so a node can be
+//! killed with SIGKILL, frozen with SIGSTOP and restarted like in production.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// Engine.IO ping settings of every node: short, so failures show quickly.
+pub const PING_INTERVAL: Duration = Duration::from_millis(1000);
+pub const PING_TIMEOUT: Duration = Duration::from_millis(2000);
+/// Gateway health checks: `fall` failures of `interval` + `timeout` each.
+pub const HEALTH_INTERVAL: Duration = Duration::from_millis(200);
+pub const HEALTH_TIMEOUT: Duration = Duration::from_millis(300);
+pub const HEALTH_FALL: u32 = 2;
+const SECRET: &str = "chaos-mesh-secret";
+const START_WAIT: Duration = Duration::from_secs(20);
+
+/// `target/<profile>/`, where `cargo build --workspace --bins` puts binaries.
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}
+
+/// Ports for the nodes, chosen by the kernel and released for the nodes to
+/// bind (they must be known before start: every node lists every peer).
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("reserve a port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("reserved address").port())
+        .collect()
+}
+
+pub struct NodeProcess {
+    pub name: String,
+    pub addr: SocketAddr,
+    config: PathBuf,
+    child: Option<Child>,
+}
+
+impl NodeProcess {
+    fn spawn(&mut self) {
+        let child = Command::new(bin("stickyio-node"))
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start stickyio-node");
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    pub fn signal(&self, which: &str) {
+        let status = Command::new("kill")
+            .args([which, &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {which} {}", self.name);
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.signal("-CONT");
+        }
+        self.kill();
+    }
+}
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub nodes: Vec<NodeProcess>,
+    gateway: Child,
+    pub gateway_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub gateway_config: PathBuf,
+    pub gateway_text: String,
+}
+
+impl Cluster {
+    pub async fn start() -> Cluster {
+        let dir = std::env::temp_dir().join(format!("stickyio-chaos-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let names = ["node-a", "node-b", "node-c"];
+        let ports = free_ports(names.len());
+        let urls: Vec<String> = ports
+            .iter()
+            .map(|p| format!("\"http://127.0.0.1:{p}\""))
+            .collect();
+        let mut nodes = Vec::new();
+        for (name, port) in names.iter().zip(&ports) {
+            let config = dir.join(format!("{name}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "listen = \"127.0.0.1:{port}\"\nname = \"{name}\"\nping_interval = \"{}ms\"\nping_timeout = \"{}ms\"\n\
+                     [cluster]\nhost = \"http://127.0.0.1:{port}\"\nstandalone = false\ncluster_nodes = [{}]\n\
+                     secret = \"{SECRET}\"\nretry_interval = \"300ms\"\n",
+                    PING_INTERVAL.as_millis(),
+                    PING_TIMEOUT.as_millis(),
+                    urls.join(", ")
+                ),
+            )
+            .expect("write node config");
+            let mut node = NodeProcess {
+                name: name.to_string(),
+                addr: SocketAddr::from(([127, 0, 0, 1], *port)),
+                config,
+                child: None,
+            };
+            node.spawn();
+            nodes.push(node);
+        }
+        let mut gateway_text = format!(
+            "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[health]\ninterval = \"{}ms\"\ntimeout = \"{}ms\"\nrise = 2\nfall = {HEALTH_FALL}\n\
+             [limits]\nidle_timeout = \"5s\"\nmax_headers = 100\n",
+            HEALTH_INTERVAL.as_millis(),
+            HEALTH_TIMEOUT.as_millis()
+        );
+        for node in &nodes {
+            gateway_text.push_str(&format!(
+                "[[nodes]]\nname = \"{}\"\naddr = \"{}\"\n",
+                node.name, node.addr
+            ));
+        }
+        let gateway_config = dir.join("gateway.toml");
+        std::fs::write(&gateway_config, &gateway_text).expect("write gateway config");
+        let mut gateway = Command::new(bin("stickyio-gateway"))
+            .arg("--config")
+            .arg(&gateway_config)
+            .arg("--log-json")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start stickyio-gateway");
+        let (gateway_addr, admin_addr) = listening_addrs(gateway.stderr.take().expect("stderr"));
+        let cluster = Cluster {
+            dir,
+            nodes,
+            gateway,
+            gateway_addr,
+            admin_addr,
+            gateway_config,
+            gateway_text,
+        };
+        let deadline = Instant::now() + START_WAIT;
+        while !cluster.all_ready().await {
+            assert!(
+                Instant::now() < deadline,
+                "the mesh did not form in {START_WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        cluster
+    }
+
+    /// Every node answers `/readyz` with 200: listening and linked to every
+    /// reachable peer.
+    pub async fn all_ready(&self) -> bool {
+        for node in &self.nodes {
+            if get_status(node.addr, "/readyz").await != Some(200) {
+                return false;
+            }
+        }
+        true
+    }
+
+    pub fn node(&mut self, name: &str) -> &mut NodeProcess {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .expect("known node")
+    }
+
+    /// Writes `text` as gateway.toml and asks for a reload; the status.
+    pub async fn reload(&self, text: &str) -> u16 {
+        let tmp = self.gateway_config.with_extension("tmp");
+        std::fs::write(&tmp, text).expect("write config");
+        std::fs::rename(&tmp, &self.gateway_config).expect("replace config");
+        let client: Client<HttpConnector, Full<bytes::Bytes>> =
+            Client::builder(TokioExecutor::new()).build_http();
+        let req = http::Request::post(format!("http://{}/reload", self.admin_addr))
+            .body(Full::default())
+            .expect("request");
+        match tokio::time::timeout(Duration::from_secs(5), client.request(req)).await {
+            Ok(Ok(res)) => res.status().as_u16(),
+            _ => 0,
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.gateway.kill();
+        let _ = self.gateway.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Reads the gateway's JSON log until it names its bound addresses.
+fn listening_addrs(stderr: std::process::ChildStderr) -> (SocketAddr, SocketAddr) {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + START_WAIT;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let Ok(line) = rx.recv_timeout(left) else {
+            break;
+        };
+        let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        let fields = &json["fields"];
+        if fields["message"] == "gateway listening" {
+            let addr = |key: &str| {
+                fields[key]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .expect("bound address in the log")
+            };
+            // Keep draining the log so the gateway never blocks on stderr.
+            std::thread::spawn(move || while rx.recv().is_ok() {});
+            return (addr("local_addr"), addr("admin_addr"));
+        }
+    }
+    panic!("the gateway did not report its addresses in {START_WAIT:?}");
+}
+
+/// The status of `GET path` on `addr`, or `None` when there is no answer in 1 s.
+pub async fn get_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let client: Client<HttpConnector, Full<bytes::Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let req = http::Request::get(format!("http://{addr}{path}"))
+        .body(Full::default())
+        .ok()?;
+    let res = tokio::time::timeout(Duration::from_secs(1), client.request(req))
+        .await
+        .ok()?
+        .ok()?;
+    let status = res.status().as_u16();
+    let _ = res.into_body().collect().await;
+    Some(status)
+}
