@@ -100,10 +100,23 @@ pub fn sniff_handshake(body: &[u8]) -> Sniffed {
                 silence_limit: silence,
             })
         }
-        Some(Err(e)) if e.is_eof() => Sniffed::NeedMore,
+        Some(Err(e)) if e.is_eof() || cut_inside_a_number(rest, &e) => Sniffed::NeedMore,
         None => Sniffed::NeedMore,
         Some(Err(_)) => Sniffed::NotHandshake,
     }
+}
+
+/// Whether `text` fails only because it was cut inside a number: serde_json
+/// reports a number ending in `.`, `e` or `-` inside a skipped field as a
+/// syntax error rather than EOF. One more digit then turns it into EOF.
+fn cut_inside_a_number(text: &[u8], e: &serde_json::Error) -> bool {
+    if e.classify() != serde_json::error::Category::Syntax {
+        return false;
+    }
+    let mut longer = text.to_vec();
+    longer.push(b'0');
+    let mut stream = serde_json::Deserializer::from_slice(&longer).into_iter::<OpenPacket>();
+    matches!(stream.next(), Some(Err(e)) if e.is_eof())
 }
 
 /// Whether a complete polling payload holds a close packet (`1`).
@@ -166,6 +179,29 @@ mod tests {
                 silence_limit: DEFAULT_SILENCE_LIMIT
             })
         );
+    }
+
+    /// Found by the `handshake_sniff` fuzzer: a body cut right after the `.`
+    /// of a number in an unknown field was judged foreign, so the session
+    /// would not have been pinned.
+    #[test]
+    fn a_body_cut_inside_a_number_needs_more() {
+        let body =
+            br#"0{"sid":"a","pingInterv;l":18446744073.09551615,"pingTymeout":184409551615}"#;
+        assert!(matches!(sniff_handshake(body), Sniffed::Open(_)));
+        for end in 0..body.len() {
+            assert_ne!(
+                sniff_handshake(&body[..end]),
+                Sniffed::NotHandshake,
+                "{:?}",
+                String::from_utf8_lossy(&body[..end])
+            );
+        }
+        assert_eq!(
+            sniff_handshake(br#"0{"sid":"a","x":1.}"#),
+            Sniffed::NotHandshake
+        );
+        assert_eq!(sniff_handshake(br#"0{"sid":"a","x":1e"#), Sniffed::NeedMore);
     }
 
     #[test]
