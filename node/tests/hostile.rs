@@ -1,0 +1,366 @@
+//! Hostile clients straight at a spawned `stickyio-node` process (nodes sit
+//! behind the gateway, but must not fall over if reached directly): 5,000
+//! idle connections, slowloris headers, header floods, oversized polling
+//! bodies, invalid Engine.IO requests, overlapping polls on one sid, and a
+//! websocket client that never reads while a topic floods. Each gets a clear
+//! status or a close, real clients keep being served, the process stays up,
+//! and its memory (read from /proc) stays bounded.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+const BIN: &str = env!("CARGO_BIN_EXE_stickyio-node");
+const TIMEOUT: Duration = Duration::from_secs(10);
+/// Growth of the node's resident memory any one attack may cause.
+const RSS_BOUND_KB: u64 = 96 * 1024;
+const SEP: char = '\u{1e}';
+
+/// A standalone node process; killed when dropped.
+struct NodeProcess {
+    child: Child,
+    addr: SocketAddr,
+    dir: std::path::PathBuf,
+}
+
+impl NodeProcess {
+    async fn start(tag: &str, extra: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "stickyio-node-hostile-{}-{tag}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("reserve a port")
+            .port();
+        let config = dir.join("node.toml");
+        std::fs::write(
+            &config,
+            format!("listen = \"127.0.0.1:{port}\"\nname = \"node-h\"\n{extra}\n"),
+        )
+        .unwrap();
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .env_remove("STICKYIO_CLUSTER_SECRET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start stickyio-node");
+        let node = NodeProcess {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            dir,
+        };
+        let deadline = Instant::now() + TIMEOUT;
+        while TcpStream::connect(node.addr).await.is_err() {
+            assert!(Instant::now() < deadline, "the node did not listen");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        node
+    }
+
+    fn rss_kb(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the node process is alive");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
+    fn assert_alive_and_bounded(&mut self, before: u64, what: &str) {
+        assert!(
+            self.child.try_wait().expect("wait").is_none(),
+            "the node died: {what}"
+        );
+        let after = self.rss_kb();
+        assert!(
+            after.saturating_sub(before) < RSS_BOUND_KB,
+            "{what}: node RSS grew from {before} KiB to {after} KiB"
+        );
+    }
+
+    fn http(&self, source: Ipv4Addr) -> reqwest::Client {
+        reqwest::Client::builder()
+            .local_address(IpAddr::V4(source))
+            .timeout(TIMEOUT)
+            .build()
+            .expect("http client")
+    }
+
+    fn url(&self, query: &str) -> String {
+        format!(
+            "http://{}/socket.io/?EIO=4&transport=polling{query}",
+            self.addr
+        )
+    }
+
+    /// Handshake and namespace connect over polling; the sid.
+    async fn session(&self, source: Ipv4Addr) -> Result<String, String> {
+        let http = self.http(source);
+        let open = http
+            .get(self.url(""))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !open.status().is_success() {
+            return Err(format!("handshake: {}", open.status()));
+        }
+        let body = open.text().await.map_err(|e| e.to_string())?;
+        let json: serde_json::Value = serde_json::from_str(body.trim_start_matches('0'))
+            .map_err(|e| format!("{body}: {e}"))?;
+        let sid = json["sid"].as_str().ok_or("no sid")?.to_owned();
+        let sid_query = format!("&sid={sid}");
+        let posted = http
+            .post(self.url(&sid_query))
+            .body("40")
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !posted.status().is_success() {
+            return Err(format!("connect: {}", posted.status()));
+        }
+        // The connect answer, perhaps after a ping (answered).
+        for _ in 0..3 {
+            let polled = http
+                .get(self.url(&sid_query))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?
+                .text()
+                .await
+                .map_err(|e| e.to_string())?;
+            if polled.split(SEP).any(|p| p.starts_with("40{")) {
+                return Ok(sid);
+            }
+            if polled.split(SEP).any(|p| p == "2") {
+                let _ = http.post(self.url(&sid_query)).body("3").send().await;
+            }
+        }
+        Err("no namespace connect in 3 polls".into())
+    }
+
+    async fn serves_real_clients(&self, first: u8) {
+        for i in first..first + 5 {
+            self.session(Ipv4Addr::new(127, 50, 9, i + 1))
+                .await
+                .unwrap_or_else(|e| panic!("a real client was not served: {e}"));
+        }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn connect_from(source: Ipv4Addr, target: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::new(IpAddr::V4(source), 0))
+        .expect("bind");
+    tokio::time::timeout(TIMEOUT, socket.connect(target))
+        .await
+        .expect("connect in time")
+        .expect("connect")
+}
+
+async fn read_until_closed(stream: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(TIMEOUT, stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn idle_connections_and_slowloris_do_not_starve_real_clients() {
+    let mut node = NodeProcess::start("idle", "").await;
+    let before = node.rss_kb();
+    let mut idle = Vec::with_capacity(5000);
+    for i in 0..5000usize {
+        let source = Ipv4Addr::new(127, 51, (i / 250) as u8, (i % 250) as u8 + 1);
+        idle.push(connect_from(source, node.addr).await);
+    }
+    let mut slow = Vec::new();
+    for i in 0..100u8 {
+        let mut stream = connect_from(Ipv4Addr::new(127, 52, 0, i + 1), node.addr).await;
+        stream
+            .write_all(b"GET /socket.io/?EIO=4 HTTP/1.1\r\nhost: x\r\nx-slow: ")
+            .await
+            .unwrap();
+        slow.push(stream);
+    }
+    for round in 0..5u8 {
+        for stream in &mut slow {
+            let _ = stream.write_all(b"s").await;
+        }
+        node.serves_real_clients(round * 5).await;
+    }
+    node.assert_alive_and_bounded(before, "5,000 idle connections and 100 slowloris");
+    drop((idle, slow));
+}
+
+#[tokio::test]
+async fn floods_oversized_bodies_and_bad_engine_io_get_clear_answers() {
+    let mut node = NodeProcess::start("flood", "max_payload = 65536").await;
+    let before = node.rss_kb();
+    let many_headers: String = (0..500).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let huge_header = format!("x-big: {}\r\n", "a".repeat(1024 * 1024));
+    for (i, headers) in [many_headers, huge_header].iter().enumerate() {
+        for j in 0..50u8 {
+            let mut stream = connect_from(Ipv4Addr::new(127, 53, i as u8, j + 1), node.addr).await;
+            let request = format!(
+                "GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nhost: x\r\n{headers}\r\n"
+            );
+            let _ = stream.write_all(request.as_bytes()).await;
+            let reply = read_until_closed(&mut stream).await;
+            assert!(
+                reply.starts_with("HTTP/1.1 431"),
+                "a header flood got {reply:?}"
+            );
+        }
+    }
+    // A polling body over max_payload.
+    let sid = node.session(Ipv4Addr::new(127, 53, 5, 1)).await.unwrap();
+    let http = node.http(Ipv4Addr::new(127, 53, 5, 1));
+    for _ in 0..10 {
+        let reply = http
+            .post(node.url(&format!("&sid={sid}")))
+            .body("4".repeat(4 * 1024 * 1024))
+            .send()
+            .await;
+        // socketioxide answers 400 (or 413) and ends the session.
+        if let Ok(reply) = reply {
+            assert!(
+                [
+                    reqwest::StatusCode::BAD_REQUEST,
+                    reqwest::StatusCode::PAYLOAD_TOO_LARGE
+                ]
+                .contains(&reply.status()),
+                "{}",
+                reply.status()
+            );
+        }
+    }
+    // Bad Engine.IO requests: 400 with a reason, never a 5xx.
+    let http = node.http(Ipv4Addr::new(127, 53, 6, 1));
+    for query in [
+        "/socket.io/?EIO=9&transport=polling",
+        "/socket.io/?EIO=4&transport=carrier-pigeon",
+        "/socket.io/?EIO=4&transport=polling&sid=no-such-session",
+        "/socket.io/?EIO=4&transport=websocket&sid=no-such-session",
+    ] {
+        let reply = http
+            .get(format!("http://{}{query}", node.addr))
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(reply.status(), reqwest::StatusCode::BAD_REQUEST, "{query}");
+        assert!(!reply.text().await.unwrap().is_empty(), "{query}");
+    }
+    // Two polls at once on one sid: both answered, one refused.
+    let sid = node.session(Ipv4Addr::new(127, 53, 7, 1)).await.unwrap();
+    let (a, b) = (
+        node.http(Ipv4Addr::new(127, 53, 7, 1)),
+        node.http(Ipv4Addr::new(127, 53, 7, 1)),
+    );
+    let url = node.url(&format!("&sid={sid}"));
+    let (ra, rb) = tokio::join!(a.get(&url).send(), b.get(&url).send());
+    let statuses = [
+        ra.expect("first poll").status(),
+        rb.expect("second poll").status(),
+    ];
+    assert!(
+        statuses.contains(&reqwest::StatusCode::BAD_REQUEST),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| !s.is_server_error()),
+        "{statuses:?}"
+    );
+    node.serves_real_clients(100).await;
+    node.assert_alive_and_bounded(before, "floods, oversized bodies and bad requests");
+}
+
+#[tokio::test]
+async fn a_websocket_client_that_never_reads_is_bounded() {
+    let mut node = NodeProcess::start("never-reads", "").await;
+    let before = node.rss_kb();
+    let mut lazy = Vec::new();
+    for i in 0..20u8 {
+        let mut stream = connect_from(Ipv4Addr::new(127, 54, 0, i + 1), node.addr).await;
+        stream
+            .write_all(
+                b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        for text in ["40", "420[\"subscribe\",\"hostile.flood\"]"] {
+            stream.write_all(&masked_text_frame(text)).await.unwrap();
+        }
+        lazy.push(stream);
+    }
+    // A publisher over polling: 2,000 messages of 8 KiB to the lazy sockets.
+    let source = Ipv4Addr::new(127, 54, 1, 1);
+    let sid = node.session(source).await.unwrap();
+    let http = node.http(source);
+    let url = node.url(&format!("&sid={sid}"));
+    let content = "p".repeat(8 * 1024);
+    let mut acked = 0;
+    for n in 0..2000u32 {
+        let packet = format!(
+            "42{n}{}",
+            serde_json::json!(["publish", { "topic": "hostile.flood", "content": content }])
+        );
+        let posted = http
+            .post(&url)
+            .body(packet)
+            .send()
+            .await
+            .expect("publish posted");
+        assert!(
+            posted.status().is_success(),
+            "publish {n}: {}",
+            posted.status()
+        );
+        if n % 50 == 49 {
+            let polled = http
+                .get(&url)
+                .send()
+                .await
+                .expect("poll")
+                .text()
+                .await
+                .unwrap();
+            acked += polled.split(SEP).filter(|p| p.starts_with("43")).count();
+        }
+    }
+    assert!(
+        acked > 0,
+        "publishes are acked while other sockets never read"
+    );
+    node.serves_real_clients(200).await;
+    node.assert_alive_and_bounded(before, "20 websockets that never read");
+    drop(lazy);
+}
+
+/// A client-to-server websocket text frame (clients must mask).
+fn masked_text_frame(text: &str) -> Vec<u8> {
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    let payload = text.as_bytes();
+    assert!(payload.len() < 126);
+    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
