@@ -24,6 +24,12 @@ step "Python venv for the python-socketio tests"
 [ -x tests/python/.venv/bin/python ] || python3 -m venv tests/python/.venv
 tests/python/.venv/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 
+step "cargo deny: licenses, bans, sources (deny.toml; advisories need GitHub, see SECURITY.md)"
+if ! cargo deny --version >/dev/null 2>&1; then
+  cargo install --locked cargo-deny
+fi
+cargo deny --log-level error check licenses bans sources
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -77,12 +77,16 @@ pub enum Sniffed {
 /// `0{…}` (v4), or `<len>:0{…}` (v3).
 pub fn sniff_handshake(body: &[u8]) -> Sniffed {
     let digits = body.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == body.len() {
+        // Only digits so far: a v3 length or a v4 `0`, not yet telling.
+        return Sniffed::NeedMore;
+    }
     let rest = match body.get(digits) {
         Some(b':') if digits > 0 => &body[digits + 1..],
         _ => body,
     };
     let Some(rest) = rest.strip_prefix(b"0") else {
-        return if rest.is_empty() || (digits == body.len()) {
+        return if rest.is_empty() {
             Sniffed::NeedMore
         } else {
             Sniffed::NotHandshake

@@ -364,3 +364,107 @@ fn masked_text_frame(text: &str) -> Vec<u8> {
     frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     frame
 }
+
+/// Two meshed node processes logging at `trace`, plus a peer dialling with
+/// a wrong secret: the secret appears in no log line, at any level.
+#[tokio::test]
+async fn the_mesh_secret_is_never_logged() {
+    const SECRET: &str = "never-log-this-Zq81";
+    let dir =
+        std::env::temp_dir().join(format!("stickyio-node-secret-logs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ports: Vec<u16> = (0..2)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect::<Vec<_>>()
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    let urls = format!(
+        "[\"http://127.0.0.1:{}\", \"http://127.0.0.1:{}\"]",
+        ports[0], ports[1]
+    );
+    std::fs::write(dir.join("mesh.secret"), format!("{SECRET}\n")).unwrap();
+    let mut children = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let config = dir.join(format!("node-{i}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:{port}\"\nname = \"node-{i}\"\n[cluster]\nhost = \"http://127.0.0.1:{port}\"\n\
+                 standalone = false\ncluster_nodes = {urls}\nsecret_file = \"mesh.secret\"\nretry_interval = \"200ms\"\n"
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join(format!("node-{i}.log"))).unwrap();
+        children.push(
+            Command::new(BIN)
+                .arg("--config")
+                .arg(&config)
+                .env("RUST_LOG", "trace")
+                .env_remove("STICKYIO_CLUSTER_SECRET")
+                .stdin(Stdio::null())
+                .stdout(log)
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start stickyio-node"),
+        );
+    }
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let mut ready = 0;
+        for port in &ports {
+            let url = format!("http://127.0.0.1:{port}/readyz");
+            if let Ok(res) = http.get(url).send().await
+                && res.status().is_success()
+            {
+                ready += 1;
+            }
+        }
+        if ready == ports.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the two nodes did not link");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A stranger knocking with a near miss is refused and logged, without
+    // either secret in the line.
+    let wrong =
+        rust_socketio::asynchronous::ClientBuilder::new(format!("http://127.0.0.1:{}/", ports[0]))
+            .namespace("/cluster")
+            .auth(
+                serde_json::json!({ "secret": format!("{SECRET}-x"), "node": "rogue", "boot": 1 }),
+            )
+            .reconnect(false)
+            .connect()
+            .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    if let Ok(client) = wrong {
+        let _ = client.disconnect().await;
+    }
+    for child in &mut children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let mut traced = 0;
+    for i in 0..2 {
+        let text = std::fs::read_to_string(dir.join(format!("node-{i}.log"))).unwrap();
+        traced += text.lines().filter(|l| l.contains("TRACE")).count();
+        let leaks: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains(SECRET))
+            .take(3)
+            .collect();
+        assert!(
+            leaks.is_empty(),
+            "node-{i} logged the mesh secret: {leaks:#?}"
+        );
+    }
+    assert!(traced > 0, "trace logging was on");
+    let refusals = std::fs::read_to_string(dir.join("node-0.log")).unwrap();
+    assert!(
+        refusals.contains("Refused a peer link"),
+        "the stranger was refused"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
