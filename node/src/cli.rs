@@ -79,7 +79,7 @@ pub async fn serve(config: NodeConfig) -> Result<(), NodeError> {
 
 /// Resolves on Ctrl-C, or SIGTERM on Unix. If a handler cannot be installed
 /// that signal is logged and ignored rather than stopping the node at once.
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         if let Err(e) = tokio::signal::ctrl_c().await {
             tracing::warn!("cannot listen for Ctrl-C: {e}");

@@ -7,6 +7,7 @@
 //! - `api`: the Socket.IO events of the topic API and their acks.
 //! - `routes`, `readiness`, [`metrics`], `demo`: the HTTP side.
 //! - [`cli`]: the `stickyio-node` command line.
+//! - [`mesh`]: the authenticated peer mesh that relays publications between nodes.
 //!
 //! Tests and the launcher run nodes in-process:
 //!
@@ -24,6 +25,7 @@ mod api;
 pub mod cli;
 mod demo;
 mod index;
+pub mod mesh;
 pub mod metrics;
 mod readiness;
 mod routes;

@@ -52,6 +52,8 @@ pub enum NodeError {
     },
     #[error("the server task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("cannot join the cluster: {0}")]
+    Mesh(#[from] crate::mesh::MeshError),
 }
 
 /// A node that is bound but not yet serving: the place to plug in.
@@ -67,10 +69,15 @@ pub struct Node {
 }
 
 impl Node {
-    /// Binds `config.listen` and starts serving. Port 0 picks a free port;
-    /// see [`RunningNode::local_addr`].
+    /// Binds `config.listen` and starts serving, as a member of the cluster
+    /// mesh unless `cluster.standalone`. Port 0 picks a free port; see
+    /// [`RunningNode::local_addr`].
     pub async fn bind(config: NodeConfig) -> Result<RunningNode, NodeError> {
-        Ok(Node::prepare(config).await?.serve())
+        let node = Node::prepare(config).await?;
+        if !node.config().cluster.standalone {
+            crate::mesh::attach(&node, node.config())?;
+        }
+        Ok(node.serve())
     }
 
     /// Binds `config.listen` and builds the Socket.IO server, the topic

@@ -3,9 +3,11 @@
 //! - [`config`]: typed `gateway.toml` and `node.toml`, with `file:line:column` errors.
 //! - [`message`]: a publication as delivered to sockets and relayed between nodes.
 //! - [`placement`]: the portable rendezvous hash that maps a client address to a node.
+//! - [`relay`]: the frame that carries a publication from one node to a peer.
 //! - [`topic`]: topic names and subscription patterns (`*`, `#`): validation and matching.
 
 pub mod config;
 pub mod message;
 pub mod placement;
+pub mod relay;
 pub mod topic;

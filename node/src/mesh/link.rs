@@ -1,0 +1,478 @@
+//! The outbound link to one peer: a rust_socketio client on the peer's
+//! `/cluster` namespace that carries this node's own publications to it.
+//!
+//! Each link has a bounded queue. [`Link::relay`] only ever `try_send`s into
+//! it, so a slow or dead peer costs a counted drop, never a blocked publish.
+//! One task owns the client: it dials, waits for the peer's `welcome` (the
+//! sign the secret was accepted), drains the queue, and on any failure closes
+//! the client and redials every `retry_interval`, the first dial included
+//! (rust_socketio retries nothing itself here: its reconnect is turned off).
+//!
+//! rust_socketio runs callbacks inline on its reader task, so they only push
+//! an event into a small bounded channel that the link task reads.
+//!
+//! While a link is down, publications for that peer are dropped and counted
+//! (`link_down`): the mesh is at-most-once across a broken link, exactly-once
+//! while it is up. The one frame whose write failed is resent first if the very
+//! next dial succeeds; the peer's dedup set drops it if the write had landed.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use rust_socketio::asynchronous::{Client, ClientBuilder};
+use rust_socketio::{Event, Payload};
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use stickyio_shared::config;
+
+use super::metrics::{DropLabels, MeshMetrics, PeerLabels};
+use super::secret::Secret;
+
+/// How long a dial (handshake and the peer's answer) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A peer that accepts no bytes for this long is considered lost.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Room for the few client events a link sees (welcome, error, close).
+const EVENT_QUEUE: usize = 16;
+
+/// Who dials whom, and how.
+#[derive(Debug, Clone)]
+pub struct LinkSettings {
+    /// The peer's URL, from `cluster.cluster_nodes`.
+    pub url: String,
+    /// This node's name, sent so the peer knows the origin of what it relays.
+    pub node: String,
+    /// This node's incarnation: ids restart with the process, so the peer's
+    /// dedup set keys on it too.
+    pub boot: u64,
+    pub secret: Secret,
+    pub retry_interval: Duration,
+    pub queue: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkState {
+    /// The first dial has not finished yet.
+    Connecting,
+    Up,
+    /// The peer is unreachable, or the link was lost; redialling.
+    Down,
+    /// The peer answered and refused this node (wrong secret, or a name clash).
+    Refused,
+}
+
+/// A snapshot of a link for `/readyz`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkStatus {
+    pub url: String,
+    /// The peer's node name, once a dial has reached it.
+    pub node: Option<String>,
+    pub state: LinkState,
+    /// When `state` last changed, in milliseconds since the Unix epoch.
+    pub since: u64,
+    /// Publications written to the peer.
+    pub messages_out: u64,
+    /// Publications for the peer that were dropped (link down, queue full, too large).
+    pub dropped: u64,
+    /// Times the link went from up to down.
+    pub flaps: u64,
+    /// Why the last dial or the link failed.
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug)]
+struct Status {
+    state: LinkState,
+    since: SystemTime,
+    node: Option<String>,
+    last_error: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Link {
+    url: String,
+    retry_interval: Duration,
+    queue: mpsc::Sender<Bytes>,
+    up: AtomicBool,
+    status: Mutex<Status>,
+    out: Counter,
+    flaps: Counter,
+    up_gauge: Gauge,
+    dropped_link_down: Counter,
+    dropped_queue_full: Counter,
+    dropped_too_large: Counter,
+}
+
+/// Why a link went down or a dial failed.
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    #[error("{0}")]
+    Client(String),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("refused by the peer: {0}")]
+    Refused(String),
+    #[error("the peer closed the link")]
+    Closed,
+    #[error("{0}")]
+    Transport(String),
+    #[error("this node is shutting down")]
+    ShuttingDown,
+}
+
+impl From<rust_socketio::Error> for LinkError {
+    /// rust_socketio's own messages are terse ("EngineIO Error"): the causes
+    /// say what actually failed, e.g. "Connection refused".
+    fn from(e: rust_socketio::Error) -> Self {
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !text.contains(&cause_text) {
+                text.push_str(": ");
+                text.push_str(&cause_text);
+            }
+            source = cause.source();
+        }
+        LinkError::Client(text)
+    }
+}
+
+/// What rust_socketio's callbacks report to the link task.
+#[derive(Debug)]
+enum PeerEvent {
+    /// The peer accepted this node and named itself.
+    Welcome(Option<String>),
+    Error(String),
+    Closed,
+}
+
+/// How a session with the peer ended.
+enum End {
+    Shutdown,
+    Lost(LinkError),
+}
+
+impl Link {
+    /// Creates the link and spawns its task; the task stops on `shutdown`.
+    pub fn spawn(
+        settings: LinkSettings,
+        metrics: &MeshMetrics,
+        shutdown: CancellationToken,
+    ) -> (Arc<Link>, JoinHandle<()>) {
+        let (queue, rx) = mpsc::channel(settings.queue.max(1));
+        let peer = PeerLabels {
+            peer: settings.url.clone(),
+        };
+        let dropped = |reason| {
+            metrics
+                .dropped
+                .get_or_create(&DropLabels {
+                    peer: settings.url.clone(),
+                    reason,
+                })
+                .clone()
+        };
+        let link = Arc::new(Link {
+            url: settings.url.clone(),
+            retry_interval: settings.retry_interval,
+            queue,
+            up: AtomicBool::new(false),
+            status: Mutex::new(Status {
+                state: LinkState::Connecting,
+                since: SystemTime::now(),
+                node: None,
+                last_error: None,
+            }),
+            out: metrics.relayed_out.get_or_create(&peer).clone(),
+            flaps: metrics.link_flaps.get_or_create(&peer).clone(),
+            up_gauge: metrics.link_up.get_or_create(&peer).clone(),
+            dropped_link_down: dropped("link_down"),
+            dropped_queue_full: dropped("queue_full"),
+            dropped_too_large: dropped("too_large"),
+        });
+        let task = tokio::spawn(link.clone().run(settings, rx, shutdown));
+        (link, task)
+    }
+
+    /// Queues one encoded frame for the peer without ever waiting.
+    pub fn relay(&self, frame: &Bytes) {
+        if !self.up.load(Ordering::Acquire) {
+            self.dropped_link_down.inc();
+            return;
+        }
+        match self.queue.try_send(frame.clone()) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.dropped_queue_full.inc();
+            }
+            Err(TrySendError::Closed(_)) => {
+                self.dropped_link_down.inc();
+            }
+        }
+    }
+
+    /// Counts a frame that could not be relayed to any peer because of its size.
+    pub fn drop_too_large(&self) {
+        self.dropped_too_large.inc();
+    }
+
+    pub fn status(&self) -> LinkStatus {
+        let status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        LinkStatus {
+            url: self.url.clone(),
+            node: status.node.clone(),
+            state: status.state,
+            since: super::millis(status.since),
+            messages_out: self.out.get(),
+            dropped: self.dropped_link_down.get()
+                + self.dropped_queue_full.get()
+                + self.dropped_too_large.get(),
+            flaps: self.flaps.get(),
+            last_error: status.last_error.clone(),
+        }
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        settings: LinkSettings,
+        mut queue: mpsc::Receiver<Bytes>,
+        shutdown: CancellationToken,
+    ) {
+        let url = settings.url.as_str();
+        let mut unsent: Option<Bytes> = None;
+        loop {
+            tracing::info!(peer = url, "Trying to connect to {url}");
+            let dialed = dial(&settings, &shutdown).await;
+            let end = match dialed {
+                Ok((client, mut events, node)) => {
+                    tracing::info!(peer = url, node = node.as_deref(), "Linked to {url}");
+                    self.set_up(node);
+                    let end = self
+                        .pump(&client, &mut events, &mut queue, &mut unsent, &shutdown)
+                        .await;
+                    self.up.store(false, Ordering::Release);
+                    close(&client).await;
+                    end
+                }
+                Err(e) => {
+                    // The frame whose write failed is only worth resending
+                    // on the very next link, not after a longer outage.
+                    if unsent.take().is_some() {
+                        self.dropped_link_down.inc();
+                    }
+                    End::Lost(e)
+                }
+            };
+            match end {
+                End::Shutdown | End::Lost(LinkError::ShuttingDown) => {
+                    self.set_down(LinkState::Down, Some("this node is shutting down".into()));
+                    return;
+                }
+                End::Lost(LinkError::Refused(reason)) => {
+                    tracing::error!(peer = url, "{url} refused this node's link: {reason}");
+                    self.set_down(LinkState::Refused, Some(reason));
+                }
+                End::Lost(e) => {
+                    tracing::warn!(peer = url, "Link to {url} failed: {e}");
+                    self.set_down(LinkState::Down, Some(e.to_string()));
+                }
+            }
+            // Publications queued for a link that is gone are not kept for
+            // later: a peer that comes back gets what is published from then on.
+            while queue.try_recv().is_ok() {
+                self.dropped_link_down.inc();
+            }
+            tracing::info!(
+                peer = url,
+                "Waiting {} before retrying",
+                config::Duration(settings.retry_interval)
+            );
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(settings.retry_interval) => {}
+            }
+        }
+    }
+
+    /// Writes queued frames until the link fails or the node shuts down. An
+    /// idle link is probed every `retry_interval`, so a link the peer closed
+    /// without a word is noticed even when nothing is published.
+    async fn pump(
+        &self,
+        client: &Client,
+        events: &mut mpsc::Receiver<PeerEvent>,
+        queue: &mut mpsc::Receiver<Bytes>,
+        unsent: &mut Option<Bytes>,
+        shutdown: &CancellationToken,
+    ) -> End {
+        if let Some(frame) = unsent.take() {
+            if let Err(e) = write(client, "relay", Payload::Binary(frame.clone())).await {
+                *unsent = Some(frame);
+                return End::Lost(e);
+            }
+            self.out.inc();
+        }
+        let mut probe = tokio::time::interval(self.retry_interval);
+        probe.reset();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return End::Shutdown,
+                event = events.recv() => match event {
+                    Some(PeerEvent::Welcome(_)) => {}
+                    Some(PeerEvent::Error(e)) => return End::Lost(LinkError::Transport(e)),
+                    Some(PeerEvent::Closed) | None => return End::Lost(LinkError::Closed),
+                },
+                frame = queue.recv() => {
+                    let Some(frame) = frame else { return End::Shutdown };
+                    if let Err(e) = write(client, "relay", Payload::Binary(frame.clone())).await {
+                        *unsent = Some(frame);
+                        return End::Lost(e);
+                    }
+                    self.out.inc();
+                    probe.reset();
+                }
+                _ = probe.tick() => {
+                    if let Err(e) = write(client, "heartbeat", Payload::Text(vec![json!({})])).await {
+                        return End::Lost(e);
+                    }
+                }
+            }
+        }
+    }
+
+    fn set_up(&self, node: Option<String>) {
+        let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        status.state = LinkState::Up;
+        status.since = SystemTime::now();
+        status.node = node.or(status.node.take());
+        status.last_error = None;
+        self.up_gauge.set(1);
+        self.up.store(true, Ordering::Release);
+    }
+
+    /// Records a failed dial or a lost link; `since` keeps the first failure.
+    fn set_down(&self, state: LinkState, error: Option<String>) {
+        self.up.store(false, Ordering::Release);
+        self.up_gauge.set(0);
+        let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        if status.state == LinkState::Up {
+            self.flaps.inc();
+        }
+        if status.state != state {
+            status.state = state;
+            status.since = SystemTime::now();
+        }
+        status.last_error = error;
+    }
+}
+
+/// Connects to the peer's `/cluster` namespace and waits for its answer:
+/// `welcome` when the secret was accepted, a connect error when refused.
+async fn dial(
+    settings: &LinkSettings,
+    shutdown: &CancellationToken,
+) -> Result<(Client, mpsc::Receiver<PeerEvent>, Option<String>), LinkError> {
+    let (tx, mut events) = mpsc::channel(EVENT_QUEUE);
+    let on_welcome = tx.clone();
+    let on_error = tx.clone();
+    let on_close = tx;
+    let builder = ClientBuilder::new(settings.url.as_str())
+        .namespace("/cluster")
+        .auth(json!({ "secret": settings.secret.expose(), "node": settings.node, "boot": settings.boot }))
+        .reconnect(false)
+        .on("welcome", move |payload, _| {
+            // A full channel only loses a duplicate signal: the task is
+            // already handling an earlier one.
+            let _ = on_welcome.try_send(PeerEvent::Welcome(welcome_node(&payload)));
+            async {}.boxed()
+        })
+        .on(Event::Error, move |payload, _| {
+            let _ = on_error.try_send(PeerEvent::Error(payload_text(&payload)));
+            async {}.boxed()
+        })
+        .on(Event::Close, move |_, _| {
+            let _ = on_close.try_send(PeerEvent::Closed);
+            async {}.boxed()
+        });
+    // Cancelling the handshake is safe: rust_socketio spawns its reader
+    // task only once connected, and from then on the client is closed below.
+    let client = tokio::select! {
+        _ = shutdown.cancelled() => return Err(LinkError::ShuttingDown),
+        connected = tokio::time::timeout(CONNECT_TIMEOUT, builder.connect()) => {
+            connected.map_err(|_| LinkError::Timeout(CONNECT_TIMEOUT))??
+        }
+    };
+    let answer = tokio::select! {
+        _ = shutdown.cancelled() => LinkError::ShuttingDown,
+        answer = tokio::time::timeout(CONNECT_TIMEOUT, events.recv()) => match answer {
+            Ok(Some(PeerEvent::Welcome(node))) => return Ok((client, events, node)),
+            Ok(Some(PeerEvent::Error(text))) => match text.strip_prefix(CONNECT_ERROR) {
+                Some(refusal) => LinkError::Refused(refusal_message(refusal)),
+                None => LinkError::Transport(text),
+            },
+            Ok(Some(PeerEvent::Closed) | None) => LinkError::Closed,
+            Err(_) => LinkError::Timeout(CONNECT_TIMEOUT),
+        },
+    };
+    close(&client).await;
+    Err(answer)
+}
+
+/// How rust_socketio 0.6 reports a namespace `connect_error` packet.
+const CONNECT_ERROR: &str = "Received an ConnectError frame: ";
+
+/// The `message` of a connect error's `{"message": …}` data, else the raw text.
+fn refusal_message(data: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(data)
+        .ok()
+        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| data.to_owned())
+}
+
+fn welcome_node(payload: &Payload) -> Option<String> {
+    match payload {
+        Payload::Text(values) => values.first()?.get("node")?.as_str().map(str::to_owned),
+        _ => None,
+    }
+}
+
+fn payload_text(payload: &Payload) -> String {
+    match payload {
+        Payload::Text(values) => values
+            .iter()
+            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+            .collect::<Vec<_>>()
+            .join(" "),
+        Payload::Binary(bytes) => format!("{} bytes of binary data", bytes.len()),
+        #[allow(deprecated)]
+        Payload::String(text) => text.clone(),
+    }
+}
+
+async fn write(client: &Client, event: &str, payload: Payload) -> Result<(), LinkError> {
+    match tokio::time::timeout(WRITE_TIMEOUT, client.emit(event, payload)).await {
+        Ok(result) => result.map_err(LinkError::from),
+        Err(_) => Err(LinkError::Timeout(WRITE_TIMEOUT)),
+    }
+}
+
+/// Ends the session, so rust_socketio's reader task stops too.
+async fn close(client: &Client) {
+    if let Ok(Err(e)) = tokio::time::timeout(WRITE_TIMEOUT, client.disconnect()).await {
+        tracing::debug!("closing a peer link: {e}");
+    }
+}

@@ -1,0 +1,283 @@
+//! The `/cluster` namespace: where peers' links arrive and their relayed
+//! publications are delivered to this node's own subscribers.
+//!
+//! A connect middleware checks the secret before the socket joins the
+//! namespace, so an unauthenticated client never gets a handler: its `relay`
+//! events go nowhere. An accepted peer gets `welcome` (its link waits for it)
+//! and each frame it sends is decoded, checked to come from that peer itself
+//! (one hop: a node only relays its own publications), deduplicated, and
+//! handed to [`Deliver`], which never relays it further.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Instant, SystemTime};
+
+use ahash::AHashMap;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use socketioxide::SocketIo;
+use socketioxide::extract::{Data, SocketRef, TryData};
+use socketioxide::handler::ConnectHandler;
+use stickyio_shared::message::Publication;
+use stickyio_shared::relay;
+
+use super::dedup::{Dedup, Key};
+use super::metrics::{MeshMetrics, OriginLabels};
+use super::secret::Secret;
+
+/// The namespace peers link to.
+pub const NAMESPACE: &str = "/cluster";
+
+/// Where relayed publications go: this node's local subscribers only.
+pub trait Deliver: Send + Sync + 'static {
+    /// Delivers to local sockets and returns how many received it. Must not
+    /// relay: that is what keeps the mesh one hop and loop-free.
+    fn deliver(&self, publication: &Publication) -> usize;
+}
+
+/// Why a `/cluster` connection was refused. The text goes back to the client
+/// in its `connect_error`; it never contains the secret.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("unauthorized: no cluster secret")]
+    MissingSecret,
+    #[error("unauthorized: wrong cluster secret")]
+    WrongSecret,
+    #[error("bad handshake: auth needs `node` (a name) and `boot` (a number)")]
+    BadHandshake,
+    #[error("refused: {0:?} is this node's own name (check cluster.host and the node names)")]
+    OwnName(String),
+}
+
+impl Refusal {
+    fn kind(&self) -> &'static str {
+        match self {
+            Refusal::MissingSecret => "missing_secret",
+            Refusal::WrongSecret => "wrong_secret",
+            Refusal::BadHandshake => "bad_handshake",
+            Refusal::OwnName(_) => "own_name",
+        }
+    }
+}
+
+/// Who a peer link says it is, once its secret was accepted.
+#[derive(Debug, Clone, Deserialize)]
+struct PeerId {
+    node: String,
+    boot: u64,
+}
+
+/// The link from one peer into this node, for `/readyz`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InboundStatus {
+    /// Whether the peer's link to this node is connected.
+    pub connected: bool,
+    /// When it last connected or disconnected, in ms since the Unix epoch.
+    pub since: u64,
+}
+
+#[derive(Debug)]
+struct Inbound {
+    /// Sockets from this peer: briefly two while a lost one times out.
+    sockets: usize,
+    since: SystemTime,
+}
+
+pub struct Listener {
+    node: String,
+    secret: Secret,
+    max_frame: usize,
+    dedup: Mutex<Dedup>,
+    deliver: Arc<dyn Deliver>,
+    inbound: Mutex<AHashMap<String, Inbound>>,
+    metrics: Arc<MeshMetrics>,
+}
+
+impl Listener {
+    pub fn new(
+        node: String,
+        secret: Secret,
+        max_frame: usize,
+        dedup: Dedup,
+        deliver: Arc<dyn Deliver>,
+        metrics: Arc<MeshMetrics>,
+    ) -> Arc<Self> {
+        Arc::new(Listener {
+            node,
+            secret,
+            max_frame,
+            dedup: Mutex::new(dedup),
+            deliver,
+            inbound: Mutex::new(AHashMap::new()),
+            metrics,
+        })
+    }
+
+    /// Adds the `/cluster` namespace to `io`.
+    pub fn register(self: &Arc<Self>, io: &SocketIo) {
+        let guard = self.clone();
+        let host = self.clone();
+        io.ns(
+            NAMESPACE,
+            (move |s: SocketRef, Data(peer): Data<PeerId>| {
+                host.accept(s, peer);
+                std::future::ready(())
+            })
+            .with(
+                move |s: SocketRef, TryData(auth): TryData<serde_json::Value>| {
+                    std::future::ready(guard.authenticate(&s, auth.ok()))
+                },
+            ),
+        );
+    }
+
+    /// The connect middleware: runs before the socket joins the namespace.
+    fn authenticate(&self, s: &SocketRef, auth: Option<serde_json::Value>) -> Result<(), Refusal> {
+        let result = self.check(auth.as_ref());
+        if let Err(refusal) = &result {
+            self.metrics.refuse_peer(refusal.kind());
+            let claimed = auth
+                .as_ref()
+                .and_then(|a| a.get("node"))
+                .and_then(|n| n.as_str());
+            tracing::warn!(sid = %s.id, node = claimed, "Refused a peer link on {NAMESPACE}: {refusal}");
+        }
+        result
+    }
+
+    fn check(&self, auth: Option<&serde_json::Value>) -> Result<(), Refusal> {
+        let secret = auth.and_then(|a| a.get("secret")).and_then(|s| s.as_str());
+        let Some(secret) = secret.filter(|s| !s.is_empty()) else {
+            return Err(Refusal::MissingSecret);
+        };
+        if !self.secret.matches(secret) {
+            return Err(Refusal::WrongSecret);
+        }
+        let peer = auth
+            .and_then(|a| PeerId::deserialize(a).ok())
+            .filter(|p| !p.node.is_empty())
+            .ok_or(Refusal::BadHandshake)?;
+        if peer.node == self.node {
+            return Err(Refusal::OwnName(peer.node));
+        }
+        Ok(())
+    }
+
+    fn accept(self: &Arc<Self>, s: SocketRef, peer: PeerId) {
+        tracing::info!(sid = %s.id, node = peer.node, "Peer {} linked to this node", peer.node);
+        self.connected(&peer.node, 1);
+        // socketioxide spawns the future a handler returns, and spawned tasks
+        // may run out of order; the closure body itself runs in arrival order,
+        // so the frame is handled there and the future is empty.
+        let listener = self.clone();
+        let from = peer.clone();
+        s.on("relay", move |TryData(frame): TryData<Bytes>| {
+            listener.receive(&from, frame.map_err(|e| e.to_string()));
+            std::future::ready(())
+        });
+        let listener = self.clone();
+        let node = peer.node;
+        s.on_disconnect(move || {
+            tracing::info!(node, "Peer {node} unlinked from this node");
+            listener.connected(&node, -1);
+            std::future::ready(())
+        });
+        // Last: a link sends nothing before `welcome`, so its frames always
+        // find the handlers above in place.
+        if let Err(e) = s.emit("welcome", &serde_json::json!({ "node": self.node })) {
+            tracing::warn!(sid = %s.id, "could not welcome a peer: {e}");
+        }
+    }
+
+    fn receive(&self, peer: &PeerId, frame: Result<Bytes, String>) {
+        let bytes = match frame {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                self.metrics.reject_frame("not_binary");
+                tracing::warn!(
+                    node = peer.node,
+                    "Dropped a relay event from {} without a binary frame: {e}",
+                    peer.node
+                );
+                return;
+            }
+        };
+        let publication = match relay::decode(&bytes, self.max_frame) {
+            Ok(p) => p,
+            Err(e) => {
+                self.metrics.reject_frame(e.kind());
+                tracing::warn!(
+                    node = peer.node,
+                    "Dropped a relay frame from {}: {e}",
+                    peer.node
+                );
+                return;
+            }
+        };
+        if publication.node != peer.node {
+            self.metrics.reject_frame("origin_mismatch");
+            tracing::warn!(
+                node = peer.node,
+                "Dropped a relay frame from {} carrying a publication of {}: nodes relay only their own",
+                peer.node,
+                publication.node
+            );
+            return;
+        }
+        let origin = OriginLabels {
+            origin: peer.node.clone(),
+        };
+        let key = Key {
+            origin: peer.node.clone(),
+            boot: peer.boot,
+            id: publication.id.clone(),
+        };
+        let first = self
+            .dedup
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .first_seen(key, Instant::now());
+        if !first {
+            self.metrics.deduplicated.get_or_create(&origin).inc();
+            tracing::debug!(
+                node = peer.node,
+                id = publication.id,
+                "Dropped a duplicate relayed publication"
+            );
+            return;
+        }
+        self.metrics.relayed_in.get_or_create(&origin).inc();
+        self.deliver.deliver(&publication);
+    }
+
+    fn connected(&self, node: &str, change: isize) {
+        let mut inbound = self.inbound.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = inbound.entry(node.to_owned()).or_insert_with(|| Inbound {
+            sockets: 0,
+            since: SystemTime::now(),
+        });
+        let was = entry.sockets > 0;
+        entry.sockets = entry.sockets.saturating_add_signed(change);
+        if was != (entry.sockets > 0) {
+            entry.since = SystemTime::now();
+        }
+    }
+
+    /// The link from peer `node` into this node, if it ever connected.
+    pub fn inbound(&self, node: &str) -> Option<InboundStatus> {
+        let inbound = self.inbound.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = inbound.get(node)?;
+        Some(InboundStatus {
+            connected: entry.sockets > 0,
+            since: super::millis(entry.since),
+        })
+    }
+
+    /// Relayed publications received from peer `node` and delivered.
+    pub fn messages_in(&self, node: &str) -> u64 {
+        let origin = OriginLabels {
+            origin: node.to_owned(),
+        };
+        self.metrics.relayed_in.get_or_create(&origin).get()
+    }
+}

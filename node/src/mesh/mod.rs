@@ -1,0 +1,278 @@
+//! The topic cluster: every node links to every other node's `/cluster`
+//! namespace, so a publish reaches every subscriber in the pool.
+//!
+//! Each node dials each peer ([`link`]) and sends its own publications over
+//! that link, once; each node accepts its peers' links ([`listener`]) and
+//! delivers what arrives locally, never further. That is one hop: no loops,
+//! no echo to the origin, and no partition while the links are up, whatever
+//! order nodes start in. Lost links are redialled every `retry_interval`.
+//!
+//! [`Mesh`] ties the two together for the node: it is the topic service's
+//! [`Relay`], adds `/cluster` to the node's `SocketIo`, reports link status
+//! for `/readyz` and counters for `/metrics`. [`attach`] plugs it into a
+//! [`Node`] before it serves.
+
+mod dedup;
+mod link;
+mod listener;
+mod metrics;
+mod secret;
+
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use socketioxide::SocketIo;
+use stickyio_shared::config::node::{NodeConfig, SECRET_ENV, SecretError};
+use stickyio_shared::message::Publication;
+use stickyio_shared::relay;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::readiness::{Check, Readiness};
+use crate::server::Node;
+use crate::topics::{Relay, TopicService};
+
+pub use link::{LinkState, LinkStatus};
+pub use listener::{Deliver, InboundStatus};
+
+use dedup::Dedup;
+use link::{Link, LinkSettings};
+use listener::Listener;
+use metrics::MeshMetrics;
+use secret::Secret;
+
+/// Relayed ids remembered per node; far above what one node relays between
+/// a link failing and its redial.
+const DEDUP_CAPACITY: usize = 100_000;
+/// How long a relayed id is remembered: a resent frame arrives on the next
+/// link, within `retry_interval` plus a dial, so a few intervals suffice.
+const DEDUP_MIN_TTL: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error(
+        "cluster.standalone = false needs a mesh secret: set cluster.secret_file, cluster.secret or {SECRET_ENV}"
+    )]
+    NoSecret,
+}
+
+/// One peer as `/readyz` shows it: this node's link to it, and its link here.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerStatus {
+    #[serde(flatten)]
+    pub link: LinkStatus,
+    /// Relayed publications received from this peer and delivered.
+    pub messages_in: u64,
+    /// The peer's own link into this node, once it has connected.
+    pub inbound: Option<InboundStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MeshStatus {
+    /// Linked to every reachable peer (see [`Mesh::status`]).
+    pub ready: bool,
+    pub peers: Vec<PeerStatus>,
+}
+
+pub struct Mesh {
+    node: String,
+    max_frame: usize,
+    links: Vec<Arc<Link>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    listener: Arc<Listener>,
+    metrics: Arc<MeshMetrics>,
+    shutdown: CancellationToken,
+}
+
+impl Mesh {
+    /// Resolves the secret and starts a link to every peer of `config`.
+    /// Relayed publications are handed to `deliver`. The links stop when
+    /// `shutdown` is cancelled. Needs a Tokio runtime.
+    pub fn start(
+        config: &NodeConfig,
+        deliver: Arc<dyn Deliver>,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Mesh>, MeshError> {
+        let cluster = &config.cluster;
+        let secret = Secret::new(cluster.resolve_secret()?.ok_or(MeshError::NoSecret)?);
+        let retry_interval = cluster.retry_interval.get();
+        let max_frame = usize::try_from(config.max_payload).unwrap_or(usize::MAX);
+        let boot = rand::random::<u64>();
+        let metrics = Arc::new(MeshMetrics::default());
+        let (links, tasks) = cluster
+            .peers()
+            .into_iter()
+            .map(|url| {
+                let settings = LinkSettings {
+                    url,
+                    node: config.name.clone(),
+                    boot,
+                    secret: secret.clone(),
+                    retry_interval,
+                    queue: cluster.link_queue,
+                };
+                Link::spawn(settings, &metrics, shutdown.child_token())
+            })
+            .unzip();
+        let dedup = Dedup::new(DEDUP_CAPACITY, DEDUP_MIN_TTL.max(retry_interval * 4));
+        let listener = Listener::new(
+            config.name.clone(),
+            secret,
+            max_frame,
+            dedup,
+            deliver,
+            metrics.clone(),
+        );
+        Ok(Arc::new(Mesh {
+            node: config.name.clone(),
+            max_frame,
+            links,
+            tasks: Mutex::new(tasks),
+            listener,
+            metrics,
+            shutdown,
+        }))
+    }
+
+    /// Adds the `/cluster` namespace, where peers link in, to the node's `io`.
+    pub fn register(&self, io: &SocketIo) {
+        self.listener.register(io);
+    }
+
+    /// Adds the mesh counters to the node's registry.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        self.metrics.register(registry);
+    }
+
+    /// Every peer's links. Ready means linked to every reachable peer: each
+    /// link is up, or down because its peer cannot be reached. A link still
+    /// on its first dial, or refused by a peer that answered, is not ready.
+    pub fn status(&self) -> MeshStatus {
+        let peers: Vec<PeerStatus> = self
+            .links
+            .iter()
+            .map(|link| {
+                let link = link.status();
+                let node = link.node.as_deref();
+                PeerStatus {
+                    messages_in: node.map_or(0, |node| self.listener.messages_in(node)),
+                    inbound: node.and_then(|node| self.listener.inbound(node)),
+                    link,
+                }
+            })
+            .collect();
+        MeshStatus {
+            ready: peers
+                .iter()
+                .all(|p| matches!(p.link.state, LinkState::Up | LinkState::Down)),
+            peers,
+        }
+    }
+
+    /// Stops every link and waits for their tasks, so a stopped node sends
+    /// nothing more. Peers see the links close and redial it.
+    pub async fn shutdown(&self) {
+        self.shutdown.cancel();
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(PoisonError::into_inner));
+        for task in tasks {
+            if let Err(e) = task.await {
+                tracing::warn!("a peer link task ended abnormally: {e}");
+            }
+        }
+    }
+}
+
+impl Relay for Mesh {
+    /// Sends a publication made on this node once over each link. Never
+    /// waits: a peer whose queue is full or whose link is down misses it, and
+    /// the drop is counted. Publications of other nodes are never relayed.
+    fn relay(&self, publication: &Arc<Publication>) {
+        if publication.node != self.node {
+            tracing::debug!(
+                origin = publication.node,
+                "not relaying a publication of another node"
+            );
+            return;
+        }
+        let frame = match relay::encode(publication) {
+            Ok(frame) => Bytes::from(frame),
+            Err(e) => {
+                tracing::error!(id = publication.id, "cannot encode a relay frame: {e}");
+                return;
+            }
+        };
+        if frame.len() > self.max_frame {
+            tracing::warn!(
+                id = publication.id,
+                "not relaying a publication: its {}-byte frame exceeds max_payload ({})",
+                frame.len(),
+                self.max_frame
+            );
+            self.links.iter().for_each(|link| link.drop_too_large());
+            return;
+        }
+        for link in &self.links {
+            link.relay(&frame);
+        }
+    }
+}
+
+impl Readiness for Mesh {
+    fn name(&self) -> &str {
+        "mesh"
+    }
+
+    fn check(&self) -> Check {
+        let status = self.status();
+        Check {
+            ready: status.ready,
+            detail: serde_json::json!({ "peers": status.peers }),
+        }
+    }
+}
+
+/// Relayed publications go to the node's topic service, held weakly: the
+/// service holds the mesh as its relay, and a strong reference back would
+/// keep both alive after the node stops.
+struct LocalDelivery(Weak<TopicService>);
+
+impl Deliver for LocalDelivery {
+    fn deliver(&self, publication: &Publication) -> usize {
+        self.0
+            .upgrade()
+            .map_or(0, |topics| topics.deliver_relayed(publication))
+    }
+}
+
+/// Plugs a mesh into a prepared node: `/cluster` on its `SocketIo`, the
+/// relay on its topic service, counters on `/metrics`, link status on
+/// `/readyz`. `config` is normally [`Node::config`]; tests that bind every
+/// node on port 0 first pass the cluster they learned afterwards. The links
+/// stop when the node shuts down.
+pub fn attach(node: &Node, config: &NodeConfig) -> Result<Arc<Mesh>, MeshError> {
+    let deliver = Arc::new(LocalDelivery(Arc::downgrade(node.topics())));
+    let mesh = Mesh::start(config, deliver, node.shutdown_token())?;
+    mesh.register(node.io());
+    node.with_registry(|registry| mesh.register_metrics(registry));
+    node.add_readiness(mesh.clone());
+    node.topics().set_relay(mesh.clone());
+    Ok(mesh)
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Milliseconds since the Unix epoch, as `/readyz` reports times.
+fn millis(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,73 @@
+//! What a clustered node logs about its links, through `Node::bind` as
+//! `stickyio-node` starts. Alone in its test binary: it installs the global
+//! log subscriber, which tests running in parallel would otherwise share.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use stickyio_node::Node;
+use stickyio_shared::config::node::NodeConfig;
+use tokio::time::sleep;
+
+/// Log lines, captured for one test.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// Through `Node::bind`, as `stickyio-node` starts: a clustered node.toml
+/// without `retry_interval` redials every 5 s, and says so.
+#[tokio::test]
+async fn by_default_a_failed_dial_is_retried_every_five_seconds() {
+    // A port freed on an address no other test binds: refused, every time.
+    let gone = tokio::net::TcpListener::bind("127.77.0.1:0").await.unwrap();
+    let peer = format!("http://{}", gone.local_addr().unwrap());
+    drop(gone);
+    let toml = format!(
+        "listen = \"127.0.0.1:0\"\nname = \"node-a\"\n[cluster]\nhost = \"http://node-a.invalid:3001\"\n\
+         standalone = false\ncluster_nodes = [\"{peer}\"]\nsecret = \"s\"\n"
+    );
+    let config: NodeConfig = stickyio_shared::config::parse(&toml, "node.toml").unwrap();
+    assert_eq!(config.cluster.retry_interval.get(), Duration::from_secs(5));
+
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::set_global_default(subscriber).unwrap();
+    let node = Node::bind(config).await.unwrap();
+    for _ in 0..100 {
+        if logs.text().contains("Waiting 5s before retrying") {
+            break;
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+    let text = logs.text();
+    assert!(text.contains("Waiting 5s before retrying"), "{text}");
+    assert!(
+        text.contains(&format!("Trying to connect to {peer}")),
+        "{text}"
+    );
+    assert!(text.contains(&format!("Link to {peer} failed")), "{text}");
+    assert!(
+        text.contains("Connection refused"),
+        "the cause is named: {text}"
+    );
+    node.shutdown().await.unwrap();
+}
