@@ -222,3 +222,35 @@ fn relay(
     });
     to_client
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(headers: &[(&'static str, &'static str)]) -> Request<()> {
+        let mut r = Request::get("/socket.io/?EIO=4&transport=websocket");
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.body(()).unwrap()
+    }
+
+    #[test]
+    fn an_upgrade_needs_both_headers() {
+        assert!(is_upgrade(&req(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket")
+        ])));
+        assert!(is_upgrade(&req(&[
+            ("connection", "close"),
+            ("connection", "upgrade"),
+            ("upgrade", "h2c")
+        ])));
+        assert!(!is_upgrade(&req(&[("upgrade", "websocket")])));
+        assert!(!is_upgrade(&req(&[("connection", "upgrade")])));
+        assert!(!is_upgrade(&req(&[
+            ("connection", "upgraded"),
+            ("upgrade", "websocket")
+        ])));
+    }
+}
