@@ -56,38 +56,6 @@ pub fn check(path: &Path) -> Result<String, CheckError> {
     Ok(toml::to_string(&config)?)
 }
 
-/// Crates that log whole Socket.IO / websocket packets at debug and trace,
-/// among them the `/cluster` connect packet that carries the mesh secret.
-/// They are capped at `info` whatever `RUST_LOG` says: the secret is never
-/// logged (SECURITY.md).
-const PACKET_LOGGERS: [&str; 6] = [
-    "socketioxide",
-    "engineioxide",
-    "tungstenite",
-    "tokio_tungstenite",
-    "rust_socketio",
-    "rust_engineio",
-];
-
-/// Logs to stdout, filtered by `RUST_LOG` (default `info`), with the packet
-/// loggers capped at `info`.
-pub fn init_logging(json: bool) {
-    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    for target in PACKET_LOGGERS {
-        if let Ok(cap) = format!("{target}=info").parse() {
-            filter = filter.add_directive(cap);
-        }
-    }
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    // Ignored when a subscriber is already set, e.g. by an embedding process.
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
-}
-
 /// Serves `config` until SIGTERM or Ctrl-C, then shuts down gracefully.
 pub async fn serve(config: NodeConfig) -> Result<(), NodeError> {
     let node = Node::bind(config).await?;
