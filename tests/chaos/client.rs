@@ -38,6 +38,9 @@ pub struct Published {
     pub topic: String,
     /// The node that acked it (the publisher's node then).
     pub origin: String,
+    /// When it was posted: a subscription acked before this certainly
+    /// covers it.
+    pub sent_at: Instant,
     pub acked_at: Instant,
 }
 
@@ -72,6 +75,8 @@ impl Record {
 pub struct LoadClient {
     pub topic: String,
     pub record: Arc<Mutex<Record>>,
+    /// Cancelled to end publishing while the client keeps reading.
+    publishing: CancellationToken,
 }
 
 /// Why a session ended.
@@ -128,12 +133,18 @@ impl Conn {
             .map_err(|_| format!("no answer in {limit:?}"))?
     }
 
+    /// POSTs `payload`; the wait for an earlier POST counts in its time
+    /// limit, so a dead node is noticed within one limit, not two.
     async fn post(&self, payload: String) -> Result<(), Broken> {
-        let _one = self.posting.lock().await;
         let query = format!("&sid={}", self.sid);
-        let (status, _, body) = self
-            .request(Method::POST, &query, payload, REQUEST_TIMEOUT)
-            .await?;
+        let exchange = async {
+            let _one = self.posting.lock().await;
+            self.request(Method::POST, &query, payload, REQUEST_TIMEOUT)
+                .await
+        };
+        let (status, _, body) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .map_err(|_| format!("post: no answer in {REQUEST_TIMEOUT:?}"))??;
         if status != StatusCode::OK {
             return Err(format!("post: {status} {body}"));
         }
@@ -174,10 +185,11 @@ fn ack_of(packet: &str, id: u64) -> Option<Value> {
 }
 
 impl LoadClient {
-    pub fn new(topic: String) -> Self {
+    pub fn new(topic: String, publishing: CancellationToken) -> Self {
         LoadClient {
             topic,
             record: Arc::new(Mutex::new(Record::default())),
+            publishing,
         }
     }
 
@@ -294,7 +306,7 @@ impl LoadClient {
                 }
             }
         });
-        let mut pending: HashMap<u64, String> = HashMap::new();
+        let mut pending: HashMap<u64, (String, Instant)> = HashMap::new();
         let mut next_ack = 1;
         let mut ticker = tokio::time::interval(every.unwrap_or(Duration::from_secs(3600)));
         ticker.tick().await;
@@ -312,11 +324,11 @@ impl LoadClient {
                 () = tokio::time::sleep_until(drain_until.unwrap_or_else(tokio::time::Instant::now)), if drain_until.is_some() => {
                     break Ok(());
                 }
-                _ = ticker.tick(), if every.is_some() && drain_until.is_none() => {
+                _ = ticker.tick(), if every.is_some() && drain_until.is_none() && !self.publishing.is_cancelled() => {
                     let topic = topics[*seq % topics.len()].clone();
                     *seq += 1;
                     let packet = emit(next_ack, "publish", &json!({ "topic": topic, "content": *seq }));
-                    pending.insert(next_ack, topic);
+                    pending.insert(next_ack, (topic, Instant::now()));
                     next_ack += 1;
                     if let Err(e) = conn.post(packet).await {
                         break Err(e);
@@ -341,7 +353,7 @@ impl LoadClient {
                     let Ok(id) = rest[..digits].parse::<u64>() else {
                         continue;
                     };
-                    let Some(topic) = pending.remove(&id) else {
+                    let Some((topic, sent_at)) = pending.remove(&id) else {
                         continue;
                     };
                     let reply = ack_of(&packet, id).unwrap_or(Value::Null);
@@ -350,6 +362,7 @@ impl LoadClient {
                             id: message.to_owned(),
                             topic,
                             origin: conn.node.clone(),
+                            sent_at,
                             acked_at: Instant::now(),
                         }),
                         _ => record

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 const RECOVERY_SLACK: Duration = Duration::from_secs(3);
 /// How long before a failure an acked message may still be in flight there.
 const IN_FLIGHT_WINDOW: Duration = Duration::from_secs(1);
-/// Time for the last relays to land before the records are read.
+/// Time for the last messages to land once publishing has stopped.
 const DRAIN: Duration = Duration::from_secs(3);
 
 fn env_number(name: &str, default: u64) -> u64 {
@@ -77,7 +77,8 @@ impl Run {
             .collect()
     }
 
-    /// Injects nothing; marks the clients on `node` now as affected.
+    /// Marks the clients on `node` now as affected; call it right before
+    /// injecting the fault.
     fn fault(&mut self, node: &str) -> Instant {
         let at = Instant::now();
         let affected = self.on_node(node, at);
@@ -163,13 +164,17 @@ async fn chaos_under_load() {
     let mut cluster = Cluster::start().await;
     let topics: Vec<String> = (0..topic_count).map(|t| format!("chaos.t{t}")).collect();
     let stop = CancellationToken::new();
+    let publishing = CancellationToken::new();
     let mut run = Run {
         clients: Vec::new(),
         faults: Vec::new(),
     };
     let mut tasks = Vec::new();
     for i in 0..clients {
-        let client = Arc::new(LoadClient::new(topics[i % topic_count].clone()));
+        let client = Arc::new(LoadClient::new(
+            topics[i % topic_count].clone(),
+            publishing.clone(),
+        ));
         run.clients.push(client.clone());
         // Spread the handshakes so a start is not itself a flood.
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -203,8 +208,9 @@ async fn chaos_under_load() {
 
     // Fault 1: SIGKILL node-b, restart it once its clients are back.
     let started = Instant::now();
-    cluster.node("node-b").kill();
+    // The snapshot of who is where comes first: a kill ends sessions at once.
     run.fault("node-b");
+    cluster.node("node-b").kill();
     let storm = reload_storm(&cluster, 10, 5, reload_pause);
     let (killed_recovery, (acc1, ref1)) =
         tokio::join!(run.recovered(bound + RECOVERY_SLACK), storm);
@@ -221,8 +227,8 @@ async fn chaos_under_load() {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // Fault 2: SIGSTOP node-c for `freeze`, then SIGCONT.
-    cluster.node("node-c").signal("-STOP");
     run.fault("node-c");
+    cluster.node("node-c").signal("-STOP");
     let storm = reload_storm(&cluster, 10, 3, reload_pause);
     let (frozen_recovery, (acc2, ref2)) = tokio::join!(
         async {
@@ -244,12 +250,14 @@ async fn chaos_under_load() {
     }
     let heal_after_resume = heal_start.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // Publishing ends; clients keep reading while the last messages land.
+    publishing.cancel();
     let load_end = Instant::now();
+    tokio::time::sleep(DRAIN).await;
     stop.cancel();
     for task in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
     }
-    tokio::time::sleep(DRAIN).await;
 
     // The checks.
     let affected: HashSet<usize> = run
@@ -267,7 +275,7 @@ async fn chaos_under_load() {
             record
                 .published
                 .iter()
-                .filter(|p| p.acked_at >= load_start && p.acked_at <= load_end)
+                .filter(|p| p.sent_at >= load_start && p.acked_at <= load_end)
                 .cloned(),
         );
         if affected.contains(&i) {

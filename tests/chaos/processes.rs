@@ -172,11 +172,11 @@ impl Cluster {
             .arg("--log-json")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
             .spawn()
             .expect("start stickyio-gateway");
-        let (gateway_addr, admin_addr) = listening_addrs(gateway.stderr.take().expect("stderr"));
+        let (gateway_addr, admin_addr) = listening_addrs(gateway.stdout.take().expect("stdout"));
         let cluster = Cluster {
             dir,
             nodes,
@@ -241,10 +241,10 @@ impl Drop for Cluster {
 }
 
 /// Reads the gateway's JSON log until it names its bound addresses.
-fn listening_addrs(stderr: std::process::ChildStderr) -> (SocketAddr, SocketAddr) {
+fn listening_addrs(log: std::process::ChildStdout) -> (SocketAddr, SocketAddr) {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in BufReader::new(log).lines().map_while(Result::ok) {
             if tx.send(line).is_err() {
                 return;
             }
@@ -266,7 +266,7 @@ fn listening_addrs(stderr: std::process::ChildStderr) -> (SocketAddr, SocketAddr
                     .and_then(|s| s.parse().ok())
                     .expect("bound address in the log")
             };
-            // Keep draining the log so the gateway never blocks on stderr.
+            // Keep draining the log so the gateway never blocks writing it.
             std::thread::spawn(move || while rx.recv().is_ok() {});
             return (addr("local_addr"), addr("admin_addr"));
         }
