@@ -12,7 +12,7 @@
 #
 # Bounded: every wait in the scenario has a deadline; a run takes about
 # 1-2 minutes after the build. The same scenario runs small in
-# `cargo test --test chaos` (150 clients, 4 s freeze).
+# `cargo test --test chaos` (150 clients, 6 s freeze).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export STICKYIO_CHAOS_CLIENTS="${STICKYIO_CHAOS_CLIENTS:-1000}"

@@ -58,7 +58,8 @@ pub struct Record {
     pub errors: Vec<(Instant, String)>,
     pub published: Vec<Published>,
     /// Publishes sent whose ack never came (their session broke first).
-    pub unconfirmed: usize,
+    /// When each was sent.
+    pub unconfirmed: Vec<Instant>,
     /// Every message id received, with how many times.
     pub received: HashMap<String, u32>,
 }
@@ -373,7 +374,11 @@ impl LoadClient {
             }
         };
         poller.abort();
-        self.record.lock().expect("record").unconfirmed += pending.len();
+        self.record
+            .lock()
+            .expect("record")
+            .unconfirmed
+            .extend(pending.values().map(|(_, sent_at)| *sent_at));
         result
     }
 }

@@ -9,7 +9,7 @@
 //! time; the mesh heals; no client ever gets a message twice; every message a
 //! healthy client missed was acked by the failed node just before it failed.
 //!
-//! The CI run is small (150 clients, a 4 s freeze). `scripts/chaos.sh` runs
+//! The CI run is small (150 clients, a 6 s freeze). `scripts/chaos.sh` runs
 //! the same scenario at full size through the environment:
 //! `STICKYIO_CHAOS_CLIENTS` (1000), `STICKYIO_CHAOS_FREEZE_SECS` (30),
 //! `STICKYIO_CHAOS_PUBLISH_MS` (publish period of each client, 1000) and
@@ -30,7 +30,7 @@ use processes::{
 use tokio_util::sync::CancellationToken;
 
 /// Room for scheduling on a loaded 2-core machine, on top of the bound.
-const RECOVERY_SLACK: Duration = Duration::from_secs(3);
+const RECOVERY_SLACK: Duration = Duration::from_secs(5);
 /// How long before a failure an acked message may still be in flight there.
 const IN_FLIGHT_WINDOW: Duration = Duration::from_secs(1);
 /// Time for the last messages to land once publishing has stopped.
@@ -156,7 +156,7 @@ async fn reload_storm(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_under_load() {
     let clients = env_number("STICKYIO_CHAOS_CLIENTS", 150) as usize;
-    let freeze = Duration::from_secs(env_number("STICKYIO_CHAOS_FREEZE_SECS", 4));
+    let freeze = Duration::from_secs(env_number("STICKYIO_CHAOS_FREEZE_SECS", 6));
     let every = Duration::from_millis(env_number("STICKYIO_CHAOS_PUBLISH_MS", 1000));
     let topic_count = env_number("STICKYIO_CHAOS_TOPICS", 20).max(1) as usize;
     let health = HEALTH_FALL * (HEALTH_INTERVAL + HEALTH_TIMEOUT);
@@ -279,7 +279,7 @@ async fn chaos_under_load() {
                 .cloned(),
         );
         if affected.contains(&i) {
-            unconfirmed_affected += record.unconfirmed;
+            unconfirmed_affected += record.unconfirmed.len();
             errors_affected += record.errors.len();
         } else {
             assert!(
@@ -287,7 +287,20 @@ async fn chaos_under_load() {
                 "healthy client {i} saw errors: {:?}",
                 record.errors
             );
-            assert_eq!(record.unconfirmed, 0, "healthy client {i} lost an ack");
+            let lost: Vec<_> = record
+                .unconfirmed
+                .iter()
+                .map(|sent| {
+                    format!(
+                        "sent {:?} before the end of publishing",
+                        load_end.saturating_duration_since(*sent)
+                    )
+                })
+                .collect();
+            assert!(
+                lost.is_empty(),
+                "healthy client {i} never got the ack of a publish: {lost:?}"
+            );
             assert_eq!(
                 record.sessions.len(),
                 1,

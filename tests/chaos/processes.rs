@@ -16,7 +16,7 @@ use hyper_util::rt::TokioExecutor;
 
 /// Engine.IO ping settings of every node: short, so failures show quickly.
 pub const PING_INTERVAL: Duration = Duration::from_millis(1000);
-pub const PING_TIMEOUT: Duration = Duration::from_millis(2000);
+pub const PING_TIMEOUT: Duration = Duration::from_millis(3000);
 /// Gateway health checks: `fall` failures of `interval` + `timeout` each.
 pub const HEALTH_INTERVAL: Duration = Duration::from_millis(200);
 pub const HEALTH_TIMEOUT: Duration = Duration::from_millis(300);
