@@ -6,6 +6,9 @@
 //! or a close, real clients keep being served, memory stays bounded, and the
 //! process never dies.
 
+#[path = "../../tests/hostile_support/mod.rs"]
+mod hostile_support;
+
 mod support;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -67,13 +70,7 @@ impl GatewayProcess {
 
     /// Resident memory, in KiB.
     fn rss_kb(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("the gateway process is alive");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS")
+        hostile_support::rss_kb(self.child.id())
     }
 
     fn assert_alive(&mut self) {
@@ -411,7 +408,9 @@ async fn a_websocket_client_that_never_reads_does_not_hold_up_others() {
     .await
     .unwrap();
     for text in ["40", "420[\"subscribe\",\"hostile.flood\"]"] {
-        lazy.write_all(&masked_text_frame(text)).await.unwrap();
+        lazy.write_all(&hostile_support::masked_text_frame(text))
+            .await
+            .unwrap();
     }
     let mut watcher = PollingSession::open(client_ip(71), gw.addr).await.unwrap();
     let ack = watcher
@@ -456,15 +455,4 @@ async fn a_websocket_client_that_never_reads_does_not_hold_up_others() {
     gw.assert_alive();
     drop(lazy);
     let _ = node.shutdown().await;
-}
-
-/// A client-to-server websocket text frame (clients must mask).
-fn masked_text_frame(text: &str) -> Vec<u8> {
-    let mask = [0x12u8, 0x34, 0x56, 0x78];
-    let payload = text.as_bytes();
-    assert!(payload.len() < 126);
-    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    frame
 }

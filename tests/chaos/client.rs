@@ -60,8 +60,9 @@ pub struct Record {
     /// Publishes sent whose ack never came (their session broke first).
     /// When each was sent.
     pub unconfirmed: Vec<Instant>,
-    /// Every message id received, with how many times.
-    pub received: HashMap<String, u32>,
+    /// Every message id received, with the session (index in `sessions`)
+    /// of each delivery.
+    pub received: HashMap<String, Vec<usize>>,
 }
 
 impl Record {
@@ -348,7 +349,8 @@ impl LoadClient {
                     let message: Value =
                         serde_json::from_str(rest.trim_end_matches(']')).unwrap_or(Value::Null);
                     let id = message["id"].as_str().unwrap_or("?").to_owned();
-                    *record.received.entry(id).or_default() += 1;
+                    let session = record.sessions.len() - 1;
+                    record.received.entry(id).or_default().push(session);
                 } else if let Some(rest) = packet.strip_prefix("43") {
                     let digits = rest.chars().take_while(char::is_ascii_digit).count();
                     let Ok(id) = rest[..digits].parse::<u64>() else {

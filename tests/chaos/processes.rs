@@ -186,14 +186,7 @@ impl Cluster {
             gateway_config,
             gateway_text,
         };
-        let deadline = Instant::now() + START_WAIT;
-        while !cluster.all_ready().await {
-            assert!(
-                Instant::now() < deadline,
-                "the mesh did not form in {START_WAIT:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        cluster.healed("the start").await;
         cluster
     }
 
@@ -206,6 +199,19 @@ impl Cluster {
             }
         }
         true
+    }
+
+    /// Waits until every node is ready again after `what`; how long it took.
+    pub async fn healed(&self, what: &str) -> Duration {
+        let start = Instant::now();
+        while !self.all_ready().await {
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "the mesh did not heal after {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        start.elapsed()
     }
 
     pub fn node(&mut self, name: &str) -> &mut NodeProcess {
@@ -272,6 +278,28 @@ fn listening_addrs(log: std::process::ChildStdout) -> (SocketAddr, SocketAddr) {
         }
     }
     panic!("the gateway did not report its addresses in {START_WAIT:?}");
+}
+
+/// Sum of the samples of metric `name` on `addr`'s `/metrics` (0 when it
+/// cannot be read).
+pub async fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let client: Client<HttpConnector, Full<bytes::Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let Ok(req) = http::Request::get(format!("http://{addr}/metrics")).body(Full::default()) else {
+        return 0.0;
+    };
+    let Ok(Ok(res)) = tokio::time::timeout(Duration::from_secs(2), client.request(req)).await
+    else {
+        return 0.0;
+    };
+    let Ok(body) = res.into_body().collect().await else {
+        return 0.0;
+    };
+    String::from_utf8_lossy(&body.to_bytes())
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// The status of `GET path` on `addr`, or `None` when there is no answer in 1 s.
