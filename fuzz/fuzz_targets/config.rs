@@ -12,7 +12,10 @@ use stickyio_shared::config::{ConfigError, parse};
 
 fn located(err: &ConfigError, text: &str) {
     let loc = err.location().expect("parse errors are located");
-    assert!(loc.line >= 1 && loc.line <= text.lines().count().max(1) + 1, "{err}");
+    assert!(
+        loc.line >= 1 && loc.line <= text.lines().count().max(1) + 1,
+        "{err}"
+    );
     assert!(loc.column >= 1, "{err}");
 }
 
@@ -26,7 +29,10 @@ fuzz_target!(|data: &[u8]| {
             let mut again = parse::<GatewayConfig>(&rendered, "rendered")
                 .unwrap_or_else(|e| panic!("rendered config refused: {e}\n{rendered}"));
             if config.admin_token.is_some() {
-                assert!(rendered.contains("admin_token = \"<redacted>\""), "{rendered}");
+                assert!(
+                    rendered.contains("admin_token = \"<redacted>\""),
+                    "{rendered}"
+                );
                 config.admin_token = None;
                 again.admin_token = None;
             }

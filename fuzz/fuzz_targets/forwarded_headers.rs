@@ -33,7 +33,10 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let untrusted_peer: IpAddr = [192, 0, 2, selector].into();
-    assert_eq!(client_ip(untrusted_peer, &headers, &trusted), untrusted_peer);
+    assert_eq!(
+        client_ip(untrusted_peer, &headers, &trusted),
+        untrusted_peer
+    );
     let proxy: IpAddr = [10, 0, 0, selector].into();
     let _ = client_ip(proxy, &headers, &trusted);
 

@@ -14,7 +14,10 @@ fuzz_target!(|data: &[u8]| {
     let (left, right) = text.split_once('\n').unwrap_or((text, text));
     let topic = Topic::parse(left);
     let pattern = Pattern::parse(right);
-    for err in [topic.as_ref().err(), pattern.as_ref().err()].into_iter().flatten() {
+    for err in [topic.as_ref().err(), pattern.as_ref().err()]
+        .into_iter()
+        .flatten()
+    {
         assert!(err.to_string().len() < MAX_BYTES + 400, "{err}");
     }
     if let Ok(topic) = &topic {
