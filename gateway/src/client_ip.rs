@@ -152,6 +152,47 @@ mod tests {
     }
 
     #[test]
+    fn spoofed_and_garbage_hops_never_move_the_client_left_of_the_real_one() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let proxy = ip("10.0.0.1");
+        // Whatever the client prepends, the hop its proxy appended wins.
+        for spoof in [
+            "1.1.1.1",
+            "10.9.9.9",
+            "127.0.0.1",
+            "::1",
+            "[::1]:80, 10.0.0.7",
+            "999.1.1.1",
+            "1.2.3.4%eth0",
+            "\"1.2.3.4\"",
+            ",,,,",
+            "for=1.1.1.1",
+        ] {
+            let h = headers(&[("x-forwarded-for", &format!("{spoof}, 203.0.113.9"))]);
+            assert_eq!(client_ip(proxy, &h, &trusted), ip("203.0.113.9"), "{spoof}");
+            let h = headers(&[(
+                "forwarded",
+                &format!("for={spoof};proto=https, for=203.0.113.9"),
+            )]);
+            assert_eq!(client_ip(proxy, &h, &trusted), ip("203.0.113.9"), "{spoof}");
+        }
+        // Bytes that are not text stop the walk at the proxy itself.
+        let mut h = HeaderMap::new();
+        h.append(
+            X_FORWARDED_FOR,
+            HeaderValue::from_bytes(b"1.2.3.4\xff").unwrap(),
+        );
+        assert_eq!(client_ip(proxy, &h, &trusted), proxy);
+        let mut h = HeaderMap::new();
+        h.append(FORWARDED, HeaderValue::from_bytes(b"for=\xfe").unwrap());
+        assert_eq!(client_ip(proxy, &h, &trusted), proxy);
+        // A long chain is walked without trouble and still ends right.
+        let long = format!("{}203.0.113.10", "10.0.0.9, ".repeat(5000));
+        let h = headers(&[("x-forwarded-for", &long)]);
+        assert_eq!(client_ip(proxy, &h, &trusted), ip("203.0.113.10"));
+    }
+
+    #[test]
     fn all_trusted_chain_gives_the_leftmost_and_mapped_peers_are_ipv4() {
         let trusted = nets(&["10.0.0.0/8", "127.0.0.1/32"]);
         let h = headers(&[("x-forwarded-for", "10.0.0.3, 10.0.0.2")]);
