@@ -19,6 +19,10 @@ export STICKYIO_CHAOS_CLIENTS="${STICKYIO_CHAOS_CLIENTS:-1000}"
 export STICKYIO_CHAOS_FREEZE_SECS="${STICKYIO_CHAOS_FREEZE_SECS:-30}"
 export STICKYIO_CHAOS_PUBLISH_MS="${STICKYIO_CHAOS_PUBLISH_MS:-2000}"
 export STICKYIO_CHAOS_TOPICS="${STICKYIO_CHAOS_TOPICS:-200}"
+# 1,000 polling clients keep 2 cores busy: a ping timeout of 5 s keeps a
+# client of a healthy node from losing its session to a scheduling stall.
+export STICKYIO_CHAOS_PING_INTERVAL_MS="${STICKYIO_CHAOS_PING_INTERVAL_MS:-2000}"
+export STICKYIO_CHAOS_PING_TIMEOUT_MS="${STICKYIO_CHAOS_PING_TIMEOUT_MS:-5000}"
 # Each client holds two connections; the gateway two per client as well.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 

@@ -22,12 +22,14 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::processes::{PING_INTERVAL, PING_TIMEOUT};
+use crate::processes::{ping_interval, ping_timeout};
 
 const SEP: char = '\u{1e}';
 /// Longest wait for any one request: a node silent for longer than its
 /// `pingInterval + pingTimeout` is as dead to a client as one that is gone.
-const REQUEST_TIMEOUT: Duration = PING_INTERVAL.saturating_add(PING_TIMEOUT);
+fn request_timeout() -> Duration {
+    ping_interval() + ping_timeout()
+}
 /// Pause between two failed handshakes.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
@@ -141,12 +143,12 @@ impl Conn {
         let query = format!("&sid={}", self.sid);
         let exchange = async {
             let _one = self.posting.lock().await;
-            self.request(Method::POST, &query, payload, REQUEST_TIMEOUT)
+            self.request(Method::POST, &query, payload, request_timeout())
                 .await
         };
-        let (status, _, body) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        let (status, _, body) = tokio::time::timeout(request_timeout(), exchange)
             .await
-            .map_err(|_| format!("post: no answer in {REQUEST_TIMEOUT:?}"))??;
+            .map_err(|_| format!("post: no answer in {:?}", request_timeout()))??;
         if status != StatusCode::OK {
             return Err(format!("post: {status} {body}"));
         }
@@ -157,7 +159,7 @@ impl Conn {
     async fn poll(&self) -> Result<Vec<String>, Broken> {
         let query = format!("&sid={}", self.sid);
         let (status, _, body) = self
-            .request(Method::GET, &query, String::new(), REQUEST_TIMEOUT)
+            .request(Method::GET, &query, String::new(), request_timeout())
             .await?;
         if status != StatusCode::OK {
             return Err(format!("poll: {status} {body}"));
@@ -216,7 +218,7 @@ impl LoadClient {
             posting: tokio::sync::Mutex::new(()),
         };
         let (status, node, body) = conn
-            .request(Method::GET, "", String::new(), REQUEST_TIMEOUT)
+            .request(Method::GET, "", String::new(), request_timeout())
             .await?;
         if status != StatusCode::OK {
             return Err(format!("handshake: {status} {body}"));
@@ -320,7 +322,7 @@ impl LoadClient {
             }
             let packets = tokio::select! {
                 () = stop.cancelled(), if drain_until.is_none() => {
-                    drain_until = Some(tokio::time::Instant::now() + REQUEST_TIMEOUT);
+                    drain_until = Some(tokio::time::Instant::now() + request_timeout());
                     continue;
                 }
                 () = tokio::time::sleep_until(drain_until.unwrap_or_else(tokio::time::Instant::now)), if drain_until.is_some() => {

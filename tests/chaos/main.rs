@@ -15,7 +15,9 @@
 //! the same scenario at full size through the environment:
 //! `STICKYIO_CHAOS_CLIENTS` (1000), `STICKYIO_CHAOS_FREEZE_SECS` (30),
 //! `STICKYIO_CHAOS_PUBLISH_MS` (publish period of each client, 1000) and
-//! `STICKYIO_CHAOS_TOPICS` (20; clients are spread over them).
+//! `STICKYIO_CHAOS_TOPICS` (20; clients are spread over them), and the
+//! nodes' `STICKYIO_CHAOS_PING_INTERVAL_MS` (1000) and
+//! `STICKYIO_CHAOS_PING_TIMEOUT_MS` (3000).
 
 mod client;
 mod processes;
@@ -27,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use client::{LoadClient, Record};
 use processes::{
-    Cluster, HEALTH_FALL, HEALTH_INTERVAL, HEALTH_TIMEOUT, PING_INTERVAL, PING_TIMEOUT,
+    Cluster, HEALTH_FALL, HEALTH_INTERVAL, HEALTH_TIMEOUT, ping_interval, ping_timeout,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -162,7 +164,7 @@ async fn chaos_under_load() {
     let every = Duration::from_millis(env_number("STICKYIO_CHAOS_PUBLISH_MS", 1000));
     let topic_count = env_number("STICKYIO_CHAOS_TOPICS", 20).max(1) as usize;
     let health = HEALTH_FALL * (HEALTH_INTERVAL + HEALTH_TIMEOUT);
-    let bound = PING_INTERVAL + PING_TIMEOUT + health;
+    let bound = ping_interval() + ping_timeout() + health;
     let mut cluster = Cluster::start().await;
     let topics: Vec<String> = (0..topic_count).map(|t| format!("chaos.t{t}")).collect();
     let stop = CancellationToken::new();

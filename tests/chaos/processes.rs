@@ -14,9 +14,26 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-/// Engine.IO ping settings of every node: short, so failures show quickly.
-pub const PING_INTERVAL: Duration = Duration::from_millis(1000);
-pub const PING_TIMEOUT: Duration = Duration::from_millis(3000);
+/// Engine.IO ping interval of every node: short, so failures show quickly
+/// (`STICKYIO_CHAOS_PING_INTERVAL_MS`, default 1000).
+pub fn ping_interval() -> Duration {
+    env_millis("STICKYIO_CHAOS_PING_INTERVAL_MS", 1000)
+}
+
+/// Engine.IO ping timeout of every node (`STICKYIO_CHAOS_PING_TIMEOUT_MS`,
+/// default 3000): a client silent this long after a ping loses its session,
+/// so it must cover the longest stall of a loaded machine.
+pub fn ping_timeout() -> Duration {
+    env_millis("STICKYIO_CHAOS_PING_TIMEOUT_MS", 3000)
+}
+
+fn env_millis(name: &str, default: u64) -> Duration {
+    let ms = std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default);
+    Duration::from_millis(ms)
+}
 /// Gateway health checks: `fall` failures of `interval` + `timeout` each.
 pub const HEALTH_INTERVAL: Duration = Duration::from_millis(200);
 pub const HEALTH_TIMEOUT: Duration = Duration::from_millis(300);
@@ -137,8 +154,8 @@ impl Cluster {
                     "listen = \"127.0.0.1:{port}\"\nname = \"{name}\"\nping_interval = \"{}ms\"\nping_timeout = \"{}ms\"\n\
                      [cluster]\nhost = \"http://127.0.0.1:{port}\"\nstandalone = false\ncluster_nodes = [{}]\n\
                      secret = \"{SECRET}\"\nretry_interval = \"300ms\"\n",
-                    PING_INTERVAL.as_millis(),
-                    PING_TIMEOUT.as_millis(),
+                    ping_interval().as_millis(),
+                    ping_timeout().as_millis(),
                     urls.join(", ")
                 ),
             )
