@@ -88,9 +88,15 @@ async fn publish(
     TryData(arg): TryData<Value>,
     ack: AckSender,
 ) {
-    let result = publish_argument(arg)
-        .and_then(|(topic, content)| api.topics.publish(socket.id.as_str(), &topic, content))
-        .map(|publication| json!({ "ok": true, "id": publication.id }));
+    let result = match publish_argument(arg) {
+        Ok((topic, content)) => {
+            api.topics
+                .publish(socket.id.as_str(), &topic, content)
+                .await
+        }
+        Err(e) => Err(e),
+    }
+    .map(|publication| json!({ "ok": true, "id": publication.id }));
     reply(&api, ack, result);
 }
 

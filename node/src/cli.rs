@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 use stickyio_shared::config::ConfigError;
-use stickyio_shared::config::node::{NodeConfig, SecretError};
+use stickyio_shared::config::node::{Backend, NodeConfig, SecretError};
 
+use crate::redis_backend::{self, RedisBackendError};
 use crate::server::{Node, NodeError};
 
 #[derive(Debug, Parser)]
@@ -42,16 +43,22 @@ pub enum CheckError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Secret(#[from] SecretError),
+    #[error(transparent)]
+    Redis(#[from] RedisBackendError),
     #[error("cannot print the config as TOML: {0}")]
     Render(#[from] toml::ser::Error),
 }
 
 /// Loads and validates the config (and, for a clustered node, that its
-/// secret can be read) and returns the effective config as TOML.
+/// secret can be read, or its Redis URL and password) and returns the
+/// effective config as TOML.
 pub fn check(path: &Path) -> Result<String, CheckError> {
     let config = NodeConfig::load(path)?;
     if !config.cluster.standalone {
-        config.cluster.resolve_secret()?;
+        match config.cluster.backend {
+            Backend::Mesh => drop(config.cluster.resolve_secret()?),
+            Backend::Redis => drop(redis_backend::connection_info(&config)?),
+        }
     }
     Ok(toml::to_string(&config)?)
 }

@@ -23,7 +23,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::registry::Registry;
 use socketioxide::SocketIo;
 use socketioxide::service::SocketIoService;
-use stickyio_shared::config::node::NodeConfig;
+use stickyio_shared::config::node::{Backend, NodeConfig};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -54,6 +54,8 @@ pub enum NodeError {
     Task(#[from] tokio::task::JoinError),
     #[error("cannot join the cluster: {0}")]
     Mesh(#[from] crate::mesh::MeshError),
+    #[error("cannot join the cluster: {0}")]
+    Redis(#[from] crate::redis_backend::RedisBackendError),
 }
 
 /// A node that is bound but not yet serving: the place to plug in.
@@ -70,12 +72,16 @@ pub struct Node {
 
 impl Node {
     /// Binds `config.listen` and starts serving, as a member of the cluster
-    /// mesh unless `cluster.standalone`. Port 0 picks a free port; see
-    /// [`RunningNode::local_addr`].
+    /// unless `cluster.standalone`, over the configured `cluster.backend`.
+    /// Port 0 picks a free port; see [`RunningNode::local_addr`].
     pub async fn bind(config: NodeConfig) -> Result<RunningNode, NodeError> {
         let node = Node::prepare(config).await?;
-        if !node.config().cluster.standalone {
-            crate::mesh::attach(&node, node.config())?;
+        let cluster = &node.config().cluster;
+        if !cluster.standalone {
+            match cluster.backend {
+                Backend::Mesh => drop(crate::mesh::attach(&node, node.config())?),
+                Backend::Redis => drop(crate::redis_backend::attach(&node, node.config())?),
+            }
         }
         Ok(node.serve())
     }

@@ -6,10 +6,16 @@
 //! reach. A message reaches each socket once, with all of that socket's
 //! matching patterns, however many of them match.
 //!
-//! Publishing is where the cluster mesh plugs in: a local publish is handed to
-//! the [`Relay`] after local delivery, and a publication relayed by a peer is
-//! delivered with [`TopicService::deliver_relayed`], which never relays again.
+//! Publishing is where the cluster backend plugs in: a local publish is handed
+//! to the [`Relay`] first, and a publication relayed by a peer is delivered
+//! with [`TopicService::deliver_relayed`], which never relays again. A backend
+//! that can tell whether the cluster took a publication (Redis) answers with
+//! [`Relayed::Confirm`]; the publish then waits for it and, when refused, is
+//! delivered nowhere and acked `cluster_unavailable`. The mesh answers
+//! [`Relayed::Sent`] and stays fire-and-forget.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -28,10 +34,20 @@ use crate::metrics::Metrics;
 /// Name of the event a socket receives for each matching publication.
 pub const MESSAGE_EVENT: &str = "message";
 
-/// Where local publications go after local delivery: the cluster mesh.
+/// Where local publications go before local delivery: the cluster backend.
 pub trait Relay: Send + Sync + 'static {
-    /// Called once per local publish. Must not block: queue and return.
-    fn relay(&self, publication: &Arc<Publication>);
+    /// Called once per local publish. Must not block: queue and return, or
+    /// return a confirmation to wait for.
+    fn relay(&self, publication: &Arc<Publication>) -> Relayed;
+}
+
+/// What became of a publication handed to the [`Relay`].
+pub enum Relayed {
+    /// Queued for the other nodes; the publish goes ahead (the mesh).
+    Sent,
+    /// Resolves once the cluster took the publication, or to the reason it
+    /// did not: then the publish is refused and delivered nowhere.
+    Confirm(Pin<Box<dyn Future<Output = Result<(), String>> + Send>>),
 }
 
 /// The error codes of the topic API, as sent in `{ok:false, error:{code}}`.
@@ -42,14 +58,16 @@ pub enum ErrorCode {
     InvalidPayload,
     TooManySubscriptions,
     TooLarge,
+    ClusterUnavailable,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 4] = [
+    pub const ALL: [ErrorCode; 5] = [
         ErrorCode::InvalidTopic,
         ErrorCode::InvalidPayload,
         ErrorCode::TooManySubscriptions,
         ErrorCode::TooLarge,
+        ErrorCode::ClusterUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -58,6 +76,7 @@ impl ErrorCode {
             ErrorCode::InvalidPayload => "invalid_payload",
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
             ErrorCode::TooLarge => "too_large",
+            ErrorCode::ClusterUnavailable => "cluster_unavailable",
         }
     }
 }
@@ -76,6 +95,8 @@ pub enum TopicError {
     TooManySubscriptions { limit: usize },
     #[error("content is {size} bytes as JSON; the limit is {limit}")]
     TooLarge { size: usize, limit: usize },
+    #[error("the cluster cannot take this publish, so it was delivered nowhere: {0}")]
+    ClusterUnavailable(String),
 }
 
 impl TopicError {
@@ -85,6 +106,7 @@ impl TopicError {
             TopicError::InvalidPayload(_) => ErrorCode::InvalidPayload,
             TopicError::TooManySubscriptions { .. } => ErrorCode::TooManySubscriptions,
             TopicError::TooLarge { .. } => ErrorCode::TooLarge,
+            TopicError::ClusterUnavailable(_) => ErrorCode::ClusterUnavailable,
         }
     }
 }
@@ -114,7 +136,8 @@ pub struct TopicService {
     node: Arc<str>,
     max_subscriptions: usize,
     max_message_bytes: usize,
-    /// Makes ids unique across restarts of a node with the same name.
+    /// This incarnation of the node: makes ids unique across restarts, and
+    /// tells apart two processes that (wrongly) share one name.
     boot: u64,
     sequence: AtomicU64,
     subscriptions: RwLock<Subscriptions>,
@@ -128,7 +151,7 @@ impl TopicService {
             node: Arc::from(config.name.as_str()),
             max_subscriptions: config.max_subscriptions,
             max_message_bytes: config.max_message_bytes,
-            boot: now_millis(),
+            boot: rand::random(),
             sequence: AtomicU64::new(0),
             subscriptions: RwLock::default(),
             relay: OnceLock::new(),
@@ -208,9 +231,27 @@ impl TopicService {
             .dec_by(subscriber.patterns.len() as i64);
     }
 
-    /// Validates, builds the [`Publication`], delivers it locally, then hands
-    /// it to the relay (if any). Returns the publication.
-    pub fn publish(
+    /// This node's incarnation, part of every id it mints.
+    pub fn boot(&self) -> u64 {
+        self.boot
+    }
+
+    /// Whether `publication` was minted by this very process (not merely by
+    /// a node of the same name).
+    pub fn minted_here(&self, publication: &Publication) -> bool {
+        publication.node == *self.node
+            && publication
+                .id
+                .strip_prefix(&*self.node)
+                .and_then(|rest| rest.strip_prefix('-'))
+                .and_then(|rest| rest.split_once('-'))
+                .is_some_and(|(boot, _)| boot.parse() == Ok(self.boot))
+    }
+
+    /// Validates, builds the [`Publication`], hands it to the relay (if any)
+    /// and, unless the relay refuses it, delivers it locally. Returns the
+    /// publication.
+    pub async fn publish(
         &self,
         sender_id: &str,
         topic: &str,
@@ -233,11 +274,13 @@ impl TopicService {
             created_at: now_millis(),
             node: self.node.to_string(),
         });
+        if let Some(relay) = self.relay.get()
+            && let Relayed::Confirm(confirmation) = relay.relay(&publication)
+        {
+            confirmation.await.map_err(TopicError::ClusterUnavailable)?;
+        }
         self.metrics.published.inc();
         self.deliver(&publication, &topic);
-        if let Some(relay) = self.relay.get() {
-            relay.relay(&publication);
-        }
         Ok(publication)
     }
 
@@ -253,7 +296,7 @@ impl TopicService {
         }
     }
 
-    /// Sets where local publications are relayed. Called once, by the mesh;
+    /// Sets where local publications are relayed. Called once, by the backend;
     /// a second relay is refused with a warning rather than replacing the first.
     pub fn set_relay(&self, relay: Arc<dyn Relay>) {
         if self.relay.set(relay).is_err() {

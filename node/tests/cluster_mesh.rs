@@ -52,7 +52,7 @@ impl Bare {
     }
 
     fn relay(&self, publication: &Publication) {
-        self.mesh.relay(&Arc::new(publication.clone()));
+        let _ = self.mesh.relay(&Arc::new(publication.clone()));
     }
 
     /// Stops like a node: links first, then every socket, then the listener.

@@ -13,7 +13,7 @@ use futures_util::FutureExt;
 use rust_socketio::asynchronous::{Client, ClientBuilder};
 use rust_socketio::{Event, Payload, TransportType};
 use serde_json::{Value, json};
-use stickyio_node::{Node, Relay, RunningNode};
+use stickyio_node::{Node, Relay, Relayed, RunningNode};
 use stickyio_shared::config::node::NodeConfig;
 use stickyio_shared::message::Publication;
 use tokio::sync::{mpsc, oneshot};
@@ -502,8 +502,9 @@ async fn subscriptions_are_removed_on_disconnect() {
 struct Recorder(Mutex<Vec<Arc<Publication>>>);
 
 impl Relay for Recorder {
-    fn relay(&self, publication: &Arc<Publication>) {
+    fn relay(&self, publication: &Arc<Publication>) -> Relayed {
         self.0.lock().unwrap().push(publication.clone());
+        Relayed::Sent
     }
 }
 
