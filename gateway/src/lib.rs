@@ -1,1 +1,36 @@
-//! placeholder
+//! `stickyio-gateway`: one public address in front of a pool of Socket.IO
+//! nodes, pinning every Engine.IO session to one node.
+//!
+//! - Placement: weighted rendezvous hashing of the client address
+//!   ([`client_ip`], [`router`], `stickyio_shared::placement`).
+//! - Pinning: `sid → node` learned from polling handshakes ([`pinning`],
+//!   [`engineio`], [`sniff`]).
+//! - Proxying: streamed HTTP and relayed websockets ([`proxy`], [`upgrade`],
+//!   [`forwarding`]) behind [`limits`].
+//! - Operations: [`health_check`], [`reload`], [`admin`], [`metrics`].
+//!
+//! Start one with [`Gateway::start`].
+
+pub mod admin;
+pub mod body;
+pub mod cli;
+pub mod client_ip;
+pub mod engineio;
+pub mod forwarding;
+pub mod gateway;
+pub mod health_check;
+pub mod limits;
+pub mod metrics;
+pub mod pinning;
+pub mod proxy;
+pub mod reload;
+pub mod router;
+pub mod server;
+pub mod sniff;
+pub mod state;
+pub mod upgrade;
+pub mod upstream;
+
+pub use forwarding::NODE_HEADER;
+pub use gateway::{ConfigSource, Gateway, RunningGateway, StartError};
+pub use reload::{ReloadError, ReloadReport};

@@ -11,8 +11,15 @@
 //! extractor: socketioxide skips the handler when its extractor fails, and a
 //! client that sent the wrong shape would then wait for an ack that never
 //! comes. Every request with an ack callback gets an answer.
+//!
+//! The handlers do their work in the function body and return a ready
+//! future: socketioxide calls the body in the order events arrive but spawns
+//! the returned future, and spawned tasks may run out of order, which would
+//! reorder one socket's publishes. A publish the cluster backend must confirm
+//! (Redis) is acked from the backend's continuation, which runs in order too.
 
 use std::convert::Infallible;
+use std::future::{Ready, ready};
 use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
@@ -54,20 +61,21 @@ async fn on_connect(socket: SocketRef, State(api): State<Api>) {
     tracing::debug!(sid = %socket.id, "socket connected");
 }
 
-async fn on_disconnect(socket: SocketRef, reason: DisconnectReason, State(api): State<Api>) {
+fn on_disconnect(socket: SocketRef, reason: DisconnectReason, State(api): State<Api>) -> Ready<()> {
     api.topics.remove_socket(socket.id);
     api.metrics.connected_sockets.dec();
     tracing::debug!(sid = %socket.id, ?reason, "socket disconnected");
+    ready(())
 }
 
 /// `subscribe` and `unsubscribe`: same argument, same ack.
-async fn pattern_request(
+fn pattern_request(
     socket: SocketRef,
     Event(event): Event,
     State(api): State<Api>,
     TryData(arg): TryData<Value>,
     ack: AckSender,
-) {
+) -> Ready<()> {
     let result = pattern_argument(&event, arg)
         .and_then(|pattern| match event.as_str() {
             "subscribe" => api.topics.subscribe(&socket, &pattern),
@@ -75,29 +83,32 @@ async fn pattern_request(
         })
         .map(|pattern| json!({ "ok": true, "pattern": pattern.as_str() }));
     reply(&api, ack, result);
+    ready(())
 }
 
-async fn subscriptions(socket: SocketRef, State(api): State<Api>, ack: AckSender) {
+fn subscriptions(socket: SocketRef, State(api): State<Api>, ack: AckSender) -> Ready<()> {
     let patterns = api.topics.subscriptions(socket.id);
     reply(&api, ack, Ok(json!({ "ok": true, "patterns": patterns })));
+    ready(())
 }
 
-async fn publish(
+fn publish(
     socket: SocketRef,
     State(api): State<Api>,
     TryData(arg): TryData<Value>,
     ack: AckSender,
-) {
-    let result = match publish_argument(arg) {
+) -> Ready<()> {
+    match publish_argument(arg) {
         Ok((topic, content)) => {
-            api.topics
-                .publish(socket.id.as_str(), &topic, content)
-                .await
+            let topics = api.topics.clone();
+            topics.publish(socket.id.as_str(), &topic, content, move |result| {
+                let result = result.map(|publication| json!({ "ok": true, "id": publication.id }));
+                reply(&api, ack, result);
+            });
         }
-        Err(e) => Err(e),
+        Err(e) => reply(&api, ack, Err(e)),
     }
-    .map(|publication| json!({ "ok": true, "id": publication.id }));
-    reply(&api, ack, result);
+    ready(())
 }
 
 /// Sends the ack: the success body, or `{ok:false, error:{code, message}}`.

@@ -63,30 +63,25 @@ pub fn check(path: &Path) -> Result<String, CheckError> {
     Ok(toml::to_string(&config)?)
 }
 
-/// Logs to stdout, filtered by `RUST_LOG` (default `info`).
-pub fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    // Ignored when a subscriber is already set, e.g. by an embedding process.
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
-}
-
 /// Serves `config` until SIGTERM or Ctrl-C, then shuts down gracefully.
 pub async fn serve(config: NodeConfig) -> Result<(), NodeError> {
-    let node = Node::bind(config).await?;
-    shutdown_signal().await;
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    // Polled first, so the handlers are in place before the node listens: a
+    // SIGTERM right after the "listening" line stops it gracefully.
+    let node = tokio::select! {
+        biased;
+        () = &mut signal => return Ok(()),
+        node = Node::bind(config) => node?,
+    };
+    signal.await;
     tracing::info!("signal received");
     node.shutdown().await
 }
 
 /// Resolves on Ctrl-C, or SIGTERM on Unix. If a handler cannot be installed
 /// that signal is logged and ignored rather than stopping the node at once.
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         if let Err(e) = tokio::signal::ctrl_c().await {
             tracing::warn!("cannot listen for Ctrl-C: {e}");

@@ -38,4 +38,4 @@ pub mod topics;
 
 pub use readiness::{Check, Readiness};
 pub use server::{Node, NodeError, RunningNode};
-pub use topics::{ErrorCode, Relay, Relayed, TopicError, TopicService};
+pub use topics::{ErrorCode, Relay, Then, TopicError, TopicService};

@@ -8,14 +8,13 @@
 //!
 //! Publishing is where the cluster backend plugs in: a local publish is handed
 //! to the [`Relay`] first, and a publication relayed by a peer is delivered
-//! with [`TopicService::deliver_relayed`], which never relays again. A backend
-//! that can tell whether the cluster took a publication (Redis) answers with
-//! [`Relayed::Confirm`]; the publish then waits for it and, when refused, is
-//! delivered nowhere and acked `cluster_unavailable`. The mesh answers
-//! [`Relayed::Sent`] and stays fire-and-forget.
+//! with [`TopicService::deliver_relayed`], which never relays again. The relay
+//! answers through a continuation ([`Then`]), in the order publishes were
+//! handed to it: the mesh at once (fire-and-forget), the Redis backend once
+//! Redis took the publication or refused it. A refused publish is delivered
+//! nowhere and acked `cluster_unavailable`. Answering in order, and delivering
+//! inside the continuation, keeps one socket's publishes in the order sent.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -34,20 +33,16 @@ use crate::metrics::Metrics;
 /// Name of the event a socket receives for each matching publication.
 pub const MESSAGE_EVENT: &str = "message";
 
+/// What a [`Relay`] calls once it knows whether the cluster took a
+/// publication: `Ok` to go ahead, or the reason it was refused.
+pub type Then = Box<dyn FnOnce(Result<(), String>) + Send>;
+
 /// Where local publications go before local delivery: the cluster backend.
 pub trait Relay: Send + Sync + 'static {
-    /// Called once per local publish. Must not block: queue and return, or
-    /// return a confirmation to wait for.
-    fn relay(&self, publication: &Arc<Publication>) -> Relayed;
-}
-
-/// What became of a publication handed to the [`Relay`].
-pub enum Relayed {
-    /// Queued for the other nodes; the publish goes ahead (the mesh).
-    Sent,
-    /// Resolves once the cluster took the publication, or to the reason it
-    /// did not: then the publish is refused and delivered nowhere.
-    Confirm(Pin<Box<dyn Future<Output = Result<(), String>> + Send>>),
+    /// Called once per local publish, in the order publishes arrive. Must not
+    /// block: queue and return. Calls `then` exactly once, and for successive
+    /// publications in the order they were handed over.
+    fn relay(&self, publication: &Arc<Publication>, then: Then);
 }
 
 /// The error codes of the topic API, as sent in `{ok:false, error:{code}}`.
@@ -248,15 +243,46 @@ impl TopicService {
                 .is_some_and(|(boot, _)| boot.parse() == Ok(self.boot))
     }
 
-    /// Validates, builds the [`Publication`], hands it to the relay (if any)
-    /// and, unless the relay refuses it, delivers it locally. Returns the
-    /// publication.
-    pub async fn publish(
+    /// Validates and builds the [`Publication`], hands it to the relay (if
+    /// any) and, unless the relay refuses it, delivers it locally; then calls
+    /// `done` with the outcome. Without a relay, or with the mesh, all of it
+    /// happens before this returns; with Redis, `done` runs once Redis answers,
+    /// in the order publishes were made.
+    pub fn publish(
+        self: &Arc<Self>,
+        sender_id: &str,
+        topic: &str,
+        content: serde_json::Value,
+        done: impl FnOnce(Result<Arc<Publication>, TopicError>) + Send + 'static,
+    ) {
+        let (publication, topic) = match self.prepare(sender_id, topic, content) {
+            Ok(prepared) => prepared,
+            Err(e) => return done(Err(e)),
+        };
+        let Some(relay) = self.relay.get() else {
+            self.deliver_published(&publication, &topic);
+            return done(Ok(publication));
+        };
+        let service = self.clone();
+        let handed = publication.clone();
+        relay.relay(
+            &handed,
+            Box::new(move |taken| match taken {
+                Ok(()) => {
+                    service.deliver_published(&publication, &topic);
+                    done(Ok(publication));
+                }
+                Err(why) => done(Err(TopicError::ClusterUnavailable(why))),
+            }),
+        );
+    }
+
+    fn prepare(
         &self,
         sender_id: &str,
         topic: &str,
         content: serde_json::Value,
-    ) -> Result<Arc<Publication>, TopicError> {
+    ) -> Result<(Arc<Publication>, Topic), TopicError> {
         let topic = Topic::parse(topic)?;
         let size = json_size(&content);
         if size > self.max_message_bytes {
@@ -274,14 +300,12 @@ impl TopicService {
             created_at: now_millis(),
             node: self.node.to_string(),
         });
-        if let Some(relay) = self.relay.get()
-            && let Relayed::Confirm(confirmation) = relay.relay(&publication)
-        {
-            confirmation.await.map_err(TopicError::ClusterUnavailable)?;
-        }
+        Ok((publication, topic))
+    }
+
+    fn deliver_published(&self, publication: &Publication, topic: &Topic) {
         self.metrics.published.inc();
-        self.deliver(&publication, &topic);
-        Ok(publication)
+        self.deliver(publication, topic);
     }
 
     /// Delivers a publication that came from a peer to local sockets only

@@ -215,6 +215,47 @@ async fn five_nodes_on_redis_deliver_each_publish_once_to_each_matching_socket()
     every_publish_reaches_every_matching_socket_once(5, Backend::Redis(redis.url())).await;
 }
 
+/// A burst from one socket, sent without waiting for acks, arrives in the
+/// order sent on every node.
+async fn one_sockets_burst_arrives_in_order_everywhere(backend: Backend) {
+    // Under a socket's send buffer (socketioxide's 128 packets): a burst that
+    // reaches a node at once is emitted at once, and past the buffer a slow
+    // socket's deliveries are dropped (and counted), which is not this test.
+    const BURST: u64 = 100;
+    let cluster = joined_cluster(3, backend).await;
+    let mut subscribers = Vec::new();
+    for i in 0..3 {
+        let subscriber = TopicClient::connect(&cluster.url(i)).await;
+        subscriber.subscribe(&["burst.#"]).await;
+        subscribers.push(subscriber);
+    }
+    let publisher = TopicClient::connect(&cluster.url(0)).await;
+    for n in 0..BURST {
+        publisher.publish_unacked("burst.x", json!(n)).await;
+    }
+    for subscriber in &mut subscribers {
+        let got: Vec<u64> = subscriber
+            .receive(BURST as usize)
+            .await
+            .iter()
+            .map(|m| m["content"].as_u64().expect("a number"))
+            .collect();
+        assert_eq!(got, (0..BURST).collect::<Vec<_>>());
+    }
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_sockets_burst_arrives_in_order_on_every_node() {
+    one_sockets_burst_arrives_in_order_everywhere(Backend::Mesh).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_sockets_burst_arrives_in_order_on_every_node_on_redis() {
+    let redis = RedisServer::start().await;
+    one_sockets_burst_arrives_in_order_everywhere(Backend::Redis(redis.url())).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_is_relinked_when_it_restarts() {
     let mut cluster = linked_cluster(3).await;

@@ -66,18 +66,24 @@ export async function startNode({ name = "node-js", settings = "" } = {}) {
     logs: lines,
     /** SIGTERM, then wait; resolves to {code, signal} of the exit. */
     async stop() {
-      if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
-      let timer;
-      const hung = new Promise((resolve) => {
-        timer = setTimeout(() => {
-          child.kill("SIGKILL");
-          resolve(exited);
-        }, STOP_TIMEOUT_MS);
-      });
-      const result = await Promise.race([exited, hung]);
-      clearTimeout(timer);
+      const result = await stopProcess(child, exited);
       rmSync(dir, { recursive: true, force: true });
       return result;
     },
   };
+}
+
+/** SIGTERM, then SIGKILL if it has not exited within STOP_TIMEOUT_MS; resolves to {code, signal}. */
+export async function stopProcess(child, exited) {
+  if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
+  let timer;
+  const hung = new Promise((resolve) => {
+    timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      resolve(exited);
+    }, STOP_TIMEOUT_MS);
+  });
+  const result = await Promise.race([exited, hung]);
+  clearTimeout(timer);
+  return result;
 }

@@ -6,37 +6,10 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { io } from "socket.io-client";
+import { Inbox } from "./inbox.mjs";
 import { startNode } from "./node-process.mjs";
 
 const WAIT_MS = 5_000;
-
-/** Buffers a socket's `message` events; `next()` waits for one. */
-class Inbox {
-  constructor(socket) {
-    this.items = [];
-    this.waiters = [];
-    socket.on("message", (m) => {
-      const waiter = this.waiters.shift();
-      if (waiter) waiter(m);
-      else this.items.push(m);
-    });
-  }
-
-  next() {
-    if (this.items.length) return Promise.resolve(this.items.shift());
-    return new Promise((resolve, reject) => {
-      const waiter = (m) => {
-        clearTimeout(timer);
-        resolve(m);
-      };
-      const timer = setTimeout(() => {
-        this.waiters = this.waiters.filter((w) => w !== waiter);
-        reject(new Error(`no message within ${WAIT_MS} ms`));
-      }, WAIT_MS);
-      this.waiters.push(waiter);
-    });
-  }
-}
 
 function request(socket, event, ...args) {
   return socket.timeout(WAIT_MS).emitWithAck(event, ...args);
@@ -90,7 +63,7 @@ for (const transport of ["polling", "websocket"]) {
     async function connect() {
       const socket = io(node.url, { transports: [transport], reconnection: false, forceNew: true, timeout: WAIT_MS });
       sockets.push(socket);
-      const inbox = new Inbox(socket);
+      const inbox = new Inbox(socket, WAIT_MS);
       await new Promise((resolve, reject) => {
         socket.once("connect", resolve);
         socket.once("connect_error", reject);

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::readiness::{Check, Readiness};
 use crate::server::Node;
-use crate::topics::{Relay, Relayed, TopicService};
+use crate::topics::{Relay, Then, TopicService};
 
 pub use link::{LinkState, LinkStatus};
 pub use listener::{Deliver, InboundStatus};
@@ -188,12 +188,13 @@ impl Mesh {
 }
 
 impl Relay for Mesh {
-    /// Sends a publication made on this node once over each link. Never
-    /// waits: a peer whose queue is full or whose link is down misses it, and
-    /// the drop is counted. Publications of other nodes are never relayed.
-    fn relay(&self, publication: &Arc<Publication>) -> Relayed {
+    /// Sends a publication made on this node once over each link, and lets
+    /// the publish go ahead at once. Never waits: a peer whose queue is full
+    /// or whose link is down misses it, and the drop is counted.
+    /// Publications of other nodes are never relayed.
+    fn relay(&self, publication: &Arc<Publication>, then: Then) {
         self.send(publication);
-        Relayed::Sent
+        then(Ok(()));
     }
 }
 

@@ -106,6 +106,13 @@ impl Session {
             .await
             .map_err(|_| format!("no subscriber connection within {REDIS_TIMEOUT:?}"))?
             .map_err(|e| format!("cannot open the subscriber connection: {e}"))?;
+        // Loaded up front (a restarted Redis has none), so no publish meets
+        // NOSCRIPT and is resent out of order.
+        shared
+            .script
+            .load_async(&mut commands.clone())
+            .await
+            .map_err(|e| format!("cannot load the publish script: {e}"))?;
         let (mut sink, messages) = pubsub.split();
         let channels = [shared.names.relay.clone(), shared.names.own.clone()];
         tokio::time::timeout(REDIS_TIMEOUT, sink.subscribe(&channels))

@@ -20,13 +20,15 @@ pub struct MemberLabels {
 /// Why a publish was refused: `disconnected` (this node has no Redis link),
 /// `member_unsubscribed` (a live member is not subscribed, so it would miss
 /// the message), `error` (Redis answered with an error or the link broke),
-/// `timeout`, `too_large` (over `max_payload`).
-pub const REFUSAL_REASONS: [&str; 5] = [
+/// `timeout`, `too_large` (over `max_payload`), `queue_full` (more than
+/// `link_queue` publishes already waiting for Redis).
+pub const REFUSAL_REASONS: [&str; 6] = [
     "disconnected",
     "member_unsubscribed",
     "error",
     "timeout",
     "too_large",
+    "queue_full",
 ];
 
 #[derive(Debug, Default)]

@@ -32,6 +32,8 @@ use redis::{ConnectionInfo, IntoConnectionInfo, Script};
 use serde::Serialize;
 use stickyio_shared::config::node::{NodeConfig, SecretError};
 use stickyio_shared::message::Publication;
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -39,12 +41,13 @@ use crate::dedup::Dedup;
 use crate::mesh::millis;
 use crate::readiness::{Check, Readiness};
 use crate::server::Node;
-use crate::topics::{Relay, Relayed, TopicService};
+use crate::topics::{Relay, Then, TopicService};
 
 pub use membership::{Conflict, Member};
 
 use membership::Membership;
 use metrics::RedisMetrics;
+use publish::Job;
 
 /// Longest wait for a connection or an answer from Redis.
 pub const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -215,6 +218,8 @@ impl Shared {
 /// The backend of one node: its [`Relay`] and `/readyz` check.
 pub struct RedisBackend {
     shared: Arc<Shared>,
+    /// Publishes waiting for Redis, in the order they were made.
+    jobs: mpsc::Sender<Job>,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -261,11 +266,26 @@ impl RedisBackend {
 
 impl Relay for RedisBackend {
     /// Redis must take the publication for every live member before the
-    /// origin delivers it: the publish waits for that answer.
-    fn relay(&self, publication: &Arc<Publication>) -> Relayed {
-        let shared = self.shared.clone();
-        let publication = publication.clone();
-        Relayed::Confirm(Box::pin(async move { shared.publish(&publication).await }))
+    /// origin delivers it: `then` runs with Redis's answer. When
+    /// `cluster.link_queue` publishes already wait for Redis, refused at once.
+    fn relay(&self, publication: &Arc<Publication>, then: Then) {
+        let job = Job {
+            publication: publication.clone(),
+            then,
+        };
+        match self.jobs.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(job)) => (job.then)(Err(self.shared.refuse(
+                "queue_full",
+                format!(
+                    "{} publishes of this node are already waiting for Redis",
+                    self.jobs.max_capacity()
+                ),
+            ))),
+            Err(TrySendError::Closed(job)) => (job.then)(Err(self
+                .shared
+                .refuse("disconnected", "the Redis backend has stopped".to_owned()))),
+        }
     }
 }
 
@@ -328,8 +348,11 @@ pub fn attach(node: &Node, config: &NodeConfig) -> Result<Arc<RedisBackend>, Red
         metrics: RedisMetrics::default(),
     });
     let task = tokio::spawn(link::run(shared.clone(), client, node.shutdown_token()));
+    let (jobs, queue) = mpsc::channel(cluster.link_queue);
+    tokio::spawn(publish::run(shared.clone(), queue));
     let backend = Arc::new(RedisBackend {
         shared,
+        jobs,
         task: Mutex::new(Some(task)),
     });
     node.with_registry(|registry| backend.shared.metrics.register(registry));

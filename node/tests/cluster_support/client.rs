@@ -101,6 +101,18 @@ impl TopicClient {
         }
     }
 
+    /// Publishes without waiting for the ack, as a client in a hurry does.
+    pub async fn publish_unacked(&self, topic: &str, content: Value) {
+        timeout(
+            WAIT,
+            self.client
+                .emit("publish", json!({ "topic": topic, "content": content })),
+        )
+        .await
+        .expect("emit in time")
+        .expect("emit");
+    }
+
     /// The next `message` event.
     pub async fn next(&mut self) -> Value {
         timeout(WAIT, self.messages.recv())

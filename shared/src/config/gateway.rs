@@ -1,1 +1,516 @@
-//! `gateway.toml`: listeners, trusted proxies, health checks and the node list.
+//! `gateway.toml`: listeners, trusted proxies, health checks, limits and the
+//! node list.
+//!
+//! Node *names* are the placement identity (renaming one moves its clients),
+//! so names and addresses must be unique, and every rule a reload could break
+//! is checked here, before a new config is swapped in.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use super::{ConfigError, Duration, Validate, Violation};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Public address clients connect to.
+    #[serde(default = "defaults::listen")]
+    pub listen: SocketAddr,
+    /// Admin listener: `/healthz`, `/metrics`, `/nodes`, `/route`, `POST /reload`.
+    #[serde(default = "defaults::admin")]
+    pub admin: SocketAddr,
+    /// Peers whose `X-Forwarded-For` / `Forwarded` headers are believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNet>,
+    /// IPv4 clients are placed by this many leading bits of their address.
+    #[serde(default = "defaults::ipv4_prefix")]
+    pub ipv4_prefix: u8,
+    /// IPv6 clients are placed by this many leading bits of their address.
+    #[serde(default = "defaults::ipv6_prefix")]
+    pub ipv6_prefix: u8,
+    #[serde(default)]
+    pub health: HealthConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    pub nodes: Vec<NodeEntry>,
+}
+
+/// Active health checks: `GET path` every `interval`; `fall` failures in a
+/// row take a node out of placement, `rise` successes bring it back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    #[serde(default = "defaults::health_path")]
+    pub path: String,
+    #[serde(default = "defaults::health_interval")]
+    pub interval: Duration,
+    /// How long one check may take before it counts as a failure.
+    #[serde(default = "defaults::health_timeout")]
+    pub timeout: Duration,
+    #[serde(default = "defaults::rise")]
+    pub rise: u32,
+    #[serde(default = "defaults::fall")]
+    pub fall: u32,
+}
+
+/// Protection of the public listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// A client must send a complete request head within this time; it also
+    /// bounds how long an idle keep-alive connection is kept.
+    #[serde(default = "defaults::header_read_timeout")]
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line and headers), in bytes; more gets 431.
+    #[serde(default = "defaults::max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Most request headers; more gets 431.
+    #[serde(default = "defaults::max_headers")]
+    pub max_headers: usize,
+    /// Largest request body, in bytes; more gets 413.
+    #[serde(default = "defaults::max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// Most client connections at once; more get 503 and are closed.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+    /// Longest wait for a node's response. Must exceed the nodes'
+    /// `ping_interval + ping_timeout`, the longest a long-poll is held open.
+    #[serde(default = "defaults::idle_timeout")]
+    pub idle_timeout: Duration,
+    /// On shutdown, how long in-flight requests and websockets may finish.
+    #[serde(default = "defaults::shutdown_timeout")]
+    pub shutdown_timeout: Duration,
+}
+
+/// One node behind the gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeEntry {
+    /// Placement identity: renaming a node moves its clients.
+    pub name: String,
+    /// `host:port` of the node's HTTP listener.
+    pub addr: String,
+    /// Relative share of clients.
+    #[serde(default = "defaults::weight")]
+    pub weight: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            path: defaults::health_path(),
+            interval: defaults::health_interval(),
+            timeout: defaults::health_timeout(),
+            rise: defaults::rise(),
+            fall: defaults::fall(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            header_read_timeout: defaults::header_read_timeout(),
+            max_header_bytes: defaults::max_header_bytes(),
+            max_headers: defaults::max_headers(),
+            max_body_bytes: defaults::max_body_bytes(),
+            max_connections: defaults::max_connections(),
+            idle_timeout: defaults::idle_timeout(),
+            shutdown_timeout: defaults::shutdown_timeout(),
+        }
+    }
+}
+
+mod defaults {
+    use super::Duration;
+    use std::net::SocketAddr;
+
+    pub fn listen() -> SocketAddr {
+        SocketAddr::from(([0, 0, 0, 0], 8080))
+    }
+    pub fn admin() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 9090))
+    }
+    pub fn ipv4_prefix() -> u8 {
+        32
+    }
+    pub fn ipv6_prefix() -> u8 {
+        64
+    }
+    pub fn health_path() -> String {
+        "/healthz".to_owned()
+    }
+    pub fn health_interval() -> Duration {
+        Duration::from_secs(2)
+    }
+    pub fn health_timeout() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn rise() -> u32 {
+        2
+    }
+    pub fn fall() -> u32 {
+        2
+    }
+    pub fn header_read_timeout() -> Duration {
+        // Also the keep-alive idle limit: above the usual 25 s ping interval
+        // so a polling client's connection survives between pongs.
+        Duration::from_secs(30)
+    }
+    pub fn max_header_bytes() -> usize {
+        16 * 1024
+    }
+    pub fn max_headers() -> usize {
+        100
+    }
+    pub fn max_body_bytes() -> u64 {
+        1024 * 1024
+    }
+    pub fn max_connections() -> usize {
+        10_000
+    }
+    pub fn idle_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn shutdown_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn weight() -> u32 {
+        1
+    }
+}
+
+impl GatewayConfig {
+    /// Reads and validates `gateway.toml`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        super::load(path)
+    }
+
+    /// The config as TOML, every default written out (for `check`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render the config: {e}\n"))
+    }
+}
+
+impl Validate for GatewayConfig {
+    fn validate(&self) -> Result<(), Violation> {
+        if !(1..=32).contains(&self.ipv4_prefix) {
+            return Err(Violation::new("ipv4_prefix", "must be between 1 and 32"));
+        }
+        if !(1..=128).contains(&self.ipv6_prefix) {
+            return Err(Violation::new("ipv6_prefix", "must be between 1 and 128"));
+        }
+        self.health.validate()?;
+        self.limits.validate()?;
+        if self.nodes.is_empty() {
+            return Err(Violation::new(
+                "nodes",
+                "at least one [[nodes]] entry is needed",
+            ));
+        }
+        for (i, node) in self.nodes.iter().enumerate() {
+            node.validate(i)?;
+            if let Some(j) = self.nodes[..i].iter().position(|n| n.name == node.name) {
+                return Err(Violation::new(
+                    format!("nodes[{i}].name"),
+                    format!(
+                        "{:?} is already the name of nodes[{j}]; names must be unique",
+                        node.name
+                    ),
+                ));
+            }
+            if let Some(j) = self.nodes[..i]
+                .iter()
+                .position(|n| n.addr.eq_ignore_ascii_case(&node.addr))
+            {
+                return Err(Violation::new(
+                    format!("nodes[{i}].addr"),
+                    format!(
+                        "{:?} is already the address of nodes[{j}]; addresses must be unique",
+                        node.addr
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl HealthConfig {
+    fn validate(&self) -> Result<(), Violation> {
+        if !self.path.starts_with('/') || has_blank(&self.path) {
+            return Err(Violation::new(
+                "health.path",
+                "must start with `/` and hold no spaces",
+            ));
+        }
+        if self.interval.get().is_zero() {
+            return Err(Violation::new("health.interval", "must be greater than 0"));
+        }
+        if self.timeout.get().is_zero() {
+            return Err(Violation::new("health.timeout", "must be greater than 0"));
+        }
+        if self.rise == 0 {
+            return Err(Violation::new("health.rise", "must be at least 1"));
+        }
+        if self.fall == 0 {
+            return Err(Violation::new("health.fall", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+impl LimitsConfig {
+    fn validate(&self) -> Result<(), Violation> {
+        if self.header_read_timeout.get().is_zero() {
+            return Err(Violation::new(
+                "limits.header_read_timeout",
+                "must be greater than 0",
+            ));
+        }
+        if self.max_header_bytes < 1024 {
+            return Err(Violation::new(
+                "limits.max_header_bytes",
+                "must be at least 1024",
+            ));
+        }
+        if self.max_headers == 0 {
+            return Err(Violation::new("limits.max_headers", "must be at least 1"));
+        }
+        if self.max_body_bytes < 1024 {
+            return Err(Violation::new(
+                "limits.max_body_bytes",
+                "must be at least 1024",
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(Violation::new(
+                "limits.max_connections",
+                "must be at least 1",
+            ));
+        }
+        if self.idle_timeout.get() < std::time::Duration::from_secs(1) {
+            return Err(Violation::new(
+                "limits.idle_timeout",
+                "must be at least 1s, and above the nodes' ping_interval + ping_timeout",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl NodeEntry {
+    fn validate(&self, i: usize) -> Result<(), Violation> {
+        if self.name.is_empty() || has_blank(&self.name) {
+            return Err(Violation::new(
+                format!("nodes[{i}].name"),
+                "must be non-empty, without spaces or control characters",
+            ));
+        }
+        if let Err(why) = check_host_port(&self.addr) {
+            return Err(Violation::new(
+                format!("nodes[{i}].addr"),
+                format!("{:?} is not host:port ({why})", self.addr),
+            ));
+        }
+        if self.weight == 0 {
+            return Err(Violation::new(
+                format!("nodes[{i}].weight"),
+                "must be at least 1 (remove the node to take it out)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whitespace or control characters, which no name or path may hold.
+fn has_blank(s: &str) -> bool {
+    s.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// `host:port` with a DNS name, an IPv4 address or a bracketed IPv6 address.
+fn check_host_port(addr: &str) -> Result<(), &'static str> {
+    let (host, port) = addr.rsplit_once(':').ok_or("no port")?;
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => return Err("the port must be 1-65535"),
+        Ok(_) => {}
+    }
+    if let Some(v6) = host.strip_prefix('[') {
+        let v6 = v6.strip_suffix(']').ok_or("unclosed `[`")?;
+        return v6
+            .parse::<std::net::Ipv6Addr>()
+            .map(|_| ())
+            .map_err(|_| "bad IPv6 address");
+    }
+    let dns_ok = !host.is_empty()
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        });
+    if dns_ok { Ok(()) } else { Err("bad host name") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+
+    const DESIGN: &str = r#"
+listen = "0.0.0.0:8080"
+admin = "127.0.0.1:9090"
+trusted_proxies = []            # CIDRs whose X-Forwarded-For / Forwarded is believed
+ipv4_prefix = 32
+ipv6_prefix = 64
+
+[health]
+path = "/healthz"
+interval = "2s"
+rise = 2
+fall = 2
+
+[[nodes]]
+name = "node-a"                 # placement identity: renaming moves its clients
+addr = "127.0.0.1:3001"
+weight = 1
+"#;
+
+    fn err(text: &str) -> String {
+        parse::<GatewayConfig>(text, "gateway.toml")
+            .unwrap_err()
+            .to_string()
+    }
+
+    const NODES: &str = "[[nodes]]\nname = \"a\"\naddr = \"127.0.0.1:1\"\n[[nodes]]\nname = \"b\"\naddr = \"127.0.0.1:2\"\n";
+
+    #[test]
+    fn design_example_parses_with_defaults() {
+        let c: GatewayConfig = parse(DESIGN, "gateway.toml").unwrap();
+        assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.health.interval, Duration::from_secs(2));
+        assert_eq!(c.health.timeout, Duration::from_secs(1));
+        assert_eq!(c.limits, LimitsConfig::default());
+        assert_eq!(
+            c.nodes,
+            vec![NodeEntry {
+                name: "node-a".into(),
+                addr: "127.0.0.1:3001".into(),
+                weight: 1
+            }]
+        );
+    }
+
+    #[test]
+    fn minimal_config_takes_every_default() {
+        let c: GatewayConfig = parse(NODES, "g.toml").unwrap();
+        assert_eq!(c.admin, "127.0.0.1:9090".parse().unwrap());
+        assert_eq!((c.ipv4_prefix, c.ipv6_prefix), (32, 64));
+        assert_eq!(c.health, HealthConfig::default());
+        assert_eq!(c.nodes[1].weight, 1);
+    }
+
+    #[test]
+    fn rendered_config_parses_back_identically() {
+        let text = format!("trusted_proxies = [\"10.0.0.0/8\", \"::1/128\"]\n{NODES}");
+        let c: GatewayConfig = parse(&text, "g.toml").unwrap();
+        let again: GatewayConfig = parse(&c.to_toml(), "rendered").unwrap();
+        assert_eq!(again, c);
+        assert!(
+            c.to_toml().contains("max_body_bytes = 1048576"),
+            "{}",
+            c.to_toml()
+        );
+    }
+
+    #[test]
+    fn duplicate_names_and_addresses_are_located() {
+        let text = NODES.replace("name = \"b\"", "name = \"a\"");
+        assert_eq!(
+            err(&text),
+            "gateway.toml:5:8: `nodes[1].name`: \"a\" is already the name of nodes[0]; names must be unique"
+        );
+        let text = NODES.replace("127.0.0.1:2", "127.0.0.1:1");
+        assert_eq!(
+            err(&text),
+            "gateway.toml:6:8: `nodes[1].addr`: \"127.0.0.1:1\" is already the address of nodes[0]; addresses must be unique"
+        );
+    }
+
+    #[test]
+    fn bad_node_fields_are_refused() {
+        let e = err(&format!("{NODES}weight = 0\n"));
+        assert!(
+            e.starts_with("gateway.toml:7:10: `nodes[1].weight`: must be at least 1"),
+            "{e}"
+        );
+        let e = err(&NODES.replace("127.0.0.1:2", "127.0.0.1"));
+        assert!(
+            e.contains("`nodes[1].addr`: \"127.0.0.1\" is not host:port (no port)"),
+            "{e}"
+        );
+        let e = err(&NODES.replace("127.0.0.1:2", "127.0.0.1:0"));
+        assert!(e.contains("(the port must be 1-65535)"), "{e}");
+        let e = err(&NODES.replace("127.0.0.1:2", "http://x:2"));
+        assert!(e.contains("is not host:port (bad host name)"), "{e}");
+        let e = err(&NODES.replace("name = \"b\"", "name = \"b c\""));
+        assert!(e.contains("`nodes[1].name`: must be non-empty"), "{e}");
+        assert!(parse::<GatewayConfig>(&NODES.replace("127.0.0.1:2", "[::1]:2"), "g").is_ok());
+        assert!(
+            parse::<GatewayConfig>(&NODES.replace("127.0.0.1:2", "node-b.svc.local:3002"), "g")
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn empty_node_list_and_missing_nodes_are_refused() {
+        assert_eq!(
+            err("nodes = []\n"),
+            "gateway.toml:1:9: `nodes`: at least one [[nodes]] entry is needed"
+        );
+        assert!(err("listen = \"127.0.0.1:1\"\n").contains("missing field `nodes`"));
+    }
+
+    #[test]
+    fn prefixes_out_of_range_are_refused() {
+        let e = err(&format!("ipv4_prefix = 33\n{NODES}"));
+        assert_eq!(
+            e,
+            "gateway.toml:1:15: `ipv4_prefix`: must be between 1 and 32"
+        );
+        let e = err(&format!("ipv6_prefix = 0\n{NODES}"));
+        assert_eq!(
+            e,
+            "gateway.toml:1:15: `ipv6_prefix`: must be between 1 and 128"
+        );
+        let e = err(&format!("ipv4_prefix = 300\n{NODES}"));
+        assert!(e.starts_with("gateway.toml:1:15:"), "{e}");
+    }
+
+    #[test]
+    fn bad_sections_are_located() {
+        let e = err(&format!("[health]\nrise = 0\n{NODES}"));
+        assert_eq!(e, "gateway.toml:2:8: `health.rise`: must be at least 1");
+        let e = err(&format!("[health]\npath = \"healthz\"\n{NODES}"));
+        assert!(e.starts_with("gateway.toml:2:8: `health.path`"), "{e}");
+        let e = err(&format!("[limits]\nmax_connections = 0\n{NODES}"));
+        assert_eq!(
+            e,
+            "gateway.toml:2:19: `limits.max_connections`: must be at least 1"
+        );
+        let e = err(&format!("[limits]\nidle_timeout = \"10ms\"\n{NODES}"));
+        assert!(
+            e.starts_with("gateway.toml:2:16: `limits.idle_timeout`"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "trusted_proxies = [\"10.0.0.0/8\", \"nonsense\"]\n{NODES}"
+        ));
+        assert_eq!(e, "gateway.toml:1:34: invalid IP address syntax");
+        let e = err(&format!("{NODES}colour = \"red\"\n"));
+        assert!(e.contains("unknown field `colour`"), "{e}");
+    }
+}

@@ -1,0 +1,147 @@
+//! The admin listener (loopback by default): `/healthz`, `/metrics`,
+//! `/nodes`, `/route?ip=…[&sid=…]` and `POST /reload`.
+//!
+//! Kept apart from the public listener so operators' endpoints are never
+//! reachable through the client-facing port.
+
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+
+use crate::body::{self, Body};
+use crate::reload::{self, ReloadError};
+use crate::router;
+use crate::state::State;
+use crate::upstream::Upstream;
+
+pub async fn handle(
+    state: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let res = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => body::json(StatusCode::OK, &json!({ "status": "ok" })),
+        (&Method::GET, "/metrics") => metrics(&state),
+        (&Method::GET, "/nodes") => body::json(StatusCode::OK, &nodes(&state)),
+        (&Method::GET, "/route") => route(&state, req.uri().query().unwrap_or("")),
+        (&Method::POST, "/reload") => reload(&state).await,
+        (_, "/healthz" | "/metrics" | "/nodes" | "/route" | "/reload") => body::error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{} is not allowed on {}", req.method(), req.uri().path()),
+            json!({}),
+        ),
+        (_, path) => body::error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "no admin endpoint {path}; try /healthz, /metrics, /nodes, /route?ip=, POST /reload"
+            ),
+            json!({}),
+        ),
+    };
+    Ok(res)
+}
+
+fn metrics(state: &State) -> Response<Body> {
+    let mut res = Response::new(body::full(state.metrics.encode()));
+    res.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    res
+}
+
+fn node_json(node: &Upstream) -> Value {
+    json!({
+        "name": node.name,
+        "addr": node.addr,
+        "weight": node.weight(),
+        "healthy": node.is_healthy(),
+        "draining": node.is_draining(),
+        "sessions": node.metrics.sessions.get(),
+        "websockets": node.metrics.websockets.get(),
+    })
+}
+
+/// Every node of the config, then the draining ones.
+fn nodes(state: &State) -> Value {
+    let snapshot = state.snapshot();
+    let draining = state.registry.draining();
+    Value::Array(
+        snapshot
+            .nodes
+            .iter()
+            .chain(draining.iter())
+            .map(|n| node_json(n))
+            .collect(),
+    )
+}
+
+fn route(state: &State, query: &str) -> Response<Body> {
+    let param = |name: &str| {
+        query
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.replace("%3A", ":").replace("%3a", ":"))
+    };
+    let Some(raw) = param("ip") else {
+        return body::error(
+            StatusCode::BAD_REQUEST,
+            "missing_ip",
+            "use /route?ip=<address>",
+            json!({}),
+        );
+    };
+    let Ok(ip) = raw.parse::<IpAddr>() else {
+        return body::error(
+            StatusCode::BAD_REQUEST,
+            "bad_ip",
+            format!("{raw:?} is not an IP address"),
+            json!({}),
+        );
+    };
+    let sid = param("sid");
+    let snapshot = state.snapshot();
+    let route = router::route(&snapshot, &state.pins, ip, sid.as_deref());
+    let ranking: Vec<String> = router::ranking(&snapshot, &route.key)
+        .iter()
+        .map(|n| n.name.clone())
+        .collect();
+    body::json(
+        StatusCode::OK,
+        &json!({
+            "ip": ip.to_string(),
+            "key": route.key.to_string(),
+            "node": route.node().map(|n| n.name.clone()),
+            "reason": route.reason.to_string(),
+            "ranking": ranking,
+        }),
+    )
+}
+
+async fn reload(state: &State) -> Response<Body> {
+    match reload::reload(state).await {
+        Ok(report) => body::json(
+            StatusCode::OK,
+            &json!({ "reloaded": true, "changes": report }),
+        ),
+        Err(e @ ReloadError::NoFile) => body::error(
+            StatusCode::CONFLICT,
+            "no_config_file",
+            e.to_string(),
+            json!({}),
+        ),
+        Err(ReloadError::Invalid(e)) => body::error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_config",
+            e.to_string(),
+            json!({ "location": e.location().map(|l| l.to_string()) }),
+        ),
+    }
+}

@@ -1,0 +1,139 @@
+//! Protection of the public listener: header read timeout, header size and
+//! count, body size, and the number of open connections.
+//!
+//! Header limits are enforced by hyper's parser (431 for too large or too
+//! many headers, 400 for a malformed request, connection closed on a slow
+//! header sender); the body limit is checked up front from `Content-Length`
+//! and enforced while streaming for chunked bodies (413).
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+
+use http::HeaderMap;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioTimer;
+use stickyio_shared::config::gateway::LimitsConfig;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::body::Body;
+
+/// The HTTP/1 server settings of a client connection.
+pub fn http1_builder(limits: &LimitsConfig) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout.get())
+        .max_header_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers)
+        .keep_alive(true);
+    builder
+}
+
+/// Caps open client connections; a websocket holds its permit until it closes.
+#[derive(Clone)]
+pub struct ConnectionLimit {
+    semaphore: Arc<Semaphore>,
+}
+
+impl ConnectionLimit {
+    pub fn new(max: usize) -> Self {
+        ConnectionLimit {
+            semaphore: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
+        }
+    }
+
+    pub fn try_acquire(&self) -> Option<OwnedSemaphorePermit> {
+        self.semaphore.clone().try_acquire_owned().ok()
+    }
+}
+
+/// Answers a connection over the limit with 503 and closes it, without
+/// reading its request: the client learns why instead of seeing a reset.
+pub async fn refuse_busy(mut stream: TcpStream) {
+    const BODY: &str =
+        r#"{"error":"too_many_connections","message":"the gateway is at its connection limit"}"#;
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let write = async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), write).await;
+}
+
+/// `Content-Length` above `max`.
+pub fn declared_too_large(headers: &HeaderMap, max: u64) -> bool {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|len| len > max)
+}
+
+/// The request body, failing once it exceeds `max` bytes.
+pub fn limited(body: Incoming, max: u64) -> Body {
+    Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX)).boxed_unsync()
+}
+
+/// Whether an error (or one of its causes) is the body limit.
+pub fn is_body_too_large(err: &(dyn StdError + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        if e.is::<LengthLimitError>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declared_length_is_checked() {
+        let mut h = HeaderMap::new();
+        assert!(!declared_too_large(&h, 10));
+        h.insert("content-length", "11".parse().unwrap());
+        assert!(declared_too_large(&h, 10));
+        h.insert("content-length", "10".parse().unwrap());
+        assert!(!declared_too_large(&h, 10));
+        h.insert("content-length", "garbage".parse().unwrap());
+        assert!(
+            !declared_too_large(&h, 10),
+            "hyper itself refuses a bad length"
+        );
+    }
+
+    #[test]
+    fn connection_limit_counts_permits() {
+        let limit = ConnectionLimit::new(2);
+        let a = limit.try_acquire();
+        let b = limit.try_acquire();
+        assert!(a.is_some() && b.is_some());
+        assert!(limit.try_acquire().is_none());
+        drop(a);
+        assert!(limit.try_acquire().is_some());
+    }
+
+    #[tokio::test]
+    async fn body_limit_is_recognised_through_causes() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("upstream body failed")]
+        struct Wrapper(#[source] Box<dyn StdError + Send + Sync>);
+        let body = Limited::new(
+            http_body_util::Full::new(bytes::Bytes::from_static(b"12345")),
+            4,
+        );
+        let limit = body.collect().await.err().unwrap();
+        assert!(is_body_too_large(&Wrapper(limit)));
+        assert!(!is_body_too_large(&Wrapper("other".into())));
+    }
+}

@@ -1,0 +1,194 @@
+//! Which node a request goes to, and why.
+//!
+//! A request carrying a pinned `sid` goes to that session's node. Anything
+//! else is placed by its client key on the rendezvous ranking of the current
+//! config, skipping nodes that are down: their clients go to their next
+//! choice and come back when the node recovers.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use stickyio_shared::placement::{self, ClientKey};
+
+use crate::pinning::Pins;
+use crate::upstream::{Snapshot, Upstream};
+
+pub struct Route {
+    pub key: ClientKey,
+    /// Nodes to try, best first: the pinned node alone, or the healthy
+    /// nodes in rendezvous order. Empty when no node can take the request.
+    pub candidates: Vec<Arc<Upstream>>,
+    pub reason: Reason,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// The request's `sid` is pinned to a node.
+    Pinned,
+    /// The node ranks first for the client key.
+    FirstChoice,
+    /// The nodes ranking higher are down.
+    Failover { down: Vec<String> },
+    /// Every node of the config is down.
+    NoHealthyNode { down: Vec<String> },
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Pinned => f.write_str("pinned: the session's sid lives on this node"),
+            Reason::FirstChoice => {
+                f.write_str("placement: first rendezvous choice for the client key")
+            }
+            Reason::Failover { down } => write!(
+                f,
+                "failover: choice {} for the client key, because {} is down",
+                down.len() + 1,
+                down.join(", ")
+            ),
+            Reason::NoHealthyNode { down } => {
+                write!(f, "no healthy node: {} down", down.join(", "))
+            }
+        }
+    }
+}
+
+impl Route {
+    pub fn node(&self) -> Option<&Arc<Upstream>> {
+        self.candidates.first()
+    }
+}
+
+/// The rendezvous ranking of every node of `snapshot` for `key`.
+pub fn ranking(snapshot: &Snapshot, key: &ClientKey) -> Vec<Arc<Upstream>> {
+    placement::rank(key, &snapshot.nodes, |n| (n.name.as_str(), n.weight()))
+        .into_iter()
+        .cloned()
+        .collect()
+}
+
+pub fn client_key(snapshot: &Snapshot, ip: IpAddr) -> ClientKey {
+    ClientKey::new(ip, snapshot.config.ipv4_prefix, snapshot.config.ipv6_prefix)
+}
+
+/// Routes a request from `ip`, carrying `sid` if any.
+pub fn route(snapshot: &Snapshot, pins: &Pins, ip: IpAddr, sid: Option<&str>) -> Route {
+    let key = client_key(snapshot, ip);
+    if let Some(pinned) = sid.and_then(|sid| pins.get(sid)) {
+        return Route {
+            key,
+            candidates: vec![pinned],
+            reason: Reason::Pinned,
+        };
+    }
+    let ranked = ranking(snapshot, &key);
+    let down: Vec<String> = ranked
+        .iter()
+        .take_while(|n| !n.is_healthy())
+        .map(|n| n.name.clone())
+        .collect();
+    let candidates: Vec<Arc<Upstream>> = ranked.into_iter().filter(|n| n.is_healthy()).collect();
+    let reason = match (candidates.is_empty(), down.is_empty()) {
+        (true, _) => Reason::NoHealthyNode { down },
+        (false, true) => Reason::FirstChoice,
+        (false, false) => Reason::Failover { down },
+    };
+    Route {
+        key,
+        candidates,
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::upstream::Registry;
+    use std::time::Duration;
+
+    fn snapshot(prefix: u8) -> Snapshot {
+        let text = format!(
+            "ipv4_prefix = {prefix}\n[[nodes]]\nname = \"node-a\"\naddr = \"h:1\"\n[[nodes]]\nname = \"node-b\"\naddr = \"h:2\"\n[[nodes]]\nname = \"node-c\"\naddr = \"h:3\"\n"
+        );
+        let config = Arc::new(stickyio_shared::config::parse(&text, "t").unwrap());
+        Registry::default().initial(config, &Metrics::default())
+    }
+
+    fn names(route: &Route) -> Vec<&str> {
+        route.candidates.iter().map(|n| n.name.as_str()).collect()
+    }
+
+    #[test]
+    fn placement_follows_the_golden_ranking() {
+        let snap = snapshot(32);
+        let route = route(&snap, &Pins::new(), "127.0.0.2".parse().unwrap(), None);
+        assert_eq!(names(&route), ["node-b", "node-a", "node-c"]);
+        assert_eq!(route.reason, Reason::FirstChoice);
+        assert_eq!(route.key.to_string(), "127.0.0.2/32");
+    }
+
+    #[test]
+    fn down_nodes_hand_their_clients_to_the_next_choice_and_get_them_back() {
+        let snap = snapshot(32);
+        let pins = Pins::new();
+        let ip = "127.0.0.2".parse().unwrap();
+        snap.nodes[1].eject();
+        let r = route(&snap, &pins, ip, None);
+        assert_eq!(names(&r), ["node-a", "node-c"]);
+        assert_eq!(
+            r.reason.to_string(),
+            "failover: choice 2 for the client key, because node-b is down"
+        );
+        for _ in 0..2 {
+            snap.nodes[1].observe(true, 2, 2);
+        }
+        assert_eq!(names(&route(&snap, &pins, ip, None))[0], "node-b");
+    }
+
+    #[test]
+    fn no_healthy_node_gives_no_candidate_and_says_why() {
+        let snap = snapshot(32);
+        for n in &snap.nodes {
+            n.eject();
+        }
+        let r = route(&snap, &Pins::new(), "10.0.0.1".parse().unwrap(), None);
+        assert!(r.node().is_none());
+        assert!(
+            r.reason
+                .to_string()
+                .starts_with("no healthy node: node-c, node-a, node-b down"),
+            "{}",
+            r.reason
+        );
+    }
+
+    #[test]
+    fn pinned_sid_beats_placement_and_unknown_sid_falls_back() {
+        let snap = snapshot(32);
+        let pins = Pins::new();
+        let ip = "127.0.0.2".parse().unwrap();
+        pins.learn("s", snap.nodes[2].clone(), Duration::from_secs(5));
+        let r = route(&snap, &pins, ip, Some("s"));
+        assert_eq!(
+            (names(&r), r.reason.clone()),
+            (vec!["node-c"], Reason::Pinned)
+        );
+        let r = route(&snap, &pins, ip, Some("other"));
+        assert_eq!(names(&r)[0], "node-b");
+    }
+
+    #[test]
+    fn prefix_groups_clients() {
+        let snap = snapshot(8);
+        let pins = Pins::new();
+        let first = names(&route(&snap, &pins, "127.1.2.3".parse().unwrap(), None))[0].to_owned();
+        for ip in ["127.0.0.1", "127.200.9.9", "127.255.255.254"] {
+            assert_eq!(
+                names(&route(&snap, &pins, ip.parse().unwrap(), None))[0],
+                first
+            );
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Accept loops of the public and admin listeners, and graceful shutdown of
+//! their connections.
+//!
+//! On shutdown the loops stop accepting and every connection is asked to
+//! finish its in-flight request and close (hyper's graceful shutdown).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::admin;
+use crate::limits::{self, ConnectionLimit};
+use crate::proxy::{self, Conn};
+use crate::state::State;
+
+/// Pause after a failed accept (e.g. out of file descriptors) so the loop
+/// does not spin while the condition lasts.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Accepts until shutdown, handing each connection to `serve`.
+async fn accept_loop<F>(state: Arc<State>, listener: TcpListener, mut serve: F)
+where
+    F: FnMut(TcpStream, SocketAddr) -> BoxFuture<'static, ()>,
+{
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = state.shutdown.cancelled() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                state.tasks.spawn(serve(stream, peer));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// The client-facing listener.
+pub async fn serve_public(state: Arc<State>, listener: TcpListener, limit: ConnectionLimit) {
+    let loop_state = state.clone();
+    accept_loop(loop_state, listener, move |stream, peer| {
+        let state = state.clone();
+        let Some(permit) = limit.try_acquire() else {
+            state.metrics.rejected("connection_limit");
+            tracing::warn!(%peer, "connection refused: at the connection limit");
+            return limits::refuse_busy(stream).boxed();
+        };
+        let _ = stream.set_nodelay(true);
+        let builder = limits::http1_builder(&state.snapshot().config.limits);
+        let conn = Conn {
+            peer,
+            permit: Arc::new(permit),
+        };
+        async move {
+            let open = state.metrics.connections().clone();
+            open.inc();
+            let handler_state = state.clone();
+            let service =
+                service_fn(move |req| proxy::handle(handler_state.clone(), conn.clone(), req));
+            drive(&state, &builder, stream, service, peer).await;
+            open.dec();
+        }
+        .boxed()
+    })
+    .await;
+}
+
+/// The admin listener.
+pub async fn serve_admin(state: Arc<State>, listener: TcpListener) {
+    let loop_state = state.clone();
+    accept_loop(loop_state, listener, move |stream, peer| {
+        let state = state.clone();
+        async move {
+            let builder = http1::Builder::new();
+            let handler_state = state.clone();
+            let service = service_fn(move |req| admin::handle(handler_state.clone(), req));
+            drive(&state, &builder, stream, service, peer).await;
+        }
+        .boxed()
+    })
+    .await;
+}
+
+/// Serves one connection until it closes, or gracefully ends it at shutdown.
+async fn drive<S>(
+    state: &State,
+    builder: &http1::Builder,
+    stream: TcpStream,
+    service: S,
+    peer: SocketAddr,
+) where
+    S: hyper::service::HttpService<hyper::body::Incoming> + Send,
+    S::Future: Send + 'static,
+    S::ResBody: Send + 'static,
+    <S::ResBody as hyper::body::Body>::Data: Send,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let connection = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = state.shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}

@@ -1,0 +1,314 @@
+//! The nodes behind the gateway and their live state: health, draining, and
+//! per-node metrics.
+//!
+//! An [`Upstream`] outlives config reloads as long as its name and address
+//! stay the same, so health history and live counts survive an edit. A node
+//! removed from the config becomes *draining*: it leaves placement, but
+//! pinned sessions and websockets keep their `Arc` to it and keep working.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use http::uri::Authority;
+use stickyio_shared::config::gateway::{GatewayConfig, NodeEntry};
+
+use crate::metrics::{Metrics, NodeMetrics};
+
+pub struct Upstream {
+    pub name: String,
+    pub addr: String,
+    authority: Authority,
+    weight: AtomicU32,
+    healthy: AtomicBool,
+    draining: AtomicBool,
+    /// Consecutive successful / failed health checks.
+    streak: Mutex<Streak>,
+    pub metrics: NodeMetrics,
+}
+
+#[derive(Default)]
+struct Streak {
+    ok: u32,
+    failed: u32,
+}
+
+/// What a health observation changed, for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    None,
+    Up,
+    Down,
+}
+
+impl Upstream {
+    fn new(entry: &NodeEntry, metrics: &Metrics) -> Arc<Self> {
+        let metrics = metrics.node(&entry.name);
+        // Optimistic start, as HAProxy does: a dead node is ejected by the
+        // first failed connect or `fall` failed checks.
+        metrics.up.set(1);
+        Arc::new(Upstream {
+            name: entry.name.clone(),
+            addr: entry.addr.clone(),
+            // Validated as host:port by the config; a bare fallback keeps this total.
+            authority: entry
+                .addr
+                .parse()
+                .unwrap_or_else(|_| Authority::from_static("invalid.invalid:1")),
+            weight: AtomicU32::new(entry.weight),
+            healthy: AtomicBool::new(true),
+            draining: AtomicBool::new(false),
+            streak: Mutex::new(Streak::default()),
+            metrics,
+        })
+    }
+
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Live sessions and websockets still using this node.
+    pub fn is_busy(&self) -> bool {
+        self.metrics.sessions.get() > 0 || self.metrics.websockets.get() > 0
+    }
+
+    /// One health check result; `rise` successes bring the node back,
+    /// `fall` failures take it out.
+    pub fn observe(&self, ok: bool, rise: u32, fall: u32) -> Transition {
+        let mut streak = self.streak.lock().unwrap_or_else(|p| p.into_inner());
+        if ok {
+            streak.failed = 0;
+            streak.ok = streak.ok.saturating_add(1);
+            if !self.is_healthy() && streak.ok >= rise {
+                self.set_healthy(true);
+                return Transition::Up;
+            }
+        } else {
+            streak.ok = 0;
+            streak.failed = streak.failed.saturating_add(1);
+            if self.is_healthy() && streak.failed >= fall {
+                self.set_healthy(false);
+                return Transition::Down;
+            }
+        }
+        Transition::None
+    }
+
+    /// Passive ejection: a connect error takes the node out at once; active
+    /// checks bring it back after `rise` successes.
+    pub fn eject(&self) -> Transition {
+        let mut streak = self.streak.lock().unwrap_or_else(|p| p.into_inner());
+        streak.ok = 0;
+        if self.is_healthy() {
+            self.set_healthy(false);
+            return Transition::Down;
+        }
+        Transition::None
+    }
+
+    fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+        self.metrics.up.set(i64::from(healthy));
+    }
+}
+
+/// The nodes of one config generation, in config order.
+pub struct Snapshot {
+    pub config: Arc<GatewayConfig>,
+    pub nodes: Vec<Arc<Upstream>>,
+}
+
+impl Snapshot {
+    /// Nodes that take new clients: healthy and not draining.
+    pub fn placeable(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.nodes
+            .iter()
+            .filter(|n| n.is_healthy() && !n.is_draining())
+    }
+}
+
+/// Builds snapshots from configs, reusing the upstreams that stay and keeping
+/// removed ones as draining until their last session ends.
+#[derive(Default)]
+pub struct Registry {
+    draining: Mutex<Vec<Arc<Upstream>>>,
+}
+
+/// What a new config changed in the node list.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct NodeChanges {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub reweighted: Vec<String>,
+}
+
+impl Registry {
+    /// The first snapshot.
+    pub fn initial(&self, config: Arc<GatewayConfig>, metrics: &Metrics) -> Snapshot {
+        let nodes = config
+            .nodes
+            .iter()
+            .map(|e| Upstream::new(e, metrics))
+            .collect();
+        Snapshot { config, nodes }
+    }
+
+    /// The snapshot for `config` following `old`.
+    pub fn next(
+        &self,
+        old: &Snapshot,
+        config: Arc<GatewayConfig>,
+        metrics: &Metrics,
+    ) -> (Snapshot, NodeChanges) {
+        let mut draining = self.draining.lock().unwrap_or_else(|p| p.into_inner());
+        let mut changes = NodeChanges::default();
+        let mut nodes = Vec::with_capacity(config.nodes.len());
+        for entry in &config.nodes {
+            let same = |u: &&Arc<Upstream>| u.name == entry.name && u.addr == entry.addr;
+            let kept = old.nodes.iter().find(same).cloned();
+            let revived = draining.iter().find(same).cloned();
+            let upstream = match kept.or(revived) {
+                Some(u) => {
+                    u.draining.store(false, Ordering::Relaxed);
+                    if u.weight.swap(entry.weight, Ordering::Relaxed) != entry.weight {
+                        changes.reweighted.push(entry.name.clone());
+                    }
+                    u
+                }
+                None => {
+                    changes.added.push(entry.name.clone());
+                    Upstream::new(entry, metrics)
+                }
+            };
+            nodes.push(upstream);
+        }
+        draining.retain(|d| !nodes.iter().any(|n| Arc::ptr_eq(n, d)));
+        for gone in old
+            .nodes
+            .iter()
+            .filter(|o| !nodes.iter().any(|n| Arc::ptr_eq(n, o)))
+        {
+            gone.draining.store(true, Ordering::Relaxed);
+            changes.removed.push(gone.name.clone());
+            draining.push(gone.clone());
+        }
+        (Snapshot { config, nodes }, changes)
+    }
+
+    /// Removed nodes still serving sessions or websockets.
+    pub fn draining(&self) -> Vec<Arc<Upstream>> {
+        self.draining
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Forgets drained nodes that serve nothing any more.
+    pub fn sweep(&self) -> Vec<String> {
+        let mut draining = self.draining.lock().unwrap_or_else(|p| p.into_inner());
+        let mut done = Vec::new();
+        draining.retain(|d| {
+            let busy = d.is_busy();
+            if !busy {
+                done.push(d.name.clone());
+            }
+            busy
+        });
+        done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(nodes: &[(&str, &str, u32)]) -> Arc<GatewayConfig> {
+        let mut text = String::new();
+        for (name, addr, weight) in nodes {
+            text.push_str(&format!(
+                "[[nodes]]\nname = \"{name}\"\naddr = \"{addr}\"\nweight = {weight}\n"
+            ));
+        }
+        Arc::new(stickyio_shared::config::parse(&text, "test").unwrap())
+    }
+
+    #[test]
+    fn reload_keeps_state_of_nodes_that_stay_and_drains_removed_ones() {
+        let metrics = Metrics::default();
+        let registry = Registry::default();
+        let first = registry.initial(config(&[("a", "h:1", 1), ("b", "h:2", 1)]), &metrics);
+        first.nodes[0].eject();
+        first.nodes[1].metrics.sessions.inc();
+        let (second, changes) = registry.next(
+            &first,
+            config(&[("a", "h:1", 3), ("c", "h:3", 1)]),
+            &metrics,
+        );
+        assert_eq!(changes.added, ["c"]);
+        assert_eq!(changes.removed, ["b"]);
+        assert_eq!(changes.reweighted, ["a"]);
+        assert!(Arc::ptr_eq(&first.nodes[0], &second.nodes[0]));
+        assert!(
+            !second.nodes[0].is_healthy(),
+            "health history survives a reload"
+        );
+        assert_eq!(
+            second
+                .placeable()
+                .map(|n| n.name.as_str())
+                .collect::<Vec<_>>(),
+            ["c"]
+        );
+        assert!(first.nodes[1].is_draining());
+        assert!(registry.sweep().is_empty(), "b still has a session");
+        first.nodes[1].metrics.sessions.dec();
+        assert_eq!(registry.sweep(), ["b"]);
+    }
+
+    #[test]
+    fn a_node_readded_while_draining_is_revived() {
+        let metrics = Metrics::default();
+        let registry = Registry::default();
+        let first = registry.initial(config(&[("a", "h:1", 1), ("b", "h:2", 1)]), &metrics);
+        first.nodes[1].metrics.websockets.inc();
+        let (second, _) = registry.next(&first, config(&[("a", "h:1", 1)]), &metrics);
+        let (third, changes) = registry.next(
+            &second,
+            config(&[("a", "h:1", 1), ("b", "h:2", 1)]),
+            &metrics,
+        );
+        assert!(changes.added.is_empty());
+        assert!(Arc::ptr_eq(&first.nodes[1], &third.nodes[1]));
+        assert!(!third.nodes[1].is_draining());
+        assert!(registry.draining().is_empty());
+    }
+
+    #[test]
+    fn rise_and_fall_need_consecutive_results() {
+        let metrics = Metrics::default();
+        let registry = Registry::default();
+        let snap = registry.initial(config(&[("a", "h:1", 1)]), &metrics);
+        let a = &snap.nodes[0];
+        assert_eq!(a.observe(false, 2, 2), Transition::None);
+        assert_eq!(a.observe(true, 2, 2), Transition::None);
+        assert_eq!(a.observe(false, 2, 2), Transition::None);
+        assert_eq!(a.observe(false, 2, 2), Transition::Down);
+        assert_eq!(a.metrics.up.get(), 0);
+        assert_eq!(a.observe(true, 2, 2), Transition::None);
+        assert_eq!(a.observe(true, 2, 2), Transition::Up);
+        assert_eq!(a.eject(), Transition::Down);
+        assert_eq!(a.eject(), Transition::None);
+    }
+}

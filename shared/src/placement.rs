@@ -1,0 +1,403 @@
+//! Which node a client belongs to: weighted rendezvous (highest random
+//! weight) hashing over node *names*.
+//!
+//! Every gateway build and every replica must send one client to one node, so
+//! the hash is fully specified here (SipHash-2-4 with a fixed key, written out
+//! below, pinned by golden vectors) instead of a hasher whose output may
+//! change between versions or CPU features. Rendezvous hashing moves only the
+//! keys of an added or removed node, and its ranked order is the failover
+//! order: when the first choice is down, the second takes its clients.
+
+use std::fmt;
+use std::net::IpAddr;
+
+/// The SipHash key of placement, version 1. Changing it moves every client.
+pub const KEY: [u8; 16] = *b"stickyio-hrw-v1!";
+
+/// A client's routing identity: its address masked to the configured prefix,
+/// with IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) treated as IPv4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientKey {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl ClientKey {
+    /// Masks `ip` to `ipv4_prefix` or `ipv6_prefix` bits (clamped to 32 and 128).
+    pub fn new(ip: IpAddr, ipv4_prefix: u8, ipv6_prefix: u8) -> Self {
+        match canonical_ip(ip) {
+            IpAddr::V4(v4) => {
+                let prefix = ipv4_prefix.min(32);
+                let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+                ClientKey {
+                    network: IpAddr::V4((u32::from(v4) & mask).into()),
+                    prefix,
+                }
+            }
+            IpAddr::V6(v6) => {
+                let prefix = ipv6_prefix.min(128);
+                let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+                ClientKey {
+                    network: IpAddr::V6((u128::from(v6) & mask).into()),
+                    prefix,
+                }
+            }
+        }
+    }
+
+    /// The masked address.
+    pub fn network(&self) -> IpAddr {
+        self.network
+    }
+
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    /// Hash input for one node: a family tag, the masked address bytes, then
+    /// the node name's UTF-8 bytes. The tag fixes the address length, so the
+    /// concatenation is unambiguous.
+    fn message(&self, node: &str) -> Vec<u8> {
+        let mut m = Vec::with_capacity(17 + node.len());
+        match self.network {
+            IpAddr::V4(v4) => {
+                m.push(4);
+                m.extend_from_slice(&v4.octets());
+            }
+            IpAddr::V6(v6) => {
+                m.push(6);
+                m.extend_from_slice(&v6.octets());
+            }
+        }
+        m.extend_from_slice(node.as_bytes());
+        m
+    }
+}
+
+impl fmt::Display for ClientKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
+/// `::ffff:a.b.c.d` as `a.b.c.d`; every other address unchanged. A dual-stack
+/// listener reports IPv4 peers in the mapped form.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The 64-bit placement hash of `(key, node)`: SipHash-2-4 keyed with [`KEY`].
+pub fn hash(key: &ClientKey, node: &str) -> u64 {
+    siphash24(&KEY, &key.message(node))
+}
+
+/// Rendezvous score of a node with `weight` for `key`; the highest wins.
+///
+/// The hash becomes `u` uniform in (0, 1) and the score is `-weight / ln(u)`,
+/// the logarithmic method: a node's share of keys is proportional to its
+/// weight, and adding or removing one node moves only that node's share.
+pub fn score(key: &ClientKey, node: &str, weight: u32) -> f64 {
+    // 53 high bits and a half-step offset: exactly representable, never 0 or 1.
+    let u = ((hash(key, node) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    -f64::from(weight) / u.ln()
+}
+
+/// `nodes` ordered by score for `key`: first choice first, then the failover
+/// order. `name_weight` reads a node's name and weight. Ties (never seen in
+/// practice) go to the smaller name so the order stays deterministic.
+pub fn rank<'a, T>(
+    key: &ClientKey,
+    nodes: &'a [T],
+    name_weight: impl Fn(&T) -> (&str, u32),
+) -> Vec<&'a T> {
+    let mut scored: Vec<(f64, &str, &'a T)> = nodes
+        .iter()
+        .map(|n| {
+            let (name, weight) = name_weight(n);
+            (score(key, name, weight), name, n)
+        })
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+    scored.into_iter().map(|(_, _, n)| n).collect()
+}
+
+/// SipHash-2-4 (Aumasson and Bernstein, 2012) of `data` under a 128-bit key.
+fn siphash24(key: &[u8; 16], data: &[u8]) -> u64 {
+    let word = |b: &[u8]| {
+        let mut w = [0u8; 8];
+        w[..b.len()].copy_from_slice(b);
+        u64::from_le_bytes(w)
+    };
+    let (k0, k1) = (word(&key[..8]), word(&key[8..]));
+    let mut v = [
+        k0 ^ 0x736f_6d65_7073_6575,
+        k1 ^ 0x646f_7261_6e64_6f6d,
+        k0 ^ 0x6c79_6765_6e65_7261,
+        k1 ^ 0x7465_6462_7974_6573,
+    ];
+    let chunks = data.chunks_exact(8);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        let m = word(chunk);
+        v[3] ^= m;
+        sip_rounds(&mut v, 2);
+        v[0] ^= m;
+    }
+    let last = word(tail) | ((data.len() as u64 & 0xff) << 56);
+    v[3] ^= last;
+    sip_rounds(&mut v, 2);
+    v[0] ^= last;
+    v[2] ^= 0xff;
+    sip_rounds(&mut v, 4);
+    v[0] ^ v[1] ^ v[2] ^ v[3]
+}
+
+fn sip_rounds(v: &mut [u64; 4], rounds: usize) {
+    for _ in 0..rounds {
+        v[0] = v[0].wrapping_add(v[1]);
+        v[1] = v[1].rotate_left(13) ^ v[0];
+        v[0] = v[0].rotate_left(32);
+        v[2] = v[2].wrapping_add(v[3]);
+        v[3] = v[3].rotate_left(16) ^ v[2];
+        v[0] = v[0].wrapping_add(v[3]);
+        v[3] = v[3].rotate_left(21) ^ v[0];
+        v[2] = v[2].wrapping_add(v[1]);
+        v[1] = v[1].rotate_left(17) ^ v[2];
+        v[2] = v[2].rotate_left(32);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    fn names(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("node-{i}")).collect()
+    }
+
+    fn first<'a>(key: &ClientKey, nodes: &'a [String]) -> &'a str {
+        rank(key, nodes, |n| (n.as_str(), 1))[0]
+    }
+
+    fn v4(s: &str) -> ClientKey {
+        ClientKey::new(s.parse().unwrap(), 32, 64)
+    }
+
+    /// Seeded random IPv4 keys (SplitMix64), the same on every run.
+    fn random_keys(seed: u64, count: usize) -> Vec<ClientKey> {
+        let mut state = seed;
+        (0..count)
+            .map(|_| {
+                state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let mut z = state;
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                let ip = Ipv4Addr::from((z ^ (z >> 31)) as u32);
+                ClientKey::new(IpAddr::V4(ip), 32, 64)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn siphash_matches_the_reference_vectors() {
+        // From the SipHash paper, appendix A, and the reference implementation's vectors.
+        let key: [u8; 16] = std::array::from_fn(|i| i as u8);
+        let msg: Vec<u8> = (0..15).collect();
+        assert_eq!(siphash24(&key, &msg), 0xa129_ca61_49be_45e5);
+        assert_eq!(siphash24(&key, &[]), 0x726f_db47_dd0e_0e31);
+        let msg: Vec<u8> = (0..8).collect();
+        assert_eq!(siphash24(&key, &msg), 0x93f5_f579_9a93_2462);
+    }
+
+    #[test]
+    fn golden_vectors_pin_the_placement() {
+        let abc: Vec<String> = ["node-a", "node-b", "node-c"].map(String::from).to_vec();
+        let cases = [
+            ("127.0.0.1", ["node-a", "node-b", "node-c"]),
+            ("127.0.0.2", ["node-b", "node-a", "node-c"]),
+            ("127.0.0.3", ["node-c", "node-b", "node-a"]),
+            ("10.0.0.1", ["node-c", "node-a", "node-b"]),
+            ("192.168.1.20", ["node-b", "node-c", "node-a"]),
+            ("2001:db8::1", ["node-c", "node-b", "node-a"]),
+        ];
+        for (ip, want) in cases {
+            let got: Vec<&str> = rank(&v4(ip), &abc, |n| (n.as_str(), 1))
+                .into_iter()
+                .map(String::as_str)
+                .collect();
+            assert_eq!(got, want, "{ip}");
+        }
+        assert_eq!(hash(&v4("127.0.0.1"), "node-a"), 0xedc0_66fa_12c9_923a);
+        assert_eq!(hash(&v4("2001:db8::1"), "node-a"), 0x0033_e76c_51ae_9570);
+    }
+
+    #[test]
+    fn keys_mask_to_the_prefix_and_unmap_ipv4() {
+        let k = ClientKey::new("10.1.2.3".parse().unwrap(), 24, 64);
+        assert_eq!(k.to_string(), "10.1.2.0/24");
+        let mapped = ClientKey::new("::ffff:10.1.2.3".parse().unwrap(), 24, 64);
+        assert_eq!(mapped, k);
+        let k6 = ClientKey::new("2001:db8:1:2:3:4:5:6".parse().unwrap(), 24, 48);
+        assert_eq!(k6.to_string(), "2001:db8:1::/48");
+        assert_eq!(
+            ClientKey::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 32, 128).prefix(),
+            128
+        );
+        assert_eq!(
+            ClientKey::new("1.2.3.4".parse().unwrap(), 0, 0).to_string(),
+            "0.0.0.0/0"
+        );
+    }
+
+    #[test]
+    fn clients_of_one_prefix_share_a_node() {
+        let nodes = names(5);
+        let a = ClientKey::new("10.9.8.1".parse().unwrap(), 24, 64);
+        let b = ClientKey::new("10.9.8.200".parse().unwrap(), 24, 64);
+        assert_eq!(first(&a, &nodes), first(&b, &nodes));
+    }
+
+    #[test]
+    fn ranking_is_a_permutation_independent_of_list_order() {
+        let nodes = names(6);
+        let mut reversed = nodes.clone();
+        reversed.reverse();
+        for key in random_keys(7, 200) {
+            let a = rank(&key, &nodes, |n| (n.as_str(), 1));
+            let b = rank(&key, &reversed, |n| (n.as_str(), 1));
+            assert_eq!(a, b);
+            let mut sorted: Vec<&String> = a.clone();
+            sorted.sort();
+            assert_eq!(sorted, nodes.iter().collect::<Vec<_>>());
+        }
+    }
+
+    const MAX_NODES: usize = 11;
+
+    /// The scores of node-0..node-10 for every key, hashed once. The best of
+    /// a subset is what `rank` puts first for that subset; the first 2000 keys
+    /// are checked against `rank` itself.
+    struct Table {
+        keys: Vec<ClientKey>,
+        scores: Vec<[f64; MAX_NODES]>,
+    }
+
+    impl Table {
+        fn new(seed: u64) -> Self {
+            let keys = random_keys(seed, 100_000);
+            let all = names(MAX_NODES);
+            let scores = keys
+                .iter()
+                .map(|k| std::array::from_fn(|i| score(k, &all[i], 1)))
+                .collect();
+            Table { keys, scores }
+        }
+
+        /// Index of the first choice among `members` for every key.
+        fn firsts(&self, members: &[usize]) -> Vec<usize> {
+            let firsts: Vec<usize> = self
+                .scores
+                .iter()
+                .map(|row| {
+                    *members
+                        .iter()
+                        .max_by(|a, b| row[**a].total_cmp(&row[**b]))
+                        .unwrap()
+                })
+                .collect();
+            let all = names(MAX_NODES);
+            let nodes: Vec<String> = members.iter().map(|i| all[*i].clone()).collect();
+            for (key, want) in self.keys.iter().zip(&firsts).take(2000) {
+                assert_eq!(first(key, &nodes), all[*want], "table and rank disagree");
+            }
+            firsts
+        }
+    }
+
+    #[test]
+    fn equal_nodes_are_balanced_within_five_percent() {
+        let table = Table::new(1);
+        for n in 3..=10 {
+            let members: Vec<usize> = (0..n).collect();
+            let mut counts = vec![0usize; n];
+            for i in table.firsts(&members) {
+                counts[i] += 1;
+            }
+            assert!(counts.iter().all(|c| *c > 0));
+            let max = *counts.iter().max().unwrap() as f64;
+            let mean = table.keys.len() as f64 / n as f64;
+            assert!(max / mean <= 1.05, "{n} nodes: max/mean = {}", max / mean);
+        }
+    }
+
+    #[test]
+    fn weights_set_the_share() {
+        let nodes = [("light", 1), ("heavy", 3)];
+        let keys = random_keys(2, 40_000);
+        let heavy = keys
+            .iter()
+            .filter(|k| rank(k, &nodes, |n| (n.0, n.1))[0].0 == "heavy")
+            .count() as f64;
+        let share = heavy / keys.len() as f64;
+        assert!((share - 0.75).abs() < 0.02, "heavy share {share}");
+    }
+
+    #[test]
+    fn adding_a_node_moves_only_its_share_to_it() {
+        let table = Table::new(3);
+        for n in 3..=10 {
+            let before = table.firsts(&(0..n).collect::<Vec<_>>());
+            let after = table.firsts(&(0..=n).collect::<Vec<_>>());
+            let mut moved = 0;
+            for (old, new) in before.iter().zip(&after) {
+                if old != new {
+                    assert_eq!(*new, n, "a key moved between two old nodes");
+                    moved += 1;
+                }
+            }
+            let fraction = moved as f64 / table.keys.len() as f64;
+            let expected = 1.0 / (n + 1) as f64;
+            assert!(
+                (fraction - expected).abs() <= 0.02,
+                "{n}+1 nodes: moved {fraction}, expected {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn removing_a_node_moves_only_its_keys() {
+        let table = Table::new(4);
+        for n in 3..=10 {
+            let removed = n / 2;
+            let before = table.firsts(&(0..n).collect::<Vec<_>>());
+            let after = table.firsts(&(0..n).filter(|i| *i != removed).collect::<Vec<_>>());
+            let mut moved = 0;
+            for (old, new) in before.iter().zip(&after) {
+                if old != new {
+                    assert_eq!(*old, removed, "a key left a node that stayed");
+                    moved += 1;
+                }
+            }
+            let fraction = moved as f64 / table.keys.len() as f64;
+            let expected = 1.0 / n as f64;
+            assert!(
+                (fraction - expected).abs() <= 0.02,
+                "{n}-1 nodes: moved {fraction}, expected {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn failover_order_is_the_ranking_without_the_dead_node() {
+        let nodes = names(5);
+        for key in random_keys(5, 1000) {
+            let full = rank(&key, &nodes, |n| (n.as_str(), 1));
+            let alive: Vec<String> = nodes.iter().filter(|n| *n != full[0]).cloned().collect();
+            assert_eq!(first(&key, &alive), full[1].as_str());
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Every config shipped under `deploy/` passes the binaries' own `check`.
+//!
+//! Operators copy these files as they are, so a key renamed in code but not
+//! here must fail the build, not a production rollout. Each file is checked
+//! byte for byte in a scratch directory that also holds a dummy `mesh.secret`,
+//! which is where the deployments put the real one.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// `target/<profile>/`, where `cargo build --workspace --bins` puts the binaries.
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")
+}
+
+fn files_with_extension(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("read deploy dir") {
+        let path = entry.expect("dir entry").path();
+        if path.is_dir() {
+            files_with_extension(&path, ext, out);
+        } else if path.extension().is_some_and(|e| e == ext) {
+            out.push(path);
+        }
+    }
+}
+
+/// Runs `<binary> check --config <copy of file>` and returns its stdout.
+fn check(file: &Path) -> Result<String, String> {
+    let name = file.file_name().unwrap().to_string_lossy().into_owned();
+    let binary = if name.starts_with("gateway") {
+        "stickyio-gateway"
+    } else {
+        "stickyio-node"
+    };
+    let scratch = std::env::temp_dir().join(format!(
+        "stickyio-deploy-{}-{}",
+        std::process::id(),
+        file.parent()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+    ));
+    std::fs::create_dir_all(&scratch).unwrap();
+    std::fs::copy(file, scratch.join(&name)).unwrap();
+    std::fs::write(scratch.join("mesh.secret"), "dummy-secret-for-check\n").unwrap();
+    let out = Command::new(bin(binary))
+        .arg("check")
+        .arg("--config")
+        .arg(scratch.join(&name))
+        // Kubernetes node configs take the secret from the environment.
+        .env("STICKYIO_CLUSTER_SECRET", "dummy-secret-for-check")
+        .output()
+        .expect("run check");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!("{}: {stderr}{stdout}", file.display()))
+    }
+}
+
+#[test]
+fn every_deploy_config_passes_check() {
+    let mut files = Vec::new();
+    files_with_extension(&deploy_dir(), "toml", &mut files);
+    files.sort();
+    assert!(
+        files.len() >= 14,
+        "expected the local, systemd, container and kubernetes configs, found {files:?}"
+    );
+    let failures: Vec<String> = files.iter().filter_map(|f| check(f).err()).collect();
+    assert!(
+        failures.is_empty(),
+        "configs failing check:\n{}",
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn check_prints_the_effective_config() {
+    let out = check(&deploy_dir().join("local/node-a.toml")).unwrap();
+    assert!(out.contains("name = \"node-a\""), "{out}");
+    // A default the file leaves out is filled in.
+    assert!(out.contains("max_subscriptions"), "{out}");
+    let out = check(&deploy_dir().join("local/gateway.toml")).unwrap();
+    assert!(out.contains("node-c"), "{out}");
+}
+
+#[test]
+fn check_catches_a_broken_copy() {
+    let text = std::fs::read_to_string(deploy_dir().join("local/gateway.toml")).unwrap();
+    let dir = std::env::temp_dir().join(format!("stickyio-deploy-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("gateway.toml");
+    std::fs::write(&bad, text.replace("weight = 1", "wieght = 1")).unwrap();
+    let err = check(&bad).unwrap_err();
+    assert!(err.contains("gateway.toml:18:1"), "{err}");
+    assert!(err.contains("wieght"), "{err}");
+}
+
+/// The kustomization reads every config from files; none hides in YAML
+/// where `check` would not see it.
+#[test]
+fn kubernetes_configs_are_files_the_test_checks() {
+    let k8s = deploy_dir().join("kubernetes");
+    let kustomization = std::fs::read_to_string(k8s.join("kustomization.yaml")).unwrap();
+    let referenced: Vec<&str> = kustomization
+        .lines()
+        .map(str::trim)
+        .filter_map(|l| l.strip_prefix("- "))
+        .filter(|l| l.ends_with(".toml"))
+        .collect();
+    assert_eq!(referenced.len(), 4, "{kustomization}");
+    for file in referenced {
+        assert!(
+            k8s.join(file).exists(),
+            "kustomization names missing {file}"
+        );
+    }
+    let mut manifests = Vec::new();
+    files_with_extension(&deploy_dir(), "yaml", &mut manifests);
+    for manifest in manifests {
+        let text = std::fs::read_to_string(&manifest).unwrap();
+        assert!(
+            !text.lines().any(|l| l.trim_end().ends_with(".toml: |")),
+            "{} embeds TOML; generate the ConfigMap from a file instead",
+            manifest.display()
+        );
+    }
+}

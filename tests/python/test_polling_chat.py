@@ -1,0 +1,124 @@
+"""python-socketio, polling only, through the gateway: many clients from
+distinct loopback addresses, each pair chatting across two different nodes.
+
+A second client implementation (besides the official JS one) keeps the
+gateway and nodes honest about Engine.IO: any 400 `Session ID unknown` from
+a mis-routed poll fails the connect or a call here.
+"""
+
+import itertools
+import queue
+import time
+import uuid
+
+import requests
+import socketio
+from requests.adapters import HTTPAdapter
+
+TIMEOUT = 10
+CLIENTS = 24
+
+
+class SourceAddressAdapter(HTTPAdapter):
+    """Binds every connection of a session to one 127.x.y.z source address."""
+
+    def __init__(self, source, **kwargs):
+        self.source = source
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args, **kwargs):
+        kwargs["source_address"] = (self.source, 0)
+        super().init_poolmanager(*args, **kwargs)
+
+
+class Client:
+    def __init__(self, url, source):
+        session = requests.Session()
+        session.mount("http://", SourceAddressAdapter(source))
+        self.source = source
+        self.inbox = queue.Queue()
+        self.sio = socketio.Client(http_session=session, reconnection=False)
+        self.sio.on("message", self.inbox.put)
+        self.sio.connect(url, transports=["polling"], wait_timeout=TIMEOUT)
+        self.node = self._whoami()
+
+    def call(self, event, data):
+        return self.sio.call(event, data, timeout=TIMEOUT)
+
+    def _whoami(self):
+        """The node serving this session: the origin of its own publish."""
+        topic = f"whoami.{uuid.uuid4().hex}"
+        assert self.call("subscribe", topic) == {"ok": True, "pattern": topic}
+        ack = self.call("publish", {"topic": topic, "content": "ping"})
+        assert ack["ok"] is True, ack
+        msg = self.inbox.get(timeout=TIMEOUT)
+        assert msg["id"] == ack["id"] and msg["topic"] == topic, msg
+        assert self.call("unsubscribe", topic) == {"ok": True, "pattern": topic}
+        return msg["node"]
+
+    def expect_only(self, id_, timeout=TIMEOUT):
+        msg = self.inbox.get(timeout=timeout)
+        assert msg["id"] == id_, msg
+        return msg
+
+    def assert_inbox_empty(self):
+        assert self.inbox.empty(), f"unexpected message: {self.inbox.get_nowait()}"
+
+
+def test_pairs_on_different_nodes_chat_over_polling(gateway_url):
+    clients = [Client(gateway_url, f"127.0.7.{i + 1}") for i in range(CLIENTS)]
+    try:
+        by_node = {}
+        for c in clients:
+            by_node.setdefault(c.node, []).append(c)
+        assert len(by_node) == 3, f"clients landed on {sorted(by_node)} only"
+
+        # Pair clients of two different nodes, round-robin over node pairs.
+        pairs = []
+        for a_node, b_node in itertools.cycle(itertools.combinations(sorted(by_node), 2)):
+            if not by_node[a_node] or not by_node[b_node]:
+                break
+            pairs.append((by_node[a_node].pop(), by_node[b_node].pop()))
+        assert len(pairs) >= 6, f"only {len(pairs)} cross-node pairs"
+
+        for k, (a, b) in enumerate(pairs):
+            topic = f"chat.py.{k}"
+            for c in (a, b):
+                assert c.call("subscribe", topic) == {"ok": True, "pattern": topic}
+
+        for k, (a, b) in enumerate(pairs):
+            topic = f"chat.py.{k}"
+            hello = a.call("publish", {"topic": topic, "content": {"text": f"hi {k}"}})
+            assert hello["ok"] is True, hello
+            got = b.expect_only(hello["id"])
+            assert got["node"] == a.node != b.node
+            assert got["content"] == {"text": f"hi {k}"}
+            assert got["senderId"] == a.sio.get_sid("/")
+            assert got["patterns"] == [topic]
+            a.expect_only(hello["id"])  # the sender is subscribed too
+
+            reply = b.call("publish", {"topic": topic, "content": f"re {k}"})
+            assert a.expect_only(reply["id"])["node"] == b.node
+            b.expect_only(reply["id"])
+
+        # Exactly once: after a settle, nothing else arrived: no duplicate, no cross-talk.
+        time.sleep(0.5)
+        for a, b in pairs:
+            a.assert_inbox_empty()
+            b.assert_inbox_empty()
+    finally:
+        for c in clients:
+            c.sio.disconnect()
+
+
+def test_errors_come_back_as_acks(gateway_url):
+    c = Client(gateway_url, "127.0.8.1")
+    try:
+        bad = c.call("subscribe", "news..eu")
+        assert bad["ok"] is False and bad["error"]["code"] == "invalid_topic", bad
+        bad = c.call("publish", {"topic": "news.*", "content": 1})
+        assert bad["ok"] is False and bad["error"]["code"] == "invalid_topic", bad
+        bad = c.call("publish", 42)
+        assert bad["ok"] is False and bad["error"]["code"] == "invalid_payload", bad
+    finally:
+        c.sio.disconnect()
