@@ -80,6 +80,52 @@ fn check_never_prints_the_inline_secret() {
 }
 
 #[test]
+fn check_accepts_a_redis_node_and_never_prints_its_password() {
+    let dir = temp_dir("redis");
+    write(&dir, "redis.password", "correct-horse\n");
+    let text = "listen = \"127.0.0.1:3001\"\nname = \"node-a\"\n[cluster]\nstandalone = false\n\
+                backend = \"redis\"\nredis_url = \"rediss://stickyio@127.0.0.1:6380/2\"\n\
+                redis_password_file = \"redis.password\"\n";
+    let path = write(&dir, "node.toml", text);
+    let output = check(&path);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let printed = String::from_utf8(output.stdout).unwrap();
+    for line in [
+        "backend = \"redis\"",
+        "redis_url = \"rediss://stickyio@127.0.0.1:6380/2\"",
+        "redis_prefix = \"stickyio\"",
+    ] {
+        assert!(
+            printed.lines().any(|l| l == line),
+            "missing {line} in\n{printed}"
+        );
+    }
+    assert!(!printed.contains("correct-horse"), "{printed}");
+
+    std::fs::remove_file(dir.join("redis.password")).unwrap();
+    let output = check(&path);
+    assert!(!output.status.success());
+    let err = stderr(&output);
+    assert!(
+        err.contains("cluster.redis_password_file") && err.contains("redis.password: cannot read"),
+        "{err}"
+    );
+
+    let path = write(
+        &dir,
+        "bad.toml",
+        &text.replace("rediss://", "redis://user:pw@"),
+    );
+    let err = stderr(&check(&path));
+    assert!(
+        err.contains("bad.toml:6:13: `cluster.redis_url`: holds a password")
+            && !err.contains("pw@"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
 fn check_rejects_bad_configs_with_file_line_column() {
     let dir = temp_dir("bad");
     let cases = [

@@ -764,13 +764,24 @@ async fn publishes_wait_for_a_silent_member_only_until_its_key_expires() {
     at_a.subscribe(&["chat.#"]).await;
     at_b.subscribe(&["chat.#"]).await;
 
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
     cluster.kill(2).await;
+    let (key, member): (bool, bool) = redis::pipe()
+        .exists("stickyio:node:node-c")
+        .sismember("stickyio:members", "node-c")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(
+        (key, member),
+        (false, false),
+        "C left the pool as it stopped"
+    );
     let id = at_a.publish("chat.room", json!("C has left")).await;
     assert_eq!(at_a.receive(1).await[0]["id"], id.as_str());
     assert_eq!(at_b.receive(1).await[0]["id"], id.as_str());
 
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
     redis::pipe()
         .cmd("SET")
         .arg("stickyio:node:node-z")

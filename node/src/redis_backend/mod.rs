@@ -34,7 +34,6 @@ use stickyio_shared::config::node::{NodeConfig, SecretError};
 use stickyio_shared::message::Publication;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::dedup::Dedup;
@@ -220,7 +219,6 @@ pub struct RedisBackend {
     shared: Arc<Shared>,
     /// Publishes waiting for Redis, in the order they were made.
     jobs: mpsc::Sender<Job>,
-    task: Mutex<Option<JoinHandle<()>>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -250,16 +248,6 @@ impl RedisBackend {
             link,
             members: membership.members(),
             name_conflict: conflict,
-        }
-    }
-
-    /// Leaves the pool and waits for the link task to end.
-    pub async fn shutdown(&self) {
-        let task = lock(&self.task).take();
-        if let Some(task) = task
-            && let Err(e) = task.await
-        {
-            tracing::warn!("the Redis link task ended abnormally: {e}");
         }
     }
 }
@@ -305,9 +293,13 @@ impl Readiness for RedisBackend {
 
 /// Plugs the Redis backend into a prepared node: the relay on its topic
 /// service, its series on `/metrics`, its link on `/readyz`, and a task that
-/// connects (and keeps reconnecting) until the node shuts down. Does not
-/// wait for Redis: a node whose Redis is down starts, not ready.
-pub fn attach(node: &Node, config: &NodeConfig) -> Result<Arc<RedisBackend>, RedisBackendError> {
+/// connects (and keeps reconnecting) until the node shuts down, then leaves
+/// the pool (the node's shutdown waits for that). Does not wait for Redis: a
+/// node whose Redis is down starts, not ready.
+pub fn attach(
+    node: &mut Node,
+    config: &NodeConfig,
+) -> Result<Arc<RedisBackend>, RedisBackendError> {
     let info = connection_info(config)?;
     if matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
         // rediss:// needs a rustls crypto provider; another part of the
@@ -326,7 +318,7 @@ pub fn attach(node: &Node, config: &NodeConfig) -> Result<Arc<RedisBackend>, Red
     let client = redis::Client::open(info).map_err(RedisBackendError::Url)?;
     let cluster = &config.cluster;
     let ttl = cluster.redis_heartbeat_ttl.get();
-    let topics = node.topics();
+    let topics = node.topics().clone();
     let shared = Arc::new(Shared {
         node: config.name.clone(),
         boot: topics.boot(),
@@ -344,17 +336,14 @@ pub fn attach(node: &Node, config: &NodeConfig) -> Result<Arc<RedisBackend>, Red
         }),
         membership: Mutex::new(Membership::new(&config.name, ttl * 2)),
         dedup: Mutex::new(Dedup::new(DEDUP_CAPACITY, DEDUP_TTL)),
-        topics: Arc::downgrade(topics),
+        topics: Arc::downgrade(&topics),
         metrics: RedisMetrics::default(),
     });
-    let task = tokio::spawn(link::run(shared.clone(), client, node.shutdown_token()));
+    let link = tokio::spawn(link::run(shared.clone(), client, node.shutdown_token()));
+    node.add_background(link);
     let (jobs, queue) = mpsc::channel(cluster.link_queue);
     tokio::spawn(publish::run(shared.clone(), queue));
-    let backend = Arc::new(RedisBackend {
-        shared,
-        jobs,
-        task: Mutex::new(Some(task)),
-    });
+    let backend = Arc::new(RedisBackend { shared, jobs });
     node.with_registry(|registry| backend.shared.metrics.register(registry));
     node.add_readiness(backend.clone());
     topics.set_relay(backend.clone());

@@ -166,13 +166,13 @@ impl Cluster {
         }
     }
 
-    fn serve(&self, i: usize, node: Node) -> RunningNode {
+    fn serve(&self, i: usize, mut node: Node) -> RunningNode {
         let config = self.config(i);
         let attached = match self.backend {
             Backend::Mesh => mesh::attach(&node, &config)
                 .map(drop)
                 .map_err(|e| e.to_string()),
-            Backend::Redis(_) => redis_backend::attach(&node, &config)
+            Backend::Redis(_) => redis_backend::attach(&mut node, &config)
                 .map(drop)
                 .map_err(|e| e.to_string()),
         };
