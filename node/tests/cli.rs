@@ -1,5 +1,9 @@
-//! The `stickyio-node` binary: `check` on good and bad configs, and serving
-//! until SIGTERM with a clean exit.
+//! The `stickyio-node` binary: `check` on good and bad configs, serving
+//! until SIGTERM with a clean exit, and reaching Redis over TLS.
+
+#[allow(dead_code)] // this binary only starts a server
+#[path = "cluster_support/redis_server.rs"]
+mod redis_server;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -7,6 +11,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use redis_server::RedisServer;
 use stickyio_shared::config::node::NodeConfig;
 
 const BIN: &str = env!("CARGO_BIN_EXE_stickyio-node");
@@ -270,5 +275,76 @@ fn serves_until_sigterm_then_exits_zero() {
     let stopped =
         std::iter::from_fn(|| rx.recv_timeout(WAIT).ok()).any(|line| line.contains("\"stopped\""));
     assert!(stopped, "no \"stopped\" log line");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// `rediss://` with a private CA, trusted through `SSL_CERT_FILE` as
+/// operators do: the node connects over TLS (rustls) and joins the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reaches_redis_over_tls() {
+    let dir = temp_dir("tls");
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &ca, &ca_key)
+        .unwrap();
+    let ca_file = write(&dir, "ca.pem", &ca.pem());
+    let cert = write(&dir, "redis.pem", &server.pem());
+    let key = write(&dir, "redis.key", &server_key.serialize_pem());
+    let tls_port = RedisServer::unused_port();
+    let tls = [
+        "--tls-port",
+        &tls_port.to_string(),
+        "--tls-cert-file",
+        &cert.display().to_string(),
+        "--tls-key-file",
+        &key.display().to_string(),
+        "--tls-auth-clients",
+        "no",
+    ]
+    .map(str::to_owned);
+    let _redis = RedisServer::start_with(tls.to_vec()).await;
+
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\nname = \"node-tls\"\n[cluster]\nstandalone = false\n\
+         backend = \"redis\"\nredis_url = \"{url}\"\n"
+    );
+    let child = Command::new(BIN)
+        .args(["--log-json", "--config"])
+        .arg(write(&dir, "node.toml", &text))
+        .env("SSL_CERT_FILE", &ca_file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = Running(child);
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            tx.send(line).ok();
+        }
+    });
+    let connected = format!("Connected to Redis at {url}");
+    // The node logs its retries for as long as TLS fails: bounded by a deadline.
+    let deadline = std::time::Instant::now() + WAIT;
+    let joined = tokio::task::spawn_blocking(move || {
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains(&connected) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        false
+    })
+    .await
+    .unwrap();
+    assert!(joined, "no \"Connected to Redis\" over TLS");
     std::fs::remove_dir_all(dir).ok();
 }

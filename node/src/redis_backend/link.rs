@@ -69,6 +69,8 @@ pub async fn run(shared: Arc<Shared>, client: Client, shutdown: CancellationToke
                 if was_up {
                     shared.metrics.reconnects.inc();
                     shared.membership().lost(Instant::now());
+                    shared.metrics.members.set(0);
+                    shared.metrics.member.clear();
                     tracing::warn!(node = %shared.node, "Lost Redis at {}: {why}", shared.url);
                 } else {
                     tracing::warn!(node = %shared.node, "Cannot use Redis at {}: {why}", shared.url);
@@ -332,5 +334,7 @@ impl Shared {
                 .set(1);
         }
         membership.update(live);
+        let conflict = membership.conflict(Instant::now()).is_some();
+        metrics.name_conflict.set(i64::from(conflict));
     }
 }

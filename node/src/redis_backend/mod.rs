@@ -239,9 +239,6 @@ impl RedisBackend {
         let now = Instant::now();
         let membership = self.shared.membership();
         let conflict = membership.conflict(now).cloned();
-        if conflict.is_none() {
-            self.shared.metrics.name_conflict.set(0);
-        }
         RedisStatus {
             ready: link.state == LinkState::Up && conflict.is_none(),
             url: self.shared.url.clone(),

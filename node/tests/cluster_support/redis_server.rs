@@ -15,6 +15,8 @@ const STARTUP: Duration = Duration::from_secs(10);
 
 pub struct RedisServer {
     port: u16,
+    /// Arguments beyond port and persistence, e.g. a TLS listener.
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -22,9 +24,18 @@ impl RedisServer {
     /// Starts redis-server on a free port of 127.0.0.1. Fails the test when
     /// the binary is missing: scripts/test.sh installs it.
     pub async fn start() -> RedisServer {
+        RedisServer::start_with(Vec::new()).await
+    }
+
+    /// Starts redis-server with `extra` arguments, e.g. a TLS listener.
+    pub async fn start_with(extra: Vec<String>) -> RedisServer {
         for _ in 0..5 {
             let port = free_port();
-            let mut server = RedisServer { port, child: None };
+            let mut server = RedisServer {
+                port,
+                extra: extra.clone(),
+                child: None,
+            };
             if server.launch().await {
                 return server;
             }
@@ -33,13 +44,18 @@ impl RedisServer {
     }
 
     /// A port with nothing listening, for a node whose Redis is not there
-    /// yet; [`RedisServer::start_on`] can start one on it later.
+    /// yet ([`RedisServer::start_on`] can start one on it later), or for
+    /// another listener of one.
     pub fn unused_port() -> u16 {
         free_port()
     }
 
     pub async fn start_on(port: u16) -> RedisServer {
-        let mut server = RedisServer { port, child: None };
+        let mut server = RedisServer {
+            port,
+            extra: Vec::new(),
+            child: None,
+        };
         assert!(
             server.launch().await,
             "redis-server did not start on port {port}"
@@ -92,6 +108,7 @@ impl RedisServer {
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .args(["--dir", &std::env::temp_dir().display().to_string()])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
