@@ -43,6 +43,21 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// Runs `check` on a config that must pass, asserts that what it printed
+/// holds each of `lines`, and returns it.
+fn check_prints(config: &Path, lines: &[&str]) -> String {
+    let output = check(config);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let printed = String::from_utf8(output.stdout).unwrap();
+    for line in lines {
+        assert!(
+            printed.lines().any(|l| l == *line),
+            "missing {line} in\n{printed}"
+        );
+    }
+    printed
+}
+
 #[test]
 fn check_prints_the_effective_config_with_defaults() {
     let dir = temp_dir("good");
@@ -51,21 +66,16 @@ fn check_prints_the_effective_config_with_defaults() {
         "node.toml",
         "listen = \"127.0.0.1:3001\"\nname = \"node-a\"\n",
     );
-    let output = check(&path);
-    assert!(output.status.success(), "{}", stderr(&output));
-    let printed = String::from_utf8(output.stdout).unwrap();
-    for line in [
-        "listen = \"127.0.0.1:3001\"",
-        "ping_interval = \"25s\"",
-        "max_message_bytes = 65536",
-        "[cluster]",
-        "standalone = true",
-    ] {
-        assert!(
-            printed.lines().any(|l| l == line),
-            "missing {line} in\n{printed}"
-        );
-    }
+    let printed = check_prints(
+        &path,
+        &[
+            "listen = \"127.0.0.1:3001\"",
+            "ping_interval = \"25s\"",
+            "max_message_bytes = 65536",
+            "[cluster]",
+            "standalone = true",
+        ],
+    );
     let reparsed: NodeConfig = stickyio_shared::config::parse(&printed, "printed").unwrap();
     assert_eq!(reparsed, NodeConfig::load(&path).unwrap());
     std::fs::remove_dir_all(dir).ok();
@@ -92,19 +102,14 @@ fn check_accepts_a_redis_node_and_never_prints_its_password() {
                 backend = \"redis\"\nredis_url = \"rediss://stickyio@127.0.0.1:6380/2\"\n\
                 redis_password_file = \"redis.password\"\n";
     let path = write(&dir, "node.toml", text);
-    let output = check(&path);
-    assert!(output.status.success(), "{}", stderr(&output));
-    let printed = String::from_utf8(output.stdout).unwrap();
-    for line in [
-        "backend = \"redis\"",
-        "redis_url = \"rediss://stickyio@127.0.0.1:6380/2\"",
-        "redis_prefix = \"stickyio\"",
-    ] {
-        assert!(
-            printed.lines().any(|l| l == line),
-            "missing {line} in\n{printed}"
-        );
-    }
+    let printed = check_prints(
+        &path,
+        &[
+            "backend = \"redis\"",
+            "redis_url = \"rediss://stickyio@127.0.0.1:6380/2\"",
+            "redis_prefix = \"stickyio\"",
+        ],
+    );
     assert!(!printed.contains("correct-horse"), "{printed}");
 
     std::fs::remove_file(dir.join("redis.password")).unwrap();
@@ -196,6 +201,28 @@ fn check_reports_missing_files() {
 /// Kills the child if a test fails before it exits by itself.
 struct Running(Child);
 
+/// Starts `stickyio-node --log-json --config <config>` with `envs`; its log
+/// lines arrive on the returned channel.
+fn spawn_logged(config: &Path, envs: &[(&str, String)]) -> (Running, mpsc::Receiver<String>) {
+    let child = Command::new(BIN)
+        .args(["--log-json", "--config"])
+        .arg(config)
+        .envs(envs.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cannot run stickyio-node");
+    let mut child = Running(child);
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            tx.send(line).ok();
+        }
+    });
+    (child, rx)
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         self.0.kill().ok();
@@ -226,24 +253,9 @@ fn serves_until_sigterm_then_exits_zero() {
         "node.toml",
         "listen = \"127.0.0.1:0\"\nname = \"node-z\"\n",
     );
-    let child = Command::new(BIN)
-        .args(["--log-json", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("cannot run stickyio-node");
-    let mut child = Running(child);
+    let (mut child, rx) = spawn_logged(&path, &[("RUST_LOG", "info".to_owned())]);
 
     // The JSON log line "listening" carries the bound address.
-    let stdout = child.0.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            tx.send(line).ok();
-        }
-    });
     let addr = loop {
         let line = rx.recv_timeout(WAIT).expect("no \"listening\" log line");
         let event: serde_json::Value = serde_json::from_str(&line).expect("log lines are JSON");
@@ -314,22 +326,10 @@ async fn a_node_reaches_redis_over_tls() {
         "listen = \"127.0.0.1:0\"\nname = \"node-tls\"\n[cluster]\nstandalone = false\n\
          backend = \"redis\"\nredis_url = \"{url}\"\n"
     );
-    let child = Command::new(BIN)
-        .args(["--log-json", "--config"])
-        .arg(write(&dir, "node.toml", &text))
-        .env("SSL_CERT_FILE", &ca_file)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut child = Running(child);
-    let stdout = child.0.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            tx.send(line).ok();
-        }
-    });
+    let (_child, rx) = spawn_logged(
+        &write(&dir, "node.toml", &text),
+        &[("SSL_CERT_FILE", ca_file.display().to_string())],
+    );
     let connected = format!("Connected to Redis at {url}");
     // The node logs its retries for as long as TLS fails: bounded by a deadline.
     let deadline = std::time::Instant::now() + WAIT;
