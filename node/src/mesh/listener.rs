@@ -19,10 +19,10 @@ use socketioxide::extract::{Data, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 use stickyio_shared::message::Publication;
 use stickyio_shared::relay;
-
-use super::dedup::{Dedup, Key};
-use super::metrics::{MeshMetrics, OriginLabels};
 use stickyio_shared::secret::Secret;
+
+use super::metrics::{MeshMetrics, OriginLabels};
+use crate::dedup::{Dedup, Key};
 
 /// The namespace peers link to.
 pub const NAMESPACE: &str = "/cluster";
