@@ -297,14 +297,16 @@ impl LoadClient {
         seq: &mut usize,
         stop: &CancellationToken,
     ) -> Result<(), Broken> {
-        let (tx, mut polls) = tokio::sync::mpsc::channel(16);
+        // Unbounded: the poller never waits for this loop, so a ping is
+        // answered as soon as it arrives, as a socket.io transport does.
+        let (tx, mut polls) = tokio::sync::mpsc::unbounded_channel();
         let poller = tokio::spawn({
             let conn = conn.clone();
             async move {
                 loop {
                     let polled = conn.poll().await;
                     let failed = polled.is_err();
-                    if tx.send(polled).await.is_err() || failed {
+                    if tx.send(polled).is_err() || failed {
                         return;
                     }
                 }
