@@ -18,6 +18,21 @@ for path in sorted(glob.glob(os.path.join(out, "raw", "w*--*--r*.json"))):
         runs.setdefault(workload, {}).setdefault(setup, []).append(json.load(f))
 
 
+names = {}
+pids_file = os.path.join(out, "pids.txt")
+if os.path.exists(pids_file):
+    with open(pids_file) as f:
+        names = dict(line.split() for line in f if line.strip())
+
+
+def cpu_by_name(reports):
+    by = {}
+    for r in reports:
+        for pid, cores in r["extra"].get("cpu", {}).get("cores_by_pid", {}).items():
+            by.setdefault(names.get(pid, pid), []).append(cores)
+    return {n: round(statistics.fmean(v), 2) for n, v in by.items()}
+
+
 def mean(values):
     return statistics.fmean(values) if values else 0.0
 
@@ -42,6 +57,9 @@ def summary(reports):
         "publishes_per_s": extra("publishes_per_s"),
         "loss": sum(r["extra"].get("loss", 0) for r in reports),
         "duplicates": sum(r["extra"].get("duplicates", 0) for r in reports),
+        "cpu_cores_by_process": cpu_by_name(reports),
+        "cpu_cores_setup": mean([sum(r["extra"].get("cpu", {}).get("cores_by_pid", {}).values()) for r in reports]),
+        "cpu_cores_loadgen": mean([r["extra"].get("cpu", {}).get("loadgen_cores", 0) for r in reports]),
     }
 
 
@@ -111,6 +129,11 @@ with open(os.path.join(out, "results.json"), "w") as f:
     json.dump(result, f, indent=2)
 
 ms = lambda us: f"{us / 1000:.2f}"
+
+
+def cpu(v):
+    parts = ", ".join(f"{n} {c}" for n, c in sorted(v["cpu_cores_by_process"].items()))
+    return f"{v['cpu_cores_setup']:.2f} ({parts}) / {v['cpu_cores_loadgen']:.2f}"
 lines = [f"# Benchmark results ({versions['started']})", "",
          f"{versions['nproc']} cores, {versions['memory']} memory, kernel {versions['kernel']}, "
          f"open files {versions['open_files_limit']}; window {versions['duration']} after {versions['warmup']} warm-up, "
@@ -120,11 +143,11 @@ names = {"w1-polling": "W1 polling round trip (200 clients)", "w2-websocket": "W
 for w, title in names.items():
     if w not in table:
         continue
-    lines += [f"## {title}", "", "| setup | rate/s | per round | p50 ms | p99 ms | errors | 400 sid unknown |",
-              "|---|---:|---|---:|---:|---:|---:|"]
+    lines += [f"## {title}", "", "| setup | rate/s | per round | p50 ms | p99 ms | errors | 400 sid unknown | CPU cores: setup (by process) / loadgen |",
+              "|---|---:|---|---:|---:|---:|---:|---|"]
     for s, v in table[w].items():
         lines.append(f"| {s} | {v['rate_per_s']:.0f} | {v['rate_per_round']} | {ms(v['p50_us'])} | {ms(v['p99_us'])} "
-                     f"| {v['errors']} | {v['session_id_unknown']} |")
+                     f"| {v['errors']} | {v['session_id_unknown']} | {cpu(v)} |")
     lines.append("")
 if "w4-idle" in table:
     lines += ["## W4 idle sessions (6,000 websocket + 1,500 polling)", "",
@@ -135,11 +158,11 @@ if "w4-idle" in table:
     lines.append("")
 if "w5-fanout" in table:
     lines += ["## W5 cluster fan-out (300 subscribers, 3 publishers, websocket)", "",
-              "| setup | deliveries/s | per round | publishes/s | p50 ms | p99 ms | loss | duplicates | errors |",
-              "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+              "| setup | deliveries/s | per round | publishes/s | p50 ms | p99 ms | loss | duplicates | errors | CPU cores: setup (by process) / loadgen |",
+              "|---|---:|---|---:|---:|---:|---:|---:|---:|---|"]
     for s, v in table["w5-fanout"].items():
         lines.append(f"| {s} | {v['rate_per_s']:.0f} | {v['rate_per_round']} | {v['publishes_per_s']:.0f} | {ms(v['p50_us'])} "
-                     f"| {ms(v['p99_us'])} | {v['loss']} | {v['duplicates']} | {v['errors']} |")
+                     f"| {ms(v['p99_us'])} | {v['loss']} | {v['duplicates']} | {v['errors']} | {cpu(v)} |")
     lines.append("")
 lines += ["## Ratios (stickyio ÷ baseline; rate > 1 is faster, p99 and bytes < 1 are better)", "",
           "| workload | versus | rate | p99 | bytes/session |", "|---|---|---:|---:|---:|"]

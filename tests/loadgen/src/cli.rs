@@ -55,9 +55,6 @@ pub enum Command {
         websockets: usize,
         #[arg(long, default_value_t = 1500)]
         polling: usize,
-        /// Process whose resident memory is measured (with its children); repeatable.
-        #[arg(long = "pid")]
-        pids: Vec<u32>,
     },
     /// W5: subscribers and one publisher per target on one topic.
     Fanout {
@@ -102,6 +99,10 @@ pub struct Common {
     /// Sessions opened at once during setup.
     #[arg(long, default_value_t = 100)]
     pub open_concurrency: usize,
+    /// A process under test (with its children): its CPU over the window,
+    /// and for `idle` its resident memory, go in the report. Repeatable.
+    #[arg(long = "pid")]
+    pub pids: Vec<u32>,
 }
 
 impl Common {
@@ -115,6 +116,7 @@ impl Common {
             warmup: self.warmup,
             duration: self.duration,
             open_concurrency: self.open_concurrency,
+            pids: self.pids.clone(),
         }
     }
 }
@@ -136,8 +138,7 @@ pub async fn run(cli: &Cli) -> Result<Report, CliError> {
             common,
             websockets,
             polling,
-            pids,
-        } => idle::run(&checked(common)?, *websockets, *polling, pids).await,
+        } => idle::run(&checked(common)?, *websockets, *polling).await,
         Command::Fanout {
             common,
             subscribers,

@@ -9,11 +9,13 @@
 //! - [`protocol`]: Engine.IO and Socket.IO packet text.
 //! - [`session`]: one client session over polling, websocket or polling
 //!   with upgrade.
+//! - [`procfs`]: memory and CPU of the processes under test.
 //! - [`report`]: latency histograms, errors by kind, the JSON report.
 //! - [`workloads`]: round trip (W1/W2), churn (W3), idle (W4), fan-out (W5).
 //! - [`cli`]: the command line.
 
 pub mod cli;
+pub mod procfs;
 pub mod protocol;
 pub mod report;
 pub mod session;

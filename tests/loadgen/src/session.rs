@@ -212,15 +212,78 @@ async fn step<F: std::future::Future>(
         .map_err(|_| Failure::Timeout(what))
 }
 
-/// One request; the body of a 200, or the failure (a 400 with
-/// `Session ID unknown` counted on its own).
+/// One HTTP/1.1 connection of a client, reopened from the same source
+/// address when the server closed it: `@socket.io/sticky` (the Node.js
+/// baseline) answers every request with `Connection: close`, as browsers
+/// cope with too.
+struct HttpLink {
+    target: Target,
+    source: Ipv4Addr,
+    connection: Option<(HttpSender, JoinHandle<()>)>,
+}
+
+impl Drop for HttpLink {
+    fn drop(&mut self) {
+        self.disconnect();
+    }
+}
+
+impl HttpLink {
+    fn new(target: &Target, source: Ipv4Addr) -> Self {
+        HttpLink {
+            target: target.clone(),
+            source,
+            connection: None,
+        }
+    }
+
+    fn disconnect(&mut self) {
+        if let Some((_, driver)) = self.connection.take() {
+            driver.abort();
+        }
+    }
+
+    /// The body of a 200 to `uri` (a POST of `post` if any), within `within`.
+    async fn request(
+        &mut self,
+        uri: String,
+        post: Option<String>,
+        within: Duration,
+    ) -> Result<String, Failure> {
+        if self
+            .connection
+            .as_ref()
+            .is_none_or(|(sender, _)| sender.is_closed())
+        {
+            self.disconnect();
+            self.connection = Some(http_connection(&self.target, self.source).await?);
+        }
+        let Some((sender, _)) = self.connection.as_mut() else {
+            return Err(Failure::Closed);
+        };
+        match exchange(sender, &self.target, uri, post, within).await {
+            Ok((body, true)) => Ok(body),
+            Ok((body, false)) => {
+                self.disconnect();
+                Ok(body)
+            }
+            Err(failure) => {
+                self.disconnect();
+                Err(failure)
+            }
+        }
+    }
+}
+
+/// One request; the body of a 200 and whether the connection stays open,
+/// or the failure (a 400 with `Session ID unknown` counted on its own).
 async fn exchange(
     sender: &mut HttpSender,
     target: &Target,
     uri: String,
     post: Option<String>,
     within: Duration,
-) -> Result<String, Failure> {
+) -> Result<(String, bool), Failure> {
     let mut builder = Request::builder()
         .uri(uri)
         .header(header::HOST, target.addr.to_string());
@@ -246,6 +309,10 @@ async fn exchange(
             .await
             .map_err(|e| Failure::Http(e.to_string()))?;
         let status = response.status();
+        let keep_alive = !response
+            .headers()
+            .get(header::CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
         let body = response
             .into_body()
             .collect()
@@ -254,7 +321,7 @@ async fn exchange(
             .to_bytes();
         let text = String::from_utf8_lossy(&body).into_owned();
         if status == StatusCode::OK {
-            Ok(text)
+            Ok((text, keep_alive))
         } else if status == StatusCode::BAD_REQUEST && text.contains("Session ID unknown") {
             Err(Failure::SessionIdUnknown)
         } else {
@@ -331,15 +398,10 @@ async fn open_polling(
     source: Ipv4Addr,
     upgrade: bool,
 ) -> Result<Session, Failure> {
-    let (mut get, get_driver) = http_connection(target, source).await?;
-    let open = exchange(
-        &mut get,
-        target,
-        target.uri("polling", None),
-        None,
-        target.timeout,
-    )
-    .await?;
+    let mut get = HttpLink::new(target, source);
+    let open = get
+        .request(target.uri("polling", None), None, target.timeout)
+        .await?;
     let first = open.split(RECORD_SEPARATOR).next().unwrap_or_default();
     let handshake = match parse_engine(first) {
         Ok(EnginePacket::Open(json)) => {
@@ -353,14 +415,13 @@ async fn open_polling(
     };
     let sid = handshake.sid;
     // The connect request goes on the same connection, before any long poll.
-    let ok = exchange(
-        &mut get,
-        target,
-        target.uri("polling", Some(&sid)),
-        Some("40".into()),
-        target.timeout,
-    )
-    .await?;
+    let ok = get
+        .request(
+            target.uri("polling", Some(&sid)),
+            Some("40".into()),
+            target.timeout,
+        )
+        .await?;
     if ok != "ok" {
         return Err(Failure::Protocol(format!("connect POST answered {ok:.80}")));
     }
@@ -371,14 +432,9 @@ async fn open_polling(
     let mut early = Vec::new();
     'connect: loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let payload = exchange(
-            &mut get,
-            target,
-            target.uri("polling", Some(&sid)),
-            None,
-            left,
-        )
-        .await?;
+        let payload = get
+            .request(target.uri("polling", Some(&sid)), None, left)
+            .await?;
         if !dispatch(&payload, &out_tx, &in_tx)? {
             return Err(Failure::Closed);
         }
@@ -393,22 +449,19 @@ async fn open_polling(
     }
     if upgrade {
         drop(get);
-        get_driver.abort();
         return upgrade_to_websocket(target, source, sid, out_tx, out_rx, in_tx, in_rx).await;
     }
     let long_poll =
         Duration::from_millis(handshake.ping_interval + handshake.ping_timeout) + target.timeout;
     let reader = tokio::spawn(poll_loop(
         get,
-        target.clone(),
         sid.clone(),
         long_poll,
         out_tx.clone(),
         in_tx.clone(),
     ));
     let writer = tokio::spawn(post_loop(
-        target.clone(),
-        source,
+        HttpLink::new(target, source),
         sid.clone(),
         out_rx,
         in_tx,
@@ -417,29 +470,24 @@ async fn open_polling(
         sid,
         out: out_tx,
         incoming: in_rx,
-        tasks: vec![get_driver, reader, writer],
+        tasks: vec![reader, writer],
         timeout: target.timeout,
     })
 }
 
 async fn poll_loop(
-    mut get: HttpSender,
-    target: Target,
+    mut get: HttpLink,
     sid: String,
     long_poll: Duration,
     out: mpsc::UnboundedSender<Outgoing>,
     incoming: mpsc::UnboundedSender<Result<SocketPacket, Failure>>,
 ) {
+    let uri = get.target.uri("polling", Some(&sid));
     loop {
-        let result = exchange(
-            &mut get,
-            &target,
-            target.uri("polling", Some(&sid)),
-            None,
-            long_poll,
-        )
-        .await
-        .and_then(|payload| dispatch(&payload, &out, &incoming));
+        let result = get
+            .request(uri.clone(), None, long_poll)
+            .await
+            .and_then(|payload| dispatch(&payload, &out, &incoming));
         match result {
             Ok(true) => {}
             Ok(false) => {
@@ -457,13 +505,13 @@ async fn poll_loop(
 /// Sends queued packets as POSTs on a second connection (opened on first
 /// use), batching whatever queued up while the previous POST was out.
 async fn post_loop(
-    target: Target,
-    source: Ipv4Addr,
+    mut post: HttpLink,
     sid: String,
     mut out: mpsc::UnboundedReceiver<Outgoing>,
     incoming: mpsc::UnboundedSender<Result<SocketPacket, Failure>>,
 ) {
-    let mut connection: Option<(HttpSender, JoinHandle<()>)> = None;
+    let uri = post.target.uri("polling", Some(&sid));
+    let timeout = post.target.timeout;
     while let Some(first) = out.recv().await {
         let mut batch = Vec::new();
         let mut closing = None;
@@ -480,38 +528,18 @@ async fn post_loop(
             item = out.try_recv().ok();
         }
         let body = batch.join(&RECORD_SEPARATOR.to_string());
-        let result = async {
-            if connection.is_none() {
-                connection = Some(http_connection(&target, source).await?);
-            }
-            let Some((sender, _)) = connection.as_mut() else {
-                return Err(Failure::Closed);
-            };
-            exchange(
-                sender,
-                &target,
-                target.uri("polling", Some(&sid)),
-                Some(body),
-                target.timeout,
-            )
-            .await
-        }
-        .await;
-        match result {
+        match post.request(uri.clone(), Some(body), timeout).await {
             Ok(_) => {
                 if let Some(done) = closing {
                     let _ = done.send(());
-                    break;
+                    return;
                 }
             }
             Err(failure) => {
                 let _ = incoming.send(Err(failure));
-                break;
+                return;
             }
         }
-    }
-    if let Some((_, driver)) = connection {
-        driver.abort();
     }
 }
 
@@ -706,15 +734,9 @@ mod tests {
     }
 
     async fn get(target: &Target) -> Result<String, Failure> {
-        let (mut sender, _driver) = http_connection(target, "127.0.0.1".parse().unwrap()).await?;
-        exchange(
-            &mut sender,
-            target,
-            target.uri("polling", Some("x")),
-            None,
-            target.timeout,
-        )
-        .await
+        let mut link = HttpLink::new(target, "127.0.0.1".parse().unwrap());
+        link.request(target.uri("polling", Some("x")), None, target.timeout)
+            .await
     }
 
     #[tokio::test]

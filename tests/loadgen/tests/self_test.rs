@@ -78,6 +78,7 @@ impl Setup {
             warmup: Duration::from_millis(100),
             duration: Duration::from_millis(500),
             open_concurrency: 20,
+            pids: vec![std::process::id()],
         }
     }
 
@@ -127,7 +128,7 @@ async fn every_workload_runs_clean_through_the_gateway() {
 
         let mut run = setup.run(gateway.clone(), 30);
         run.duration = Duration::from_millis(300);
-        let report = idle::run(&run, 20, 10, &[std::process::id()]).await;
+        let report = idle::run(&run, 20, 10).await;
         assert_eq!(report.errors.total, 0, "{:?}", report.errors);
         assert_eq!(report.extra["sessions_opened"], 30);
         assert_eq!(report.extra["sessions_alive_after_hold"], 30);

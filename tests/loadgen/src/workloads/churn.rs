@@ -8,12 +8,14 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use super::{Run, Window};
+use crate::procfs;
 use crate::report::{Errors, Latency, Report};
 use crate::session::{Session, Transport};
 
 pub async fn run(run: &Run, workers: usize, transport: Transport) -> Report {
     let errors = Errors::default();
     let window = Window::after_warmup(run);
+    let cpu = procfs::cpu_over(window, run.pids.clone());
     let handles: Vec<_> = (0..workers)
         .map(|i| tokio::spawn(worker(run.clone(), i, transport, window, errors.clone())))
         .collect();
@@ -37,7 +39,10 @@ pub async fn run(run: &Run, workers: usize, transport: Transport) -> Report {
         rate_per_s: ops as f64 / run.duration.as_secs_f64(),
         latency_us: latency.summary(),
         errors: errors.summary(),
-        extra: BTreeMap::from([("workers", json!(workers))]),
+        extra: BTreeMap::from([
+            ("workers", json!(workers)),
+            ("cpu", json!(cpu.await.unwrap_or_default())),
+        ]),
     }
 }
 

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{Run, Window, epoch_micros, open_all};
+use crate::procfs;
 use crate::protocol::{self, SocketPacket};
 use crate::report::{Errors, Failure, Latency, Report};
 use crate::session::{Session, Transport};
@@ -78,6 +79,7 @@ pub async fn run(run: &Run, shape: Shape) -> Report {
 
     let window = Window::after_warmup(run);
     let epoch = EpochWindow::of(&window);
+    let cpu = procfs::cpu_over(window, run.pids.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut subscribers = Vec::new();
     let mut progress = Vec::new();
@@ -145,6 +147,7 @@ pub async fn run(run: &Run, shape: Shape) -> Report {
         ("received_deliveries", json!(received)),
         ("loss", json!(loss)),
         ("duplicates", json!(duplicates)),
+        ("cpu", json!(cpu.await.unwrap_or_default())),
     ]);
     Report {
         workload: "fanout",
@@ -190,7 +193,9 @@ fn stamp(args: &[Value]) -> Option<(usize, u64, u64)> {
     ))
 }
 
-/// Publishes until the window ends; returns how many it published.
+/// Publishes until the window ends, then waits (at most [`DRAIN`]) until
+/// its own messages have come back, so none is still queued in the session
+/// when it closes. Returns how many it published.
 async fn publisher(
     session: Option<Session>,
     p: usize,
@@ -201,10 +206,13 @@ async fn publisher(
     let Some(mut session) = session else {
         return 0;
     };
+    let drain_end = window.end + DRAIN;
     let mut sent = 0u64;
     let mut delivered_back = 0u64;
-    while Instant::now() < window.end {
-        if sent - delivered_back < window_size {
+    loop {
+        let now = Instant::now();
+        let publishing = now < window.end;
+        if publishing && sent - delivered_back < window_size {
             sent += 1;
             let publish = json!({
                 "topic": TOPIC,
@@ -216,8 +224,11 @@ async fn publisher(
             }
             continue;
         }
-        let left = window.end.saturating_duration_since(Instant::now());
-        match session.recv_within(left.min(session_timeout())).await {
+        if (!publishing && delivered_back >= sent) || now >= drain_end {
+            break;
+        }
+        let until = if publishing { window.end } else { drain_end };
+        match session.recv_within(until - now).await {
             Ok(SocketPacket::Ack { args, .. }) => {
                 if args.first().and_then(|a| a.get("ok")) != Some(&Value::Bool(true)) {
                     errors.count(&Failure::Refused(format!("publish: {args:?}")));
@@ -229,7 +240,7 @@ async fn publisher(
                 }
             }
             Ok(other) => errors.count(&Failure::Unexpected(format!("{other:?}"))),
-            Err(Failure::Timeout(_)) if Instant::now() >= window.end => break,
+            Err(Failure::Timeout(_)) => {}
             Err(failure) => {
                 errors.count(&failure);
                 break;
@@ -237,11 +248,6 @@ async fn publisher(
         }
     }
     sent
-}
-
-/// Longest a publisher waits for its own message before calling it lost.
-fn session_timeout() -> Duration {
-    Duration::from_secs(10)
 }
 
 struct Received {

@@ -9,15 +9,17 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::{Run, open_all};
+use super::{Run, Window, open_all};
+use crate::procfs::{self, rss_kib};
 use crate::report::{Errors, Failure, Latency, Report};
 use crate::session::{Session, Transport};
 
 /// Time for the processes to settle after the last session opened.
 const SETTLE: Duration = Duration::from_secs(2);
 
-pub async fn run(run: &Run, websockets: usize, polling: usize, pids: &[u32]) -> Report {
+pub async fn run(run: &Run, websockets: usize, polling: usize) -> Report {
     let errors = Errors::default();
+    let pids = &run.pids;
     let before = rss_kib(pids);
     let total = websockets + polling;
     let opening = Instant::now();
@@ -45,7 +47,13 @@ pub async fn run(run: &Run, websockets: usize, polling: usize, pids: &[u32]) -> 
     }
     tokio::time::sleep(SETTLE).await;
     let settled = rss_kib(pids);
-    tokio::time::sleep(run.duration).await;
+    let hold = Window::after_warmup(&Run {
+        warmup: Duration::ZERO,
+        ..run.clone()
+    });
+    let cpu = procfs::cpu_over(hold, pids.clone())
+        .await
+        .unwrap_or_default();
     let after_hold = rss_kib(pids);
     // A session the server dropped while held has a failure queued.
     let mut alive = 0usize;
@@ -74,6 +82,7 @@ pub async fn run(run: &Run, websockets: usize, polling: usize, pids: &[u32]) -> 
         ("rss_before_kib", json!(before)),
         ("rss_held_kib", json!(held_kib)),
         ("bytes_per_session", json!(per_session)),
+        ("cpu", json!(cpu)),
     ]);
     Report {
         workload: "idle",
@@ -89,49 +98,5 @@ pub async fn run(run: &Run, websockets: usize, polling: usize, pids: &[u32]) -> 
         latency_us: latency.summary(),
         errors: errors.summary(),
         extra,
-    }
-}
-
-/// Sum of `VmRSS` over `pids` and their children (nginx workers), in KiB;
-/// a process that is gone counts 0.
-pub fn rss_kib(pids: &[u32]) -> u64 {
-    let mut all: Vec<u32> = pids.to_vec();
-    for &pid in pids {
-        all.extend(children(pid));
-    }
-    all.sort_unstable();
-    all.dedup();
-    all.iter().map(|&pid| vm_rss(pid).unwrap_or(0)).sum()
-}
-
-fn vm_rss(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn children(pid: u32) -> Vec<u32> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .flatten()
-        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
-        .flat_map(|text| {
-            text.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect::<Vec<u32>>()
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn own_rss_is_positive_and_a_missing_pid_counts_zero() {
-        assert!(rss_kib(&[std::process::id()]) > 0);
-        assert_eq!(rss_kib(&[u32::MAX]), 0);
     }
 }

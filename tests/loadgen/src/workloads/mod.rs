@@ -37,6 +37,8 @@ pub struct Run {
     pub duration: Duration,
     /// Sessions being opened at once while setting up.
     pub open_concurrency: usize,
+    /// Processes under test, whose CPU (and for W4 memory) is reported.
+    pub pids: Vec<u32>,
 }
 
 impl Run {

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::{Run, Window, open_all};
+use crate::procfs;
 use crate::protocol::{self, SocketPacket};
 use crate::report::{Errors, Failure, Latency, Report};
 use crate::session::{Session, Transport};
@@ -25,6 +26,7 @@ pub async fn run(run: &Run, clients: usize, transport: Transport) -> Report {
     .await;
     let opened = sessions.iter().filter(|s| s.is_some()).count();
     let window = Window::after_warmup(run);
+    let cpu = procfs::cpu_over(window, run.pids.clone());
     let mut handles = Vec::with_capacity(clients);
     for (i, session) in sessions.into_iter().enumerate() {
         handles.push(tokio::spawn(client(
@@ -45,6 +47,7 @@ pub async fn run(run: &Run, clients: usize, transport: Transport) -> Report {
     let ops = latency.count();
     let mut extra = BTreeMap::new();
     extra.insert("sessions_opened", json!(opened));
+    extra.insert("cpu", json!(cpu.await.unwrap_or_default()));
     Report {
         workload: "roundtrip",
         label: run.label.clone(),
