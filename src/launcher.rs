@@ -4,10 +4,11 @@
 //! shutdown the gateway stops first so no request reaches a closing node.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use stickyio_gateway::{Gateway, RunningGateway, StartError};
 use stickyio_node::server::{Node, NodeError, RunningNode};
+use stickyio_shared::placement::{ClientKey, rank};
 
 use crate::topology::Topology;
 
@@ -104,8 +105,33 @@ impl LocalCluster {
                 node.local_addr()
             );
         }
+        if let Some(tip) = self.demo_tip() {
+            let _ = writeln!(s, "{tip}");
+        }
         let _ = write!(s, "Ctrl-C stops everything.");
         s
+    }
+
+    /// A browser here reaches the gateway from 127.0.0.1, so every tab it
+    /// opens there lands on one node. Name that node, and a second node to
+    /// open directly, so two tabs on two nodes can chat over the mesh.
+    fn demo_tip(&self) -> Option<String> {
+        let gateway = &self.topology.gateway;
+        let key = ClientKey::new(
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            gateway.ipv4_prefix,
+            gateway.ipv6_prefix,
+        );
+        let ranked = rank(&key, &gateway.nodes, |n| (n.name.as_str(), n.weight));
+        let yours = ranked.first()?;
+        let other = self.nodes.iter().find(|n| n.config().name != yours.name)?;
+        Some(format!(
+            "Demo: http://{}/ lands on {} from this machine; open http://{}/ ({}) in a second tab and chat across nodes.",
+            self.public_addr(),
+            yours.name,
+            other.local_addr(),
+            other.config().name
+        ))
     }
 
     /// Gateway first, then the nodes, each gracefully.

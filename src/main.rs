@@ -30,7 +30,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    stickyio_node::cli::init_logging(cli.log_json);
+    stickyio_shared::logging::init(cli.log_json);
     let topology = Topology::resolve(&Options {
         config_dir: cli.config_dir,
         nodes: cli.nodes,

@@ -31,24 +31,6 @@ pub enum Command {
     Check,
 }
 
-/// Installs the `tracing` subscriber: `RUST_LOG` filter (default `info`),
-/// text or JSON lines.
-pub fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let installed = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
-    if let Err(e) = installed {
-        eprintln!("stickyio-gateway: logging not installed: {e}");
-    }
-}
-
 /// Runs the command line; the error is printed by `main`.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {

@@ -6,7 +6,7 @@ use stickyio_gateway::cli::{self, Cli};
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    cli::init_logging(cli.log_json);
+    stickyio_shared::logging::init(cli.log_json);
     match cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -133,10 +133,18 @@ async fn forward(
                     "cannot connect to {} ({}): {e}",
                     upstream.name, upstream.addr
                 );
-                if retryable && attempt + 1 < route.candidates.len() {
+                if !retryable {
+                    // The body went with the attempt: it cannot be sent again.
+                    return body::error(
+                        StatusCode::BAD_GATEWAY,
+                        "node_unreachable",
+                        last_error,
+                        json!({ "node": upstream.name }),
+                    );
+                }
+                if attempt + 1 < route.candidates.len() {
                     continue;
                 }
-                break;
             }
             Ok(Err(e)) if limits::is_body_too_large(&e) => {
                 state.metrics.rejected("body_too_large");
@@ -161,20 +169,11 @@ async fn forward(
             }
         }
     }
-    unreachable(state, pinned, last_error)
+    unreachable(state, last_error)
 }
 
-/// Every candidate refused the connection: 502 for a pinned session (its
-/// node is gone), 503 for placement (no node can take the client now).
-pub fn unreachable(state: &State, pinned: bool, last_error: String) -> Response<Body> {
-    if pinned {
-        return body::error(
-            StatusCode::BAD_GATEWAY,
-            "node_unreachable",
-            last_error,
-            json!({}),
-        );
-    }
+/// Every candidate refused the connection: no node can take the client now.
+pub fn unreachable(state: &State, last_error: String) -> Response<Body> {
     state.metrics.rejected("no_healthy_node");
     body::error(
         StatusCode::SERVICE_UNAVAILABLE,

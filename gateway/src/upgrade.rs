@@ -65,28 +65,16 @@ pub async fn handle(
         .to_owned();
 
     let pinned = route.reason == Reason::Pinned;
+    let idle = state.snapshot().config.limits.idle_timeout.get();
     let mut last_error = String::new();
     for upstream in &route.candidates {
-        let stream =
-            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(upstream.addr.as_str()))
-                .await
-            {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    last_error = connect_failed(upstream, &e.to_string());
-                    if pinned {
-                        break;
-                    }
-                    continue;
-                }
-                Err(_) => {
-                    last_error = connect_failed(upstream, "connect timed out");
-                    if pinned {
-                        break;
-                    }
-                    continue;
-                }
-            };
+        let stream = match connect(upstream).await {
+            Ok(stream) => stream,
+            Err(why) => {
+                last_error = connect_failed(upstream, &why);
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let mut request = Request::new(body::empty());
         *request.method_mut() = parts.method.clone();
@@ -103,13 +91,23 @@ pub async fn handle(
         };
         *request.headers_mut() = parts.headers.clone();
         upstream.metrics.requests.inc();
-        let response = match exchange(stream, request).await {
-            Ok(res) => res,
-            Err(e) => {
+        let response = match tokio::time::timeout(idle, exchange(stream, request)).await {
+            Ok(Ok(res)) => res,
+            Ok(Err(e)) => {
                 upstream.metrics.upstream_errors.inc();
                 return bad_gateway(
                     upstream,
                     format!("{} failed the upgrade: {e}", upstream.name),
+                );
+            }
+            Err(_) => {
+                upstream.metrics.upstream_errors.inc();
+                return bad_gateway(
+                    upstream,
+                    format!(
+                        "{} did not answer the upgrade within {idle:?}",
+                        upstream.name
+                    ),
                 );
             }
         };
@@ -122,7 +120,24 @@ pub async fn handle(
             response,
         );
     }
-    unreachable(&state, pinned, last_error)
+    if pinned {
+        // The session lives only there.
+        return body::error(
+            StatusCode::BAD_GATEWAY,
+            "node_unreachable",
+            last_error,
+            json!({}),
+        );
+    }
+    unreachable(&state, last_error)
+}
+
+async fn connect(upstream: &Upstream) -> Result<TcpStream, String> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(upstream.addr.as_str())).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("connect timed out".to_owned()),
+    }
 }
 
 fn connect_failed(upstream: &Upstream, why: &str) -> String {
@@ -206,4 +221,36 @@ fn relay(
         }
     });
     to_client
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(headers: &[(&'static str, &'static str)]) -> Request<()> {
+        let mut r = Request::get("/socket.io/?EIO=4&transport=websocket");
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.body(()).unwrap()
+    }
+
+    #[test]
+    fn an_upgrade_needs_both_headers() {
+        assert!(is_upgrade(&req(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket")
+        ])));
+        assert!(is_upgrade(&req(&[
+            ("connection", "close"),
+            ("connection", "upgrade"),
+            ("upgrade", "h2c")
+        ])));
+        assert!(!is_upgrade(&req(&[("upgrade", "websocket")])));
+        assert!(!is_upgrade(&req(&[("connection", "upgrade")])));
+        assert!(!is_upgrade(&req(&[
+            ("connection", "upgraded"),
+            ("upgrade", "websocket")
+        ])));
+    }
 }

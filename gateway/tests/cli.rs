@@ -59,10 +59,10 @@ fn check_reports_a_bad_config_with_its_location() {
 }
 
 /// The child's log lines, read on a thread so waits can time out.
-fn log_lines(stderr: std::process::ChildStderr) -> mpsc::Receiver<String> {
+fn log_lines(stdout: std::process::ChildStdout) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if tx.send(line).is_err() {
                 return;
             }
@@ -114,10 +114,10 @@ fn sighup_reloads_and_sigterm_stops_the_gateway_with_exit_code_zero() {
         .args(["--log-json", "--config"])
         .arg(&path)
         .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let lines = log_lines(child.stderr.take().unwrap());
+    let lines = log_lines(child.stdout.take().unwrap());
     let line = wait_for(&lines, "gateway listening").expect("the gateway logs that it listens");
     assert!(
         serde_json::from_str::<serde_json::Value>(&line).is_ok(),

@@ -253,10 +253,18 @@ async fn a_killed_node_fails_over_and_comes_back_after_restart() {
         .take(6)
         .collect();
     assert_eq!(handshake_node(b_clients[0], target).await, "node-b");
+    let mut orphan = PollingSession::open(client_ip(b_clients[0]), target)
+        .await
+        .expect("a session on node-b");
 
     let b = cluster.nodes.remove(1);
     let b_addr = b.local_addr();
     b.shutdown().await.expect("node-b stops");
+    // The session lived only on node-b: a clear 502, so the client reconnects.
+    let err = orphan.post("42[\"subscriptions\"]").await.unwrap_err();
+    assert!(err.starts_with("post: 502 Bad Gateway"), "{err}");
+    // node_unreachable, or node_failed when a pooled connection died first.
+    assert!(err.contains("\"node\":\"node-b\""), "{err}");
     for &i in &b_clients {
         let nodes = run_session(client_ip(i), target, "failover")
             .await

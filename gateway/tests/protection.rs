@@ -22,6 +22,11 @@ use tokio::net::TcpListener;
 
 /// A backend answering every request with the headers and body size it got.
 async fn echo_backend(name: &'static str) -> SocketAddr {
+    slow_echo_backend(name, Duration::ZERO).await
+}
+
+/// [`echo_backend`] answering after `delay`.
+async fn slow_echo_backend(name: &'static str, delay: Duration) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -35,6 +40,7 @@ async fn echo_backend(name: &'static str) -> SocketAddr {
                             .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or("?"))))
                             .collect();
                         let body = req.into_body().collect().await?.to_bytes();
+                        tokio::time::sleep(delay).await;
                         let reply = json!({ "backend": name, "headers": headers, "body_bytes": body.len() });
                         Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from(
                             reply.to_string(),
@@ -50,14 +56,18 @@ async fn echo_backend(name: &'static str) -> SocketAddr {
     addr
 }
 
-/// A backend that reads a little of each request and hangs up.
-async fn hang_up_backend() -> SocketAddr {
+/// A backend that reads a little of each request, says nothing, and hangs
+/// up after `hold`.
+async fn mute_backend(hold: Duration) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
-            let mut buf = [0u8; 64];
-            let _ = stream.read(&mut buf).await;
+            tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                let _ = stream.read(&mut buf).await;
+                tokio::time::sleep(hold).await;
+            });
         }
     });
     addr
@@ -371,7 +381,7 @@ async fn no_reachable_node_gives_503_with_a_reason_and_a_failing_node_502() {
     );
     gw.shutdown().await;
 
-    let gw = gateway(&[("flaky", hang_up_backend().await)], "").await;
+    let gw = gateway(&[("flaky", mute_backend(Duration::ZERO).await)], "").await;
     let mut conn = HttpConn::open(Ipv4Addr::new(127, 0, 0, 15), gw.local_addr())
         .await
         .unwrap();
@@ -433,4 +443,56 @@ async fn admin_endpoints_answer_and_refuse_bad_queries() {
         "{metrics}"
     );
     gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_node_that_never_answers_gets_504_after_the_idle_timeout() {
+    let gw = gateway(
+        &[("mute", mute_backend(Duration::from_secs(30)).await)],
+        "[limits]\nidle_timeout = \"1s\"",
+    )
+    .await;
+    let mut conn = HttpConn::open(Ipv4Addr::new(127, 0, 0, 17), gw.local_addr())
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let reply = conn
+        .get("/socket.io/?EIO=4&transport=polling&sid=abc")
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT, "{}", reply.body);
+    assert_eq!(reply.json()["error"], "node_timeout");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_finishes_in_flight_requests_and_stops_accepting() {
+    let node = slow_echo_backend("slow", Duration::from_millis(500)).await;
+    let gw = gateway(&[("slow", node)], "").await;
+    let target = gw.local_addr();
+    let mut conn = HttpConn::open(Ipv4Addr::new(127, 0, 0, 18), target)
+        .await
+        .unwrap();
+    let in_flight = tokio::spawn(async move { conn.get("/slow").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gw.shutdown().await;
+    let reply = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request completes");
+    assert_eq!(
+        (reply.status, reply.node.as_deref()),
+        (StatusCode::OK, Some("slow"))
+    );
+    assert!(
+        connect_from(Ipv4Addr::new(127, 0, 0, 19), target)
+            .await
+            .is_err(),
+        "no longer accepting"
+    );
 }

@@ -13,10 +13,18 @@ use serde_json::{Value, json};
 use support::*;
 use tokio::sync::mpsc;
 
+/// A connected client: returns once the server has acknowledged the
+/// namespace connect (rust_socketio calls that event "open"), as socket.io
+/// clients wait before emitting.
 async fn client(url: &str, messages: mpsc::UnboundedSender<Value>) -> Client {
-    ClientBuilder::new(url)
+    let (connected_tx, mut connected) = mpsc::unbounded_channel();
+    let client = ClientBuilder::new(url)
         .transport_type(TransportType::WebsocketUpgrade)
         .reconnect(false)
+        .on("open", move |_, _| {
+            let _ = connected_tx.send(());
+            async {}.boxed()
+        })
         .on("message", move |payload: Payload, _| {
             let messages = messages.clone();
             async move {
@@ -28,7 +36,11 @@ async fn client(url: &str, messages: mpsc::UnboundedSender<Value>) -> Client {
         })
         .connect()
         .await
-        .expect("rust_socketio connects through the gateway")
+        .expect("rust_socketio connects through the gateway");
+    tokio::time::timeout(TIMEOUT, connected.recv())
+        .await
+        .expect("namespace connect acknowledged in time");
+    client
 }
 
 /// Emits with an ack and returns the ack's first value.
@@ -53,7 +65,7 @@ async fn ack(client: &Client, event: &str, arg: Value) -> Value {
         .expect("emit");
     tokio::time::timeout(TIMEOUT, rx.recv())
         .await
-        .expect("ack in time")
+        .unwrap_or_else(|_| panic!("no ack to {event} in time"))
         .expect("ack")
 }
 

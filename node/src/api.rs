@@ -11,8 +11,14 @@
 //! extractor: socketioxide skips the handler when its extractor fails, and a
 //! client that sent the wrong shape would then wait for an ack that never
 //! comes. Every request with an ack callback gets an answer.
+//!
+//! The handlers do their work in the function body and return a ready
+//! future: socketioxide calls the body in the order events arrive but spawns
+//! the returned future, and spawned tasks may run out of order, which would
+//! reorder one socket's publishes.
 
 use std::convert::Infallible;
+use std::future::{Ready, ready};
 use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
@@ -54,48 +60,49 @@ async fn on_connect(socket: SocketRef, State(api): State<Api>) {
     tracing::debug!(sid = %socket.id, "socket connected");
 }
 
-async fn on_disconnect(socket: SocketRef, reason: DisconnectReason, State(api): State<Api>) {
+fn on_disconnect(socket: SocketRef, reason: DisconnectReason, State(api): State<Api>) -> Ready<()> {
     api.topics.remove_socket(socket.id);
     api.metrics.connected_sockets.dec();
     tracing::debug!(sid = %socket.id, ?reason, "socket disconnected");
+    ready(())
 }
 
 /// `subscribe` and `unsubscribe`: same argument, same ack.
-async fn pattern_request(
+fn pattern_request(
     socket: SocketRef,
     Event(event): Event,
     State(api): State<Api>,
     TryData(arg): TryData<Value>,
     ack: AckSender,
-) {
+) -> Ready<()> {
     let result = pattern_argument(&event, arg)
         .and_then(|pattern| match event.as_str() {
             "subscribe" => api.topics.subscribe(&socket, &pattern),
             _ => api.topics.unsubscribe(socket.id, &pattern),
         })
         .map(|pattern| json!({ "ok": true, "pattern": pattern.as_str() }));
-    reply(&api, ack, result);
+    reply(&api, ack, result)
 }
 
-async fn subscriptions(socket: SocketRef, State(api): State<Api>, ack: AckSender) {
+fn subscriptions(socket: SocketRef, State(api): State<Api>, ack: AckSender) -> Ready<()> {
     let patterns = api.topics.subscriptions(socket.id);
-    reply(&api, ack, Ok(json!({ "ok": true, "patterns": patterns })));
+    reply(&api, ack, Ok(json!({ "ok": true, "patterns": patterns })))
 }
 
-async fn publish(
+fn publish(
     socket: SocketRef,
     State(api): State<Api>,
     TryData(arg): TryData<Value>,
     ack: AckSender,
-) {
+) -> Ready<()> {
     let result = publish_argument(arg)
         .and_then(|(topic, content)| api.topics.publish(socket.id.as_str(), &topic, content))
         .map(|publication| json!({ "ok": true, "id": publication.id }));
-    reply(&api, ack, result);
+    reply(&api, ack, result)
 }
 
 /// Sends the ack: the success body, or `{ok:false, error:{code, message}}`.
-fn reply(api: &Api, ack: AckSender, result: Result<Value, TopicError>) {
+fn reply(api: &Api, ack: AckSender, result: Result<Value, TopicError>) -> Ready<()> {
     let body = result.unwrap_or_else(|e| {
         api.metrics.reject(e.code());
         json!({ "ok": false, "error": { "code": e.code(), "message": e.to_string() } })
@@ -103,6 +110,7 @@ fn reply(api: &Api, ack: AckSender, result: Result<Value, TopicError>) {
     if let Err(e) = ack.send(&body) {
         tracing::debug!("ack not sent: {e}");
     }
+    ready(())
 }
 
 /// The pattern string that `subscribe` and `unsubscribe` take.

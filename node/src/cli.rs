@@ -56,19 +56,6 @@ pub fn check(path: &Path) -> Result<String, CheckError> {
     Ok(toml::to_string(&config)?)
 }
 
-/// Logs to stdout, filtered by `RUST_LOG` (default `info`).
-pub fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    // Ignored when a subscriber is already set, e.g. by an embedding process.
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
-}
-
 /// Serves `config` until SIGTERM or Ctrl-C, then shuts down gracefully.
 pub async fn serve(config: NodeConfig) -> Result<(), NodeError> {
     let node = Node::bind(config).await?;

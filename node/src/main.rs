@@ -26,7 +26,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: &Cli) -> anyhow::Result<()> {
-    cli::init_logging(args.log_json);
+    stickyio_shared::logging::init(args.log_json);
     let config = NodeConfig::load(&args.config)?;
     cli::serve(config).await.context("node stopped")
 }

@@ -300,6 +300,34 @@ async fn a_publisher_subscribed_to_its_topic_receives_its_own_message() {
     assert_eq!(message["content"], Value::Null);
 }
 
+/// On a multi-threaded runtime, as in production: a burst of publishes from
+/// one socket, sent without waiting for acks, arrives in the order sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_sockets_publishes_arrive_in_the_order_sent() {
+    const BURST: u64 = 300;
+    let node = start(config()).await;
+    let mut sub = TestClient::connect(&node).await;
+    let publisher = TestClient::connect(&node).await;
+    sub.subscribe("chat.order").await;
+    for i in 0..BURST {
+        let publish = json!({"topic": "chat.order", "content": i});
+        timeout(
+            WAIT,
+            publisher
+                .socket
+                .emit("publish", Payload::Text(vec![publish])),
+        )
+        .await
+        .expect("emit timed out")
+        .expect("emit failed");
+    }
+    let mut received = Vec::new();
+    for _ in 0..BURST {
+        received.push(sub.next_message().await["content"].as_u64().unwrap());
+    }
+    assert_eq!(received, (0..BURST).collect::<Vec<_>>());
+}
+
 #[tokio::test]
 async fn unsubscribe_stops_delivery_and_subscriptions_lists_what_is_held() {
     let node = start(config()).await;

@@ -12,7 +12,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 /// The SipHash key of placement, version 1. Changing it moves every client.
-const KEY: [u8; 16] = *b"stickyio-hrw-v1!";
+pub const KEY: [u8; 16] = *b"stickyio-hrw-v1!";
 
 /// A client's routing identity: its address masked to the configured prefix,
 /// with IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) treated as IPv4.
