@@ -55,7 +55,11 @@ def summary(reports):
         "rss_before_kib": extra("rss_before_kib"),
         "sessions_opened": extra("sessions_opened"),
         "publishes_per_s": extra("publishes_per_s"),
-        "loss": sum(r["extra"].get("loss", 0) for r in reports),
+        # Loss counts connected subscribers only (one that failed to connect
+        # is an error): published × connected − received.
+        "loss": sum(sum(r["extra"]["published"]) * r["extra"]["subscribers_connected"] - r["extra"]["received_deliveries"]
+                    for r in reports if "published" in r["extra"]),
+        "subscribers_connected": [r["extra"].get("subscribers_connected") for r in reports],
         "duplicates": sum(r["extra"].get("duplicates", 0) for r in reports),
         "cpu_cores_by_process": cpu_by_name(reports),
         "cpu_cores_setup": mean([sum(r["extra"].get("cpu", {}).get("cores_by_pid", {}).values()) for r in reports]),

@@ -92,6 +92,22 @@ impl Drop for Session {
 }
 
 impl Session {
+    fn running(
+        sid: String,
+        out: mpsc::UnboundedSender<Outgoing>,
+        incoming: mpsc::UnboundedReceiver<Result<SocketPacket, Failure>>,
+        tasks: Vec<JoinHandle<()>>,
+        target: &Target,
+    ) -> Session {
+        Session {
+            sid,
+            out,
+            incoming,
+            tasks,
+            timeout: target.timeout,
+        }
+    }
+
     /// Handshake and Socket.IO connect; returns once the server has
     /// confirmed the socket (`40{"sid":…}`).
     pub async fn open(
@@ -466,13 +482,13 @@ async fn open_polling(
         out_rx,
         in_tx,
     ));
-    Ok(Session {
+    Ok(Session::running(
         sid,
-        out: out_tx,
-        incoming: in_rx,
-        tasks: vec![reader, writer],
-        timeout: target.timeout,
-    })
+        out_tx,
+        in_rx,
+        vec![reader, writer],
+        target,
+    ))
 }
 
 async fn poll_loop(
@@ -620,13 +636,7 @@ async fn open_websocket(target: &Target, source: Ipv4Addr) -> Result<Session, Fa
     for packet in early {
         let _ = in_tx.send(Ok(packet));
     }
-    Ok(Session {
-        sid,
-        out: out_tx,
-        incoming: in_rx,
-        tasks,
-        timeout: target.timeout,
-    })
+    Ok(Session::running(sid, out_tx, in_rx, tasks, target))
 }
 
 async fn upgrade_to_websocket(
@@ -654,13 +664,13 @@ async fn upgrade_to_websocket(
     let (sink, stream) = ws.split();
     let reader = tokio::spawn(ws_read_loop(stream, out_tx.clone(), in_tx.clone()));
     let writer = tokio::spawn(ws_write_loop(sink, out_rx, in_tx));
-    Ok(Session {
+    Ok(Session::running(
         sid,
-        out: out_tx,
-        incoming: in_rx,
-        tasks: vec![reader, writer],
-        timeout: target.timeout,
-    })
+        out_tx,
+        in_rx,
+        vec![reader, writer],
+        target,
+    ))
 }
 
 async fn ws_read_loop(
