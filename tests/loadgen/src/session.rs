@@ -621,22 +621,36 @@ async fn open_websocket(target: &Target, source: Ipv4Addr) -> Result<Session, Fa
         .await
         .map_err(|e| Failure::WebSocket(e.to_string()))?;
     let (out_tx, out_rx) = mpsc::unbounded_channel();
-    let (in_tx, mut in_rx) = mpsc::unbounded_channel();
+    let (in_tx, in_rx) = mpsc::unbounded_channel();
+    let requeue = in_tx.clone();
+    // On failure the session drops, which stops its tasks.
+    let mut session = over_websocket(ws, sid, (out_tx, out_rx), (in_tx, in_rx), target);
+    for packet in await_connect(&mut session.incoming, target.timeout).await? {
+        let _ = requeue.send(Ok(packet));
+    }
+    Ok(session)
+}
+
+type Incoming = Result<SocketPacket, Failure>;
+
+/// A session whose packets now go over `ws`: its reader and writer tasks.
+fn over_websocket(
+    ws: Ws,
+    sid: String,
+    (out_tx, out_rx): (
+        mpsc::UnboundedSender<Outgoing>,
+        mpsc::UnboundedReceiver<Outgoing>,
+    ),
+    (in_tx, in_rx): (
+        mpsc::UnboundedSender<Incoming>,
+        mpsc::UnboundedReceiver<Incoming>,
+    ),
+    target: &Target,
+) -> Session {
     let (sink, stream) = ws.split();
     let reader = tokio::spawn(ws_read_loop(stream, out_tx.clone(), in_tx.clone()));
-    let writer = tokio::spawn(ws_write_loop(sink, out_rx, in_tx.clone()));
-    let tasks = vec![reader, writer];
-    let early = match await_connect(&mut in_rx, target.timeout).await {
-        Ok(early) => early,
-        Err(failure) => {
-            tasks.iter().for_each(JoinHandle::abort);
-            return Err(failure);
-        }
-    };
-    for packet in early {
-        let _ = in_tx.send(Ok(packet));
-    }
-    Ok(Session::running(sid, out_tx, in_rx, tasks, target))
+    let writer = tokio::spawn(ws_write_loop(sink, out_rx, in_tx));
+    Session::running(sid, out_tx, in_rx, vec![reader, writer], target)
 }
 
 async fn upgrade_to_websocket(
@@ -661,14 +675,11 @@ async fn upgrade_to_websocket(
     ws.send(Message::text("5"))
         .await
         .map_err(|e| Failure::WebSocket(e.to_string()))?;
-    let (sink, stream) = ws.split();
-    let reader = tokio::spawn(ws_read_loop(stream, out_tx.clone(), in_tx.clone()));
-    let writer = tokio::spawn(ws_write_loop(sink, out_rx, in_tx));
-    Ok(Session::running(
+    Ok(over_websocket(
+        ws,
         sid,
-        out_tx,
-        in_rx,
-        vec![reader, writer],
+        (out_tx, out_rx),
+        (in_tx, in_rx),
         target,
     ))
 }
