@@ -17,6 +17,15 @@ if [ ! -x /usr/bin/chromium ]; then
 fi
 /usr/bin/chromium --version
 
+step "redis-server for the Redis backend tests (Debian package)"
+if ! command -v redis-server >/dev/null; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+fi
+redis-server --version
+
 step "npm packages for the JS tests (official socket.io-client, playwright-core)"
 (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
 

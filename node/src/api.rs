@@ -15,7 +15,8 @@
 //! The handlers do their work in the function body and return a ready
 //! future: socketioxide calls the body in the order events arrive but spawns
 //! the returned future, and spawned tasks may run out of order, which would
-//! reorder one socket's publishes.
+//! reorder one socket's publishes. A publish the cluster backend must confirm
+//! (Redis) is acked from the backend's continuation, which runs in order too.
 
 use std::convert::Infallible;
 use std::future::{Ready, ready};
@@ -81,12 +82,14 @@ fn pattern_request(
             _ => api.topics.unsubscribe(socket.id, &pattern),
         })
         .map(|pattern| json!({ "ok": true, "pattern": pattern.as_str() }));
-    reply(&api, ack, result)
+    reply(&api, ack, result);
+    ready(())
 }
 
 fn subscriptions(socket: SocketRef, State(api): State<Api>, ack: AckSender) -> Ready<()> {
     let patterns = api.topics.subscriptions(socket.id);
-    reply(&api, ack, Ok(json!({ "ok": true, "patterns": patterns })))
+    reply(&api, ack, Ok(json!({ "ok": true, "patterns": patterns })));
+    ready(())
 }
 
 fn publish(
@@ -95,14 +98,21 @@ fn publish(
     TryData(arg): TryData<Value>,
     ack: AckSender,
 ) -> Ready<()> {
-    let result = publish_argument(arg)
-        .and_then(|(topic, content)| api.topics.publish(socket.id.as_str(), &topic, content))
-        .map(|publication| json!({ "ok": true, "id": publication.id }));
-    reply(&api, ack, result)
+    match publish_argument(arg) {
+        Ok((topic, content)) => {
+            let topics = api.topics.clone();
+            topics.publish(socket.id.as_str(), &topic, content, move |result| {
+                let result = result.map(|publication| json!({ "ok": true, "id": publication.id }));
+                reply(&api, ack, result);
+            });
+        }
+        Err(e) => reply(&api, ack, Err(e)),
+    }
+    ready(())
 }
 
 /// Sends the ack: the success body, or `{ok:false, error:{code, message}}`.
-fn reply(api: &Api, ack: AckSender, result: Result<Value, TopicError>) -> Ready<()> {
+fn reply(api: &Api, ack: AckSender, result: Result<Value, TopicError>) {
     let body = result.unwrap_or_else(|e| {
         api.metrics.reject(e.code());
         json!({ "ok": false, "error": { "code": e.code(), "message": e.to_string() } })
@@ -110,7 +120,6 @@ fn reply(api: &Api, ack: AckSender, result: Result<Value, TopicError>) -> Ready<
     if let Err(e) = ack.send(&body) {
         tracing::debug!("ack not sent: {e}");
     }
-    ready(())
 }
 
 /// The pattern string that `subscribe` and `unsubscribe` take.

@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 use stickyio_shared::config::ConfigError;
-use stickyio_shared::config::node::{NodeConfig, SecretError};
+use stickyio_shared::config::node::{Backend, NodeConfig, SecretError};
 
+use crate::redis_backend::{self, RedisBackendError};
 use crate::server::{Node, NodeError};
 
 #[derive(Debug, Parser)]
@@ -42,24 +43,38 @@ pub enum CheckError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Secret(#[from] SecretError),
+    #[error(transparent)]
+    Redis(#[from] RedisBackendError),
     #[error("cannot print the config as TOML: {0}")]
     Render(#[from] toml::ser::Error),
 }
 
 /// Loads and validates the config (and, for a clustered node, that its
-/// secret can be read) and returns the effective config as TOML.
+/// secret can be read, or its Redis URL and password) and returns the
+/// effective config as TOML.
 pub fn check(path: &Path) -> Result<String, CheckError> {
     let config = NodeConfig::load(path)?;
     if !config.cluster.standalone {
-        config.cluster.resolve_secret()?;
+        match config.cluster.backend {
+            Backend::Mesh => drop(config.cluster.resolve_secret()?),
+            Backend::Redis => drop(redis_backend::connection_info(&config)?),
+        }
     }
     Ok(toml::to_string(&config)?)
 }
 
 /// Serves `config` until SIGTERM or Ctrl-C, then shuts down gracefully.
 pub async fn serve(config: NodeConfig) -> Result<(), NodeError> {
-    let node = Node::bind(config).await?;
-    shutdown_signal().await;
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    // Polled first, so the handlers are in place before the node listens: a
+    // SIGTERM right after the "listening" line stops it gracefully.
+    let node = tokio::select! {
+        biased;
+        () = &mut signal => return Ok(()),
+        node = Node::bind(config) => node?,
+    };
+    signal.await;
     tracing::info!("signal received");
     node.shutdown().await
 }

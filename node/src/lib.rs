@@ -8,6 +8,8 @@
 //! - `routes`, `readiness`, [`metrics`], `demo`: the HTTP side.
 //! - [`cli`]: the `stickyio-node` command line.
 //! - [`mesh`]: the authenticated peer mesh that relays publications between nodes.
+//! - [`redis_backend`]: the other cluster backend, relaying through Redis pub/sub.
+//! - `dedup`: the bounded set of relayed ids already delivered, for both.
 //!
 //! Tests and the launcher run nodes in-process:
 //!
@@ -23,15 +25,17 @@
 
 mod api;
 pub mod cli;
+mod dedup;
 mod demo;
 mod index;
 pub mod mesh;
 pub mod metrics;
 mod readiness;
+pub mod redis_backend;
 mod routes;
 pub mod server;
 pub mod topics;
 
 pub use readiness::{Check, Readiness};
 pub use server::{Node, NodeError, RunningNode};
-pub use topics::{ErrorCode, Relay, TopicError, TopicService};
+pub use topics::{ErrorCode, Relay, Then, TopicError, TopicService};

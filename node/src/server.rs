@@ -23,7 +23,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::registry::Registry;
 use socketioxide::SocketIo;
 use socketioxide::service::SocketIoService;
-use stickyio_shared::config::node::NodeConfig;
+use stickyio_shared::config::node::{Backend, NodeConfig};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -60,6 +60,8 @@ pub enum NodeError {
     Task(#[from] tokio::task::JoinError),
     #[error("cannot join the cluster: {0}")]
     Mesh(#[from] crate::mesh::MeshError),
+    #[error("cannot join the cluster: {0}")]
+    Redis(#[from] crate::redis_backend::RedisBackendError),
 }
 
 /// A node that is bound but not yet serving: the place to plug in.
@@ -72,16 +74,24 @@ pub struct Node {
     topics: Arc<TopicService>,
     http: Arc<HttpState>,
     shutdown: CancellationToken,
+    background: Vec<JoinHandle<()>>,
 }
 
 impl Node {
     /// Binds `config.listen` and starts serving, as a member of the cluster
-    /// mesh unless `cluster.standalone`. Port 0 picks a free port; see
-    /// [`RunningNode::local_addr`].
+    /// unless `cluster.standalone`, over the configured `cluster.backend`.
+    /// Port 0 picks a free port; see [`RunningNode::local_addr`].
     pub async fn bind(config: NodeConfig) -> Result<RunningNode, NodeError> {
-        let node = Node::prepare(config).await?;
-        if !node.config().cluster.standalone {
-            crate::mesh::attach(&node, node.config())?;
+        let mut node = Node::prepare(config).await?;
+        let cluster = &node.config().cluster;
+        if !cluster.standalone {
+            match cluster.backend {
+                Backend::Mesh => drop(crate::mesh::attach(&node, node.config())?),
+                Backend::Redis => {
+                    let config = node.config().clone();
+                    drop(crate::redis_backend::attach(&mut node, &config)?);
+                }
+            }
         }
         Ok(node.serve())
     }
@@ -128,6 +138,7 @@ impl Node {
             topics,
             http,
             shutdown: CancellationToken::new(),
+            background: Vec::new(),
         })
     }
 
@@ -172,6 +183,13 @@ impl Node {
         self.shutdown.child_token()
     }
 
+    /// A task that ends once [`Node::shutdown_token`] is cancelled and has
+    /// work to finish first (the Redis backend leaving the pool):
+    /// [`RunningNode::shutdown`] waits for it, up to [`DRAIN_TIMEOUT`].
+    pub fn add_background(&mut self, task: JoinHandle<()>) {
+        self.background.push(task);
+    }
+
     /// Starts accepting connections.
     pub fn serve(self) -> RunningNode {
         self.http.readiness.set_serving(true);
@@ -190,6 +208,7 @@ impl Node {
             topics: self.topics,
             shutdown: self.shutdown,
             task: Some(task),
+            background: self.background,
         }
     }
 }
@@ -203,6 +222,7 @@ pub struct RunningNode {
     topics: Arc<TopicService>,
     shutdown: CancellationToken,
     task: Option<JoinHandle<()>>,
+    background: Vec<JoinHandle<()>>,
 }
 
 impl RunningNode {
@@ -227,10 +247,17 @@ impl RunningNode {
     /// finish, and returns when the server has stopped.
     pub async fn shutdown(mut self) -> Result<(), NodeError> {
         self.shutdown.cancel();
-        match self.task.take() {
-            Some(task) => Ok(task.await?),
-            None => Ok(()),
+        if let Some(task) = self.task.take() {
+            task.await?;
         }
+        for task in std::mem::take(&mut self.background) {
+            if tokio::time::timeout(DRAIN_TIMEOUT, task).await.is_err() {
+                tracing::warn!(
+                    "a background task still runs after {DRAIN_TIMEOUT:?}; stopping anyway"
+                );
+            }
+        }
+        Ok(())
     }
 }
 

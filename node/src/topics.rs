@@ -6,9 +6,14 @@
 //! reach. A message reaches each socket once, with all of that socket's
 //! matching patterns, however many of them match.
 //!
-//! Publishing is where the cluster mesh plugs in: a local publish is handed to
-//! the [`Relay`] after local delivery, and a publication relayed by a peer is
-//! delivered with [`TopicService::deliver_relayed`], which never relays again.
+//! Publishing is where the cluster backend plugs in: a local publish is handed
+//! to the [`Relay`] first, and a publication relayed by a peer is delivered
+//! with [`TopicService::deliver_relayed`], which never relays again. The relay
+//! answers through a continuation ([`Then`]), in the order publishes were
+//! handed to it: the mesh at once (fire-and-forget), the Redis backend once
+//! Redis took the publication or refused it. A refused publish is delivered
+//! nowhere and acked `cluster_unavailable`. Answering in order, and delivering
+//! inside the continuation, keeps one socket's publishes in the order sent.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -28,10 +33,16 @@ use crate::metrics::Metrics;
 /// Name of the event a socket receives for each matching publication.
 pub const MESSAGE_EVENT: &str = "message";
 
-/// Where local publications go after local delivery: the cluster mesh.
+/// What a [`Relay`] calls once it knows whether the cluster took a
+/// publication: `Ok` to go ahead, or the reason it was refused.
+pub type Then = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+/// Where local publications go before local delivery: the cluster backend.
 pub trait Relay: Send + Sync + 'static {
-    /// Called once per local publish. Must not block: queue and return.
-    fn relay(&self, publication: &Arc<Publication>);
+    /// Called once per local publish, in the order publishes arrive. Must not
+    /// block: queue and return. Calls `then` exactly once, and for successive
+    /// publications in the order they were handed over.
+    fn relay(&self, publication: &Arc<Publication>, then: Then);
 }
 
 /// The error codes of the topic API, as sent in `{ok:false, error:{code}}`.
@@ -42,14 +53,16 @@ pub enum ErrorCode {
     InvalidPayload,
     TooManySubscriptions,
     TooLarge,
+    ClusterUnavailable,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 4] = [
+    pub const ALL: [ErrorCode; 5] = [
         ErrorCode::InvalidTopic,
         ErrorCode::InvalidPayload,
         ErrorCode::TooManySubscriptions,
         ErrorCode::TooLarge,
+        ErrorCode::ClusterUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -58,6 +71,7 @@ impl ErrorCode {
             ErrorCode::InvalidPayload => "invalid_payload",
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
             ErrorCode::TooLarge => "too_large",
+            ErrorCode::ClusterUnavailable => "cluster_unavailable",
         }
     }
 }
@@ -76,6 +90,8 @@ pub enum TopicError {
     TooManySubscriptions { limit: usize },
     #[error("content is {size} bytes as JSON; the limit is {limit}")]
     TooLarge { size: usize, limit: usize },
+    #[error("the cluster cannot take this publish, so it was delivered nowhere: {0}")]
+    ClusterUnavailable(String),
 }
 
 impl TopicError {
@@ -85,6 +101,7 @@ impl TopicError {
             TopicError::InvalidPayload(_) => ErrorCode::InvalidPayload,
             TopicError::TooManySubscriptions { .. } => ErrorCode::TooManySubscriptions,
             TopicError::TooLarge { .. } => ErrorCode::TooLarge,
+            TopicError::ClusterUnavailable(_) => ErrorCode::ClusterUnavailable,
         }
     }
 }
@@ -114,7 +131,8 @@ pub struct TopicService {
     node: Arc<str>,
     max_subscriptions: usize,
     max_message_bytes: usize,
-    /// Makes ids unique across restarts of a node with the same name.
+    /// This incarnation of the node: makes ids unique across restarts, and
+    /// tells apart two processes that (wrongly) share one name.
     boot: u64,
     sequence: AtomicU64,
     subscriptions: RwLock<Subscriptions>,
@@ -128,7 +146,7 @@ impl TopicService {
             node: Arc::from(config.name.as_str()),
             max_subscriptions: config.max_subscriptions,
             max_message_bytes: config.max_message_bytes,
-            boot: now_millis(),
+            boot: rand::random(),
             sequence: AtomicU64::new(0),
             subscriptions: RwLock::default(),
             relay: OnceLock::new(),
@@ -208,14 +226,63 @@ impl TopicService {
             .dec_by(subscriber.patterns.len() as i64);
     }
 
-    /// Validates, builds the [`Publication`], delivers it locally, then hands
-    /// it to the relay (if any). Returns the publication.
+    /// This node's incarnation, part of every id it mints.
+    pub fn boot(&self) -> u64 {
+        self.boot
+    }
+
+    /// Whether `publication` was minted by this very process (not merely by
+    /// a node of the same name).
+    pub fn minted_here(&self, publication: &Publication) -> bool {
+        publication.node == *self.node
+            && publication
+                .id
+                .strip_prefix(&*self.node)
+                .and_then(|rest| rest.strip_prefix('-'))
+                .and_then(|rest| rest.split_once('-'))
+                .is_some_and(|(boot, _)| boot.parse() == Ok(self.boot))
+    }
+
+    /// Validates and builds the [`Publication`], hands it to the relay (if
+    /// any) and, unless the relay refuses it, delivers it locally; then calls
+    /// `done` with the outcome. Without a relay, or with the mesh, all of it
+    /// happens before this returns; with Redis, `done` runs once Redis answers,
+    /// in the order publishes were made.
     pub fn publish(
+        self: &Arc<Self>,
+        sender_id: &str,
+        topic: &str,
+        content: serde_json::Value,
+        done: impl FnOnce(Result<Arc<Publication>, TopicError>) + Send + 'static,
+    ) {
+        let (publication, topic) = match self.prepare(sender_id, topic, content) {
+            Ok(prepared) => prepared,
+            Err(e) => return done(Err(e)),
+        };
+        let Some(relay) = self.relay.get() else {
+            self.deliver_published(&publication, &topic);
+            return done(Ok(publication));
+        };
+        let service = self.clone();
+        let handed = publication.clone();
+        relay.relay(
+            &handed,
+            Box::new(move |taken| match taken {
+                Ok(()) => {
+                    service.deliver_published(&publication, &topic);
+                    done(Ok(publication));
+                }
+                Err(why) => done(Err(TopicError::ClusterUnavailable(why))),
+            }),
+        );
+    }
+
+    fn prepare(
         &self,
         sender_id: &str,
         topic: &str,
         content: serde_json::Value,
-    ) -> Result<Arc<Publication>, TopicError> {
+    ) -> Result<(Arc<Publication>, Topic), TopicError> {
         let topic = Topic::parse(topic)?;
         let size = json_size(&content);
         if size > self.max_message_bytes {
@@ -233,12 +300,12 @@ impl TopicService {
             created_at: now_millis(),
             node: self.node.to_string(),
         });
+        Ok((publication, topic))
+    }
+
+    fn deliver_published(&self, publication: &Publication, topic: &Topic) {
         self.metrics.published.inc();
-        self.deliver(&publication, &topic);
-        if let Some(relay) = self.relay.get() {
-            relay.relay(&publication);
-        }
-        Ok(publication)
+        self.deliver(publication, topic);
     }
 
     /// Delivers a publication that came from a peer to local sockets only
@@ -253,7 +320,7 @@ impl TopicService {
         }
     }
 
-    /// Sets where local publications are relayed. Called once, by the mesh;
+    /// Sets where local publications are relayed. Called once, by the backend;
     /// a second relay is refused with a warning rather than replacing the first.
     pub fn set_relay(&self, relay: Arc<dyn Relay>) {
         if self.relay.set(relay).is_err() {

@@ -1,21 +1,25 @@
 //! The topic cluster end to end: real nodes in-process, rust_socketio clients
 //! on each, and what they receive when nodes publish, die, come back, lose
-//! a link, or hold the wrong secret.
+//! a link, or hold the wrong secret. Delivery is checked over both backends
+//! (the mesh, and Redis on a `redis-server` of the test's own) by one body.
 
 mod cluster_support;
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use cluster_support::client::{GRACE, TopicClient};
+use cluster_support::client::{GRACE, TopicClient, WAIT};
 use cluster_support::forwarder::Forwarder;
-use cluster_support::nodes::{Cluster, SECRET, name};
+use cluster_support::nodes::{Backend, Cluster, REDIS_TTL, SECRET, eventually, name};
 use cluster_support::peer::{next_event, no_event, raw_peer};
+use cluster_support::redis_server::RedisServer;
 use rust_socketio::Payload;
 use serde_json::{Value, json};
 use stickyio_shared::message::Publication;
 use stickyio_shared::relay;
-use tokio::time::sleep;
+use tokio::time::{sleep, timeout};
 
 /// Short, so redial tests take seconds; the default is checked separately.
 const RETRY: Duration = Duration::from_millis(500);
@@ -23,10 +27,14 @@ const RETRY: Duration = Duration::from_millis(500);
 const MARGIN: Duration = Duration::from_secs(3);
 
 async fn linked_cluster(n: usize) -> Cluster {
-    let mut cluster = Cluster::bind(n, RETRY).await;
+    joined_cluster(n, Backend::Mesh).await
+}
+
+async fn joined_cluster(n: usize, backend: Backend) -> Cluster {
+    let mut cluster = Cluster::bind_with(n, RETRY, backend).await;
     cluster.start().await;
     let all: Vec<usize> = (0..n).collect();
-    cluster.links_become(&Cluster::pairs(&all), "up").await;
+    cluster.joined(&all).await;
     cluster
 }
 
@@ -75,9 +83,9 @@ fn set(items: &[&str]) -> BTreeSet<String> {
 /// On every node: a `chat.*` socket, a `chat.#` + `chat.*` socket, a
 /// `news.*` socket, and a publisher that also listens on `chat.#`. Every
 /// publisher publishes on `chat.<room>` and `chat.<room>.typing`.
-async fn every_publish_reaches_every_matching_socket_once(n: usize) {
+async fn every_publish_reaches_every_matching_socket_once(n: usize, backend: Backend) {
     const ROUNDS: usize = 2;
-    let cluster = linked_cluster(n).await;
+    let cluster = joined_cluster(n, backend).await;
     let mut star = Vec::new();
     let mut hash = Vec::new();
     let mut other = Vec::new();
@@ -156,31 +164,96 @@ async fn every_publish_reaches_every_matching_socket_once(n: usize) {
     }
 
     let metrics = cluster.metrics(0).await;
-    let peer = cluster.url(1);
-    let sent_to_b = format!(
-        "stickyio_node_cluster_relayed_out_total{{node=\"node-a\",peer=\"{peer}\"}} {}",
-        2 * ROUNDS
+    let (sent, from_b) = match &cluster.backend {
+        Backend::Mesh => (
+            format!(
+                "stickyio_node_cluster_relayed_out_total{{node=\"node-a\",peer=\"{}\"}}",
+                cluster.url(1)
+            ),
+            "stickyio_node_cluster_relayed_in_total{node=\"node-a\",origin=\"node-b\"}",
+        ),
+        Backend::Redis(_) => (
+            "stickyio_node_redis_published_total{node=\"node-a\"}".to_owned(),
+            "stickyio_node_redis_relayed_in_total{node=\"node-a\",origin=\"node-b\"}",
+        ),
+    };
+    assert_eq!(
+        sample(&metrics, &sent),
+        Some(2 * ROUNDS as u64),
+        "{metrics}"
     );
-    assert!(metrics.contains(&sent_to_b), "{metrics}");
-    let from_b = format!(
-        "stickyio_node_cluster_relayed_in_total{{node=\"node-a\",origin=\"node-b\"}} {}",
-        2 * ROUNDS
+    assert_eq!(
+        sample(&metrics, from_b),
+        Some(2 * ROUNDS as u64),
+        "{metrics}"
     );
-    assert!(metrics.contains(&from_b), "{metrics}");
     let (status, body) = cluster.readyz(0).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["checks"]["mesh"]["ready"], true);
+    assert_eq!(body["checks"][cluster.backend.check()]["ready"], true);
     cluster.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_deliver_each_publish_once_to_each_matching_socket() {
-    every_publish_reaches_every_matching_socket_once(3).await;
+    every_publish_reaches_every_matching_socket_once(3, Backend::Mesh).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_nodes_deliver_each_publish_once_to_each_matching_socket() {
-    every_publish_reaches_every_matching_socket_once(5).await;
+    every_publish_reaches_every_matching_socket_once(5, Backend::Mesh).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_on_redis_deliver_each_publish_once_to_each_matching_socket() {
+    let redis = RedisServer::start().await;
+    every_publish_reaches_every_matching_socket_once(3, Backend::Redis(redis.url())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_on_redis_deliver_each_publish_once_to_each_matching_socket() {
+    let redis = RedisServer::start().await;
+    every_publish_reaches_every_matching_socket_once(5, Backend::Redis(redis.url())).await;
+}
+
+/// A burst from one socket, sent without waiting for acks, arrives in the
+/// order sent on every node.
+async fn one_sockets_burst_arrives_in_order_everywhere(backend: Backend) {
+    // Under a socket's send buffer (socketioxide's 128 packets): a burst that
+    // reaches a node at once is emitted at once, and past the buffer a slow
+    // socket's deliveries are dropped (and counted), which is not this test.
+    const BURST: u64 = 100;
+    let cluster = joined_cluster(3, backend).await;
+    let mut subscribers = Vec::new();
+    for i in 0..3 {
+        let subscriber = TopicClient::connect(&cluster.url(i)).await;
+        subscriber.subscribe(&["burst.#"]).await;
+        subscribers.push(subscriber);
+    }
+    let publisher = TopicClient::connect(&cluster.url(0)).await;
+    for n in 0..BURST {
+        publisher.publish_unacked("burst.x", json!(n)).await;
+    }
+    for subscriber in &mut subscribers {
+        let got: Vec<u64> = subscriber
+            .receive(BURST as usize)
+            .await
+            .iter()
+            .map(|m| m["content"].as_u64().expect("a number"))
+            .collect();
+        assert_eq!(got, (0..BURST).collect::<Vec<_>>());
+    }
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_sockets_burst_arrives_in_order_on_every_node() {
+    one_sockets_burst_arrives_in_order_everywhere(Backend::Mesh).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_sockets_burst_arrives_in_order_on_every_node_on_redis() {
+    let redis = RedisServer::start().await;
+    one_sockets_burst_arrives_in_order_everywhere(Backend::Redis(redis.url())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -462,5 +535,348 @@ async fn a_duplicated_frame_is_delivered_once() {
     let metrics = cluster.metrics(0).await;
     assert!(metrics.contains(deduplicated), "{metrics}");
     let _ = peer.disconnect().await;
+    cluster.stop().await;
+}
+
+/// The sum of every series of `metric` in Prometheus text.
+fn total(metrics: &str, metric: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with(&format!("{metric}{{")))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// What goes wrong with Redis while publishers publish.
+enum Disruption {
+    /// Redis shuts down and starts again, empty.
+    Restart,
+    /// Redis closes every node's command connection; subscriptions stay.
+    KillCommandConnections,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_mid_load_ends_with_every_publish_delivered_once_or_refused() {
+    every_publish_is_delivered_once_or_refused_through(Disruption::Restart).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_redis_connections_mid_load_end_with_every_publish_delivered_once_or_refused() {
+    every_publish_is_delivered_once_or_refused_through(Disruption::KillCommandConnections).await;
+}
+
+/// Publishers on every node publish without pause through a `disruption`.
+/// Every publish is either acked and delivered exactly once to every
+/// subscriber, or refused with `cluster_unavailable` and delivered nowhere;
+/// each node counts exactly its refusals; delivery resumes without
+/// restarting any node.
+async fn every_publish_is_delivered_once_or_refused_through(disruption: Disruption) {
+    const N: usize = 3;
+    /// Per publisher: bounds the load whatever happens.
+    const MAX: usize = 2000;
+    const PACE: Duration = Duration::from_millis(5);
+    let mut redis = RedisServer::start().await;
+    let cluster = joined_cluster(N, Backend::Redis(redis.url())).await;
+    let mut subscribers = Vec::new();
+    for i in 0..N {
+        let subscriber = TopicClient::connect(&cluster.url(i)).await;
+        subscriber.subscribe(&["load.#"]).await;
+        subscribers.push(subscriber);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Vec<AtomicUsize>> = Arc::new((0..N).map(|_| AtomicUsize::new(0)).collect());
+    let mut publishers = Vec::new();
+    for i in 0..N {
+        let client = TopicClient::connect(&cluster.url(i)).await;
+        let (stop, acked) = (stop.clone(), acked.clone());
+        publishers.push(tokio::spawn(async move {
+            let mut outcomes = Vec::new();
+            for k in 0..MAX {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let outcome = client
+                    .try_publish(&format!("load.p{i}"), json!({ "p": i, "k": k }))
+                    .await;
+                if outcome.is_ok() {
+                    acked[i].fetch_add(1, Ordering::Relaxed);
+                }
+                outcomes.push(outcome);
+                sleep(PACE).await;
+            }
+            client.close().await;
+            outcomes
+        }));
+    }
+    let each_acked = |more: usize| {
+        let acked = acked.clone();
+        move || {
+            let acked = acked.clone();
+            async move { acked.iter().all(|n| n.load(Ordering::Relaxed) >= more) }
+        }
+    };
+    eventually("every publisher is acked 5 times", each_acked(5)).await;
+
+    match disruption {
+        Disruption::Restart => {
+            redis.stop().await;
+            sleep(Duration::from_millis(300)).await;
+            redis.restart().await;
+        }
+        Disruption::KillCommandConnections => {
+            let client = redis::Client::open(redis.url()).unwrap();
+            let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+            let killed: u64 = redis::cmd("CLIENT")
+                .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"])
+                .query_async(&mut connection)
+                .await
+                .unwrap();
+            assert_eq!(killed, N as u64, "one command connection per node");
+        }
+    }
+    let all: Vec<usize> = (0..N).collect();
+    cluster.joined(&all).await;
+    let before: usize = acked
+        .iter()
+        .map(|n| n.load(Ordering::Relaxed))
+        .max()
+        .unwrap();
+    eventually(
+        "every publisher is acked again after the restart",
+        each_acked(before + 5),
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+
+    let mut ok = HashMap::new();
+    let mut refused = vec![0u64; N];
+    for (i, publisher) in publishers.into_iter().enumerate() {
+        let outcomes = timeout(WAIT * 3, publisher)
+            .await
+            .expect("publishers stop in time")
+            .expect("a publisher task");
+        for (k, outcome) in outcomes.into_iter().enumerate() {
+            match outcome {
+                Ok(id) => drop(ok.insert(id, json!({ "p": i, "k": k }))),
+                Err(error) => {
+                    assert_eq!(error["code"], "cluster_unavailable", "{error}");
+                    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()));
+                    refused[i] += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        refused.iter().all(|&r| r > 0),
+        "refused per node: {refused:?}"
+    );
+
+    for subscriber in &mut subscribers {
+        let got = subscriber.receive(ok.len()).await;
+        let got = by_id(&got).into_keys().collect::<BTreeSet<_>>();
+        assert_eq!(got, ok.keys().cloned().collect(), "exactly the acked ones");
+    }
+    for (i, refused) in refused.iter().enumerate() {
+        let metrics = cluster.metrics(i).await;
+        let node = name(i);
+        assert_eq!(
+            total(&metrics, "stickyio_node_redis_refused_total"),
+            *refused,
+            "{node}: {metrics}"
+        );
+        assert_eq!(
+            sample(
+                &metrics,
+                &format!(
+                    "stickyio_node_rejected_total{{node=\"{node}\",code=\"cluster_unavailable\"}}"
+                )
+            ),
+            Some(*refused),
+            "{metrics}"
+        );
+        assert!(
+            sample(
+                &metrics,
+                &format!("stickyio_node_redis_reconnects_total{{node=\"{node}\"}}")
+            )
+            .is_some_and(|n| n >= 1),
+            "{metrics}"
+        );
+    }
+    cluster.stop().await;
+}
+
+/// A node whose Redis is not there yet serves, reports not ready, refuses
+/// publishes without delivering them, and joins once Redis appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_before_its_redis_is_unready_then_joins() {
+    let port = RedisServer::unused_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let mut cluster = Cluster::bind_with(1, RETRY, Backend::Redis(url.clone())).await;
+    cluster.start().await;
+    eventually("the node reports why Redis is unusable", || async {
+        let (status, body) = cluster.readyz(0).await;
+        let redis = &body["checks"]["redis"];
+        status == 503
+            && redis["ready"] == false
+            && redis["detail"]["state"] == "down"
+            && redis["detail"]["lastError"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("cannot connect"))
+    })
+    .await;
+
+    let mut client = TopicClient::connect(&cluster.url(0)).await;
+    client.subscribe(&["chat.#"]).await;
+    let error = client
+        .try_publish("chat.room", json!("nobody hears this"))
+        .await
+        .unwrap_err();
+    assert_eq!(error["code"], "cluster_unavailable");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(&format!(
+            "the cluster cannot take this publish, so it was delivered nowhere: this node is not connected to Redis at {url}: cannot connect"
+        )),
+        "{message}"
+    );
+    client.quiet().await;
+
+    let _redis = RedisServer::start_on(port).await;
+    cluster.joined(&[0]).await;
+    let id = client.publish("chat.room", json!("now it does")).await;
+    assert_eq!(client.receive(1).await[0]["id"], id.as_str());
+    let metrics = cluster.metrics(0).await;
+    let disconnected = "stickyio_node_redis_refused_total{node=\"node-a\",reason=\"disconnected\"}";
+    assert_eq!(sample(&metrics, disconnected), Some(1), "{metrics}");
+    cluster.stop().await;
+}
+
+/// A member that keeps a heartbeat key but hears nothing (a node that died
+/// without leaving) would miss publishes: they are refused, naming it, until
+/// its key expires. A node that shuts down leaves at once and is not waited for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_wait_for_a_silent_member_only_until_its_key_expires() {
+    let redis = RedisServer::start().await;
+    let mut cluster = joined_cluster(3, Backend::Redis(redis.url())).await;
+    let mut at_a = TopicClient::connect(&cluster.url(0)).await;
+    let mut at_b = TopicClient::connect(&cluster.url(1)).await;
+    at_a.subscribe(&["chat.#"]).await;
+    at_b.subscribe(&["chat.#"]).await;
+
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    cluster.kill(2).await;
+    let (key, member): (bool, bool) = redis::pipe()
+        .exists("stickyio:node:node-c")
+        .sismember("stickyio:members", "node-c")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(
+        (key, member),
+        (false, false),
+        "C left the pool as it stopped"
+    );
+    let id = at_a.publish("chat.room", json!("C has left")).await;
+    assert_eq!(at_a.receive(1).await[0]["id"], id.as_str());
+    assert_eq!(at_b.receive(1).await[0]["id"], id.as_str());
+
+    redis::pipe()
+        .cmd("SET")
+        .arg("stickyio:node:node-z")
+        .arg("7")
+        .arg("PX")
+        .arg(3000)
+        .cmd("SADD")
+        .arg("stickyio:members")
+        .arg("node-z")
+        .exec_async(&mut connection)
+        .await
+        .unwrap();
+    eventually("node-a lists node-z", || async {
+        let (_, body) = cluster.readyz(0).await;
+        body["checks"]["redis"]["detail"]["members"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["name"] == "node-z"))
+    })
+    .await;
+    let error = at_a
+        .try_publish("chat.room", json!("z would miss it"))
+        .await
+        .unwrap_err();
+    assert_eq!(error["code"], "cluster_unavailable");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("node node-z is not subscribed to Redis"),
+        "{error}"
+    );
+    at_a.quiet().await;
+    at_b.quiet().await;
+
+    let accepted = Instant::now();
+    let mut id = None;
+    for _ in 0..100 {
+        if let Ok(accepted) = at_a.try_publish("chat.room", json!("z is gone")).await {
+            id = Some(accepted);
+            break;
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+    let id = id.expect("accepted once node-z's key expired");
+    assert!(
+        accepted.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        accepted.elapsed()
+    );
+    assert_eq!(at_a.receive(1).await[0]["id"], id.as_str());
+    assert_eq!(at_b.receive(1).await[0]["id"], id.as_str());
+    let metrics = cluster.metrics(0).await;
+    let unsubscribed =
+        "stickyio_node_redis_refused_total{node=\"node-a\",reason=\"member_unsubscribed\"}";
+    assert!(
+        sample(&metrics, unsubscribed).is_some_and(|n| n >= 1),
+        "{metrics}"
+    );
+    cluster.stop().await;
+}
+
+/// Two processes named `node-a` on one Redis: both report it, on /readyz
+/// (not ready) and /metrics, for as long as both run; when one stops, the
+/// other is ready again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_with_one_name_are_reported_and_not_ready() {
+    let redis = RedisServer::start().await;
+    let mut cluster = Cluster::bind_with(2, RETRY, Backend::Redis(redis.url())).await;
+    cluster.rename(1, "node-a").await;
+    cluster.start().await;
+    eventually("both report the name conflict", || async {
+        for i in 0..2 {
+            let (status, body) = cluster.readyz(i).await;
+            let conflict = &body["checks"]["redis"]["detail"]["nameConflict"];
+            if status != 503 || !conflict["otherBoot"].is_string() {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    let metrics = cluster.metrics(1).await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "stickyio_node_redis_name_conflict{node=\"node-a\"}"
+        ),
+        Some(1),
+        "{metrics}"
+    );
+    // Still reported a few heartbeats later: not a one-off that flaps away.
+    sleep(REDIS_TTL).await;
+    assert_eq!(cluster.readyz(0).await.0, 503);
+
+    cluster.kill(1).await;
+    cluster.joined(&[0]).await;
     cluster.stop().await;
 }

@@ -52,7 +52,8 @@ impl Bare {
     }
 
     fn relay(&self, publication: &Publication) {
-        self.mesh.relay(&Arc::new(publication.clone()));
+        self.mesh
+            .relay(&Arc::new(publication.clone()), Box::new(|_| {}));
     }
 
     /// Stops like a node: links first, then every socket, then the listener.

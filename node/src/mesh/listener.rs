@@ -20,9 +20,9 @@ use socketioxide::handler::ConnectHandler;
 use stickyio_shared::message::Publication;
 use stickyio_shared::relay;
 
-use super::dedup::{Dedup, Key};
 use super::metrics::{MeshMetrics, OriginLabels};
 use super::secret::Secret;
+use crate::dedup::{Dedup, Key};
 
 /// The namespace peers link to.
 pub const NAMESPACE: &str = "/cluster";

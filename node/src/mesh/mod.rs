@@ -12,10 +12,9 @@
 //! for `/readyz` and counters for `/metrics`. [`attach`] plugs it into a
 //! [`Node`] before it serves.
 
-mod dedup;
 mod link;
 mod listener;
-mod metrics;
+pub(crate) mod metrics;
 mod secret;
 
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -33,12 +32,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::readiness::{Check, Readiness};
 use crate::server::Node;
-use crate::topics::{Relay, TopicService};
+use crate::topics::{Relay, Then, TopicService};
 
 pub use link::{LinkState, LinkStatus};
 pub use listener::{Deliver, InboundStatus};
 
-use dedup::Dedup;
+use crate::dedup::Dedup;
 use link::{Link, LinkSettings};
 use listener::Listener;
 use metrics::MeshMetrics;
@@ -189,10 +188,18 @@ impl Mesh {
 }
 
 impl Relay for Mesh {
-    /// Sends a publication made on this node once over each link. Never
-    /// waits: a peer whose queue is full or whose link is down misses it, and
-    /// the drop is counted. Publications of other nodes are never relayed.
-    fn relay(&self, publication: &Arc<Publication>) {
+    /// Sends a publication made on this node once over each link, and lets
+    /// the publish go ahead at once. Never waits: a peer whose queue is full
+    /// or whose link is down misses it, and the drop is counted.
+    /// Publications of other nodes are never relayed.
+    fn relay(&self, publication: &Arc<Publication>, then: Then) {
+        self.send(publication);
+        then(Ok(()));
+    }
+}
+
+impl Mesh {
+    fn send(&self, publication: &Arc<Publication>) {
         if publication.node != self.node {
             tracing::debug!(
                 origin = publication.node,
@@ -272,7 +279,7 @@ impl Drop for Mesh {
 }
 
 /// Milliseconds since the Unix epoch, as `/readyz` reports times.
-fn millis(at: SystemTime) -> u64 {
+pub(crate) fn millis(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }

@@ -85,11 +85,32 @@ impl TopicClient {
 
     /// Publishes and returns the publication's id.
     pub async fn publish(&self, topic: &str, content: Value) -> String {
+        self.try_publish(topic, content)
+            .await
+            .unwrap_or_else(|error| panic!("publish refused: {error}"))
+    }
+
+    /// Publishes: the id when accepted, else the ack's `error` object.
+    pub async fn try_publish(&self, topic: &str, content: Value) -> Result<String, Value> {
         let ack = self
             .request("publish", json!({ "topic": topic, "content": content }))
             .await;
-        assert_eq!(ack["ok"], true, "{ack}");
-        ack["id"].as_str().expect("an id in the ack").to_owned()
+        match ack["ok"].as_bool() {
+            Some(true) => Ok(ack["id"].as_str().expect("an id in the ack").to_owned()),
+            _ => Err(ack["error"].clone()),
+        }
+    }
+
+    /// Publishes without waiting for the ack, as a client in a hurry does.
+    pub async fn publish_unacked(&self, topic: &str, content: Value) {
+        timeout(
+            WAIT,
+            self.client
+                .emit("publish", json!({ "topic": topic, "content": content })),
+        )
+        .await
+        .expect("emit in time")
+        .expect("emit");
     }
 
     /// The next `message` event.

@@ -5,3 +5,4 @@ pub mod client;
 pub mod forwarder;
 pub mod nodes;
 pub mod peer;
+pub mod redis_server;

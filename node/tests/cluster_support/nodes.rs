@@ -1,9 +1,11 @@
-//! A cluster of real in-process nodes on ephemeral loopback ports.
+//! A cluster of real in-process nodes on ephemeral loopback ports, over
+//! either backend.
 //!
 //! Every node is bound on port 0 first; only then are the URLs known, so the
-//! mesh is attached afterwards with [`stickyio_node::mesh::attach`], exactly
-//! as `Node::bind` does for a node whose config lists its peers. Links can be
-//! routed through a forwarder, and a node can be given another secret.
+//! backend is attached afterwards ([`stickyio_node::mesh::attach`] or
+//! [`stickyio_node::redis_backend::attach`]), exactly as `Node::bind` does.
+//! Mesh links can be routed through a forwarder, and a node can be given
+//! another secret.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -12,14 +14,35 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
-use stickyio_node::{Node, RunningNode, mesh};
+use stickyio_node::{Node, RunningNode, mesh, redis_backend};
 use stickyio_shared::config::Duration as ConfigDuration;
-use stickyio_shared::config::node::NodeConfig;
+use stickyio_shared::config::node::{self, NodeConfig};
 use tokio::time::{sleep, timeout};
 
 use super::client::WAIT;
 
 pub const SECRET: &str = "cluster-test-secret";
+/// Heartbeat TTL of Redis-backed test nodes: short, so a member that is
+/// gone stops being expected soon.
+pub const REDIS_TTL: Duration = Duration::from_millis(1500);
+
+/// What carries publications between the nodes of a test cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Backend {
+    Mesh,
+    /// A Redis at this URL.
+    Redis(String),
+}
+
+impl Backend {
+    /// The key of its check in `/readyz`.
+    pub fn check(&self) -> &'static str {
+        match self {
+            Backend::Mesh => "mesh",
+            Backend::Redis(_) => "redis",
+        }
+    }
+}
 
 /// Clusters started so far by this test binary; `127.77.0.*` stays unused.
 static CLUSTERS: AtomicU8 = AtomicU8::new(1);
@@ -31,10 +54,12 @@ enum Slot {
 }
 
 pub struct Cluster {
+    pub backend: Backend,
     pub retry: Duration,
     /// `cluster.link_queue` of every node.
     pub link_queue: usize,
     addrs: Vec<SocketAddr>,
+    names: Vec<String>,
     routes: HashMap<(usize, usize), String>,
     secrets: Vec<String>,
     slots: Vec<Slot>,
@@ -45,10 +70,10 @@ pub fn name(i: usize) -> String {
     format!("node-{}", char::from(b'a' + i as u8))
 }
 
-async fn prepare(i: usize, listen: SocketAddr) -> Node {
-    Node::prepare(NodeConfig::standalone(name(i), listen))
+async fn prepare(name: &str, listen: SocketAddr) -> Node {
+    Node::prepare(NodeConfig::standalone(name, listen))
         .await
-        .unwrap_or_else(|e| panic!("prepare {}: {e}", name(i)))
+        .unwrap_or_else(|e| panic!("prepare {name}: {e}"))
 }
 
 impl Cluster {
@@ -56,17 +81,23 @@ impl Cluster {
     /// Each cluster has loopback addresses of its own (`127.77.<k>.<i>`), so
     /// a node restarted on its port cannot find it taken by another test.
     pub async fn bind(n: usize, retry: Duration) -> Cluster {
+        Cluster::bind_with(n, retry, Backend::Mesh).await
+    }
+
+    pub async fn bind_with(n: usize, retry: Duration, backend: Backend) -> Cluster {
         let k = CLUSTERS.fetch_add(1, Ordering::Relaxed);
         let mut slots = Vec::new();
         let mut addrs = Vec::new();
         for i in 0..n {
-            let node = prepare(i, SocketAddr::from(([127, 77, k, i as u8 + 1], 0))).await;
+            let node = prepare(&name(i), SocketAddr::from(([127, 77, k, i as u8 + 1], 0))).await;
             addrs.push(node.local_addr());
             slots.push(Slot::Prepared(node));
         }
         Cluster {
+            backend,
             retry,
             link_queue: NodeConfig::standalone("n", addrs[0]).cluster.link_queue,
+            names: (0..n).map(name).collect(),
             addrs,
             routes: HashMap::new(),
             secrets: vec![SECRET.to_owned(); n],
@@ -84,6 +115,14 @@ impl Cluster {
         self.routes.insert((from, to), via.to_owned());
     }
 
+    /// Gives node `i`, bound but not started, another name.
+    pub async fn rename(&mut self, i: usize, name: &str) {
+        self.names[i] = name.to_owned();
+        // Drops the bound listener first, so its port is free again.
+        self.slots[i] = Slot::Stopped;
+        self.slots[i] = Slot::Prepared(prepare(name, self.addrs[i]).await);
+    }
+
     pub fn set_secret(&mut self, i: usize, secret: &str) {
         self.secrets[i] = secret.to_owned();
     }
@@ -97,15 +136,24 @@ impl Cluster {
     }
 
     fn config(&self, i: usize) -> NodeConfig {
-        let mut config = NodeConfig::standalone(name(i), self.addrs[i]);
-        config.cluster.host = Some(self.url(i));
+        let mut config = NodeConfig::standalone(&self.names[i], self.addrs[i]);
         config.cluster.standalone = false;
-        config.cluster.cluster_nodes = (0..self.addrs.len())
-            .map(|to| self.peer_url(i, to))
-            .collect();
-        config.cluster.secret = Some(self.secrets[i].clone());
         config.cluster.retry_interval = ConfigDuration(self.retry);
-        config.cluster.link_queue = self.link_queue;
+        match &self.backend {
+            Backend::Mesh => {
+                config.cluster.host = Some(self.url(i));
+                config.cluster.cluster_nodes = (0..self.addrs.len())
+                    .map(|to| self.peer_url(i, to))
+                    .collect();
+                config.cluster.secret = Some(self.secrets[i].clone());
+                config.cluster.link_queue = self.link_queue;
+            }
+            Backend::Redis(url) => {
+                config.cluster.backend = node::Backend::Redis;
+                config.cluster.redis_url = Some(url.clone());
+                config.cluster.redis_heartbeat_ttl = ConfigDuration(REDIS_TTL);
+            }
+        }
         config
     }
 
@@ -118,8 +166,17 @@ impl Cluster {
         }
     }
 
-    fn serve(&self, i: usize, node: Node) -> RunningNode {
-        mesh::attach(&node, &self.config(i)).unwrap_or_else(|e| panic!("attach {}: {e}", name(i)));
+    fn serve(&self, i: usize, mut node: Node) -> RunningNode {
+        let config = self.config(i);
+        let attached = match self.backend {
+            Backend::Mesh => mesh::attach(&node, &config)
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Backend::Redis(_) => redis_backend::attach(&mut node, &config)
+                .map(drop)
+                .map_err(|e| e.to_string()),
+        };
+        attached.unwrap_or_else(|e| panic!("attach {}: {e}", self.names[i]));
         node.serve()
     }
 
@@ -132,7 +189,7 @@ impl Cluster {
 
     /// Starts node `i` again on the port it had.
     pub async fn restart(&mut self, i: usize) {
-        let node = prepare(i, self.addrs[i]).await;
+        let node = prepare(&self.names[i], self.addrs[i]).await;
         self.slots[i] = Slot::Running(self.serve(i, node));
     }
 
@@ -184,6 +241,29 @@ impl Cluster {
         .await;
     }
 
+    /// Waits until the given nodes are joined: mesh links up between them
+    /// all, or each ready on Redis and listing them all as members.
+    pub async fn joined(&self, nodes: &[usize]) {
+        if self.backend == Backend::Mesh {
+            return self.links_become(&Cluster::pairs(nodes), "up").await;
+        }
+        let members: Vec<String> = nodes.iter().map(|&i| self.names[i].clone()).collect();
+        eventually(&format!("{members:?} are ready Redis members"), || async {
+            for &i in nodes {
+                let (status, body) = self.readyz(i).await;
+                let listed: Vec<&str> = body["checks"]["redis"]["detail"]["members"]
+                    .as_array()
+                    .map(|m| m.iter().filter_map(|m| m["name"].as_str()).collect())
+                    .unwrap_or_default();
+                if status != 200 || members.iter().any(|m| !listed.contains(&m.as_str())) {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+    }
+
     /// Every ordered pair among `nodes`.
     pub fn pairs(nodes: &[usize]) -> Vec<(usize, usize)> {
         nodes
@@ -200,7 +280,7 @@ impl Cluster {
 }
 
 /// Polls `check` every 50 ms until it holds; panics after about [`WAIT`].
-async fn eventually<F, Fut>(what: &str, mut check: F)
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,

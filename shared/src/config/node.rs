@@ -9,6 +9,8 @@ use super::{ConfigError, Duration, Validate, Violation};
 
 /// Environment variable that can carry the mesh secret instead of the file.
 pub const SECRET_ENV: &str = "STICKYIO_CLUSTER_SECRET";
+/// Environment variable that can carry the Redis password instead of the file.
+pub const REDIS_PASSWORD_ENV: &str = "STICKYIO_REDIS_PASSWORD";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,6 +60,35 @@ pub struct ClusterConfig {
     /// Relay frames queued per peer link before new ones are dropped.
     #[serde(default = "defaults::link_queue")]
     pub link_queue: usize,
+    /// What carries publications between nodes: links of their own, or Redis.
+    #[serde(default)]
+    pub backend: Backend,
+    /// `redis://host:port[/db]` or `rediss://…` (TLS). A user name may be in
+    /// the URL; the password may not (it would be printed by `check`).
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    /// A file holding the Redis password, relative to the config file; else
+    /// [`REDIS_PASSWORD_ENV`] is read.
+    #[serde(default)]
+    pub redis_password_file: Option<PathBuf>,
+    /// Start of every Redis channel and key this pool uses, so several pools
+    /// can share one Redis.
+    #[serde(default = "defaults::redis_prefix")]
+    pub redis_prefix: String,
+    /// How long a node's heartbeat key lives; refreshed every third of it.
+    #[serde(default = "defaults::redis_heartbeat_ttl")]
+    pub redis_heartbeat_ttl: Duration,
+}
+
+/// The cluster backend: how a publication reaches the other nodes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Every node links to every other node (`cluster_nodes`, `secret`).
+    #[default]
+    Mesh,
+    /// Every node publishes to and subscribes on one Redis (`redis_url`).
+    Redis,
 }
 
 impl Default for ClusterConfig {
@@ -70,6 +101,11 @@ impl Default for ClusterConfig {
             secret_file: None,
             retry_interval: defaults::retry_interval(),
             link_queue: defaults::link_queue(),
+            backend: Backend::default(),
+            redis_url: None,
+            redis_password_file: None,
+            redis_prefix: defaults::redis_prefix(),
+            redis_heartbeat_ttl: defaults::redis_heartbeat_ttl(),
         }
     }
 }
@@ -100,17 +136,29 @@ mod defaults {
     pub fn link_queue() -> usize {
         4096
     }
+    pub fn redis_prefix() -> String {
+        "stickyio".to_owned()
+    }
+    pub fn redis_heartbeat_ttl() -> Duration {
+        Duration::from_secs(3)
+    }
 }
 
 impl NodeConfig {
     /// Reads, validates and resolves `node.toml`: a relative `secret_file`
-    /// is taken from the config file's directory.
+    /// or `redis_password_file` is taken from the config file's directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let mut config: NodeConfig = super::load(path)?;
-        if let (Some(file), Some(dir)) = (&config.cluster.secret_file, path.parent())
-            && file.is_relative()
-        {
-            config.cluster.secret_file = Some(dir.join(file));
+        if let Some(dir) = path.parent() {
+            let cluster = &mut config.cluster;
+            for file in [&mut cluster.secret_file, &mut cluster.redis_password_file]
+                .into_iter()
+                .flatten()
+            {
+                if file.is_relative() {
+                    *file = dir.join(&*file);
+                }
+            }
         }
         Ok(config)
     }
@@ -146,31 +194,58 @@ impl ClusterConfig {
         if let Some(s) = &self.secret {
             return Ok(Some(s.clone()));
         }
-        if let Some(path) = &self.secret_file {
-            let text = std::fs::read_to_string(path).map_err(|source| SecretError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            let secret = text.trim().to_owned();
-            if secret.is_empty() {
-                return Err(SecretError::Empty(path.clone()));
-            }
-            return Ok(Some(secret));
-        }
-        Ok(std::env::var(SECRET_ENV).ok().filter(|s| !s.is_empty()))
+        resolve_file_or_env(
+            "cluster.secret_file",
+            self.secret_file.as_deref(),
+            SECRET_ENV,
+        )
     }
+
+    /// The Redis password: `redis_password_file`, else the environment, else none.
+    pub fn resolve_redis_password(&self) -> Result<Option<String>, SecretError> {
+        resolve_file_or_env(
+            "cluster.redis_password_file",
+            self.redis_password_file.as_deref(),
+            REDIS_PASSWORD_ENV,
+        )
+    }
+}
+
+/// A secret from `file` (trimmed, must not be empty), else from `env`.
+fn resolve_file_or_env(
+    key: &'static str,
+    file: Option<&Path>,
+    env: &str,
+) -> Result<Option<String>, SecretError> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|source| SecretError::Read {
+            key,
+            path: path.to_owned(),
+            source,
+        })?;
+        let secret = text.trim().to_owned();
+        if secret.is_empty() {
+            return Err(SecretError::Empty {
+                key,
+                path: path.to_owned(),
+            });
+        }
+        return Ok(Some(secret));
+    }
+    Ok(std::env::var(env).ok().filter(|s| !s.is_empty()))
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
-    #[error("cluster.secret_file {}: cannot read: {source}", .path.display())]
+    #[error("{key} {}: cannot read: {source}", .path.display())]
     Read {
+        key: &'static str,
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("cluster.secret_file {}: the file is empty", .0.display())]
-    Empty(PathBuf),
+    #[error("{key} {}: the file is empty", .path.display())]
+    Empty { key: &'static str, path: PathBuf },
 }
 
 fn normalize_url(url: &str) -> String {
@@ -248,6 +323,31 @@ impl ClusterConfig {
         if self.link_queue == 0 {
             return Err(Violation::new("cluster.link_queue", "must be at least 1"));
         }
+        match self.backend {
+            Backend::Mesh => self.validate_mesh(),
+            Backend::Redis => self.validate_redis(),
+        }
+    }
+
+    fn validate_mesh(&self) -> Result<(), Violation> {
+        let redis_only = [
+            ("redis_url", self.redis_url.is_some()),
+            ("redis_password_file", self.redis_password_file.is_some()),
+            (
+                "redis_prefix",
+                self.redis_prefix != defaults::redis_prefix(),
+            ),
+            (
+                "redis_heartbeat_ttl",
+                self.redis_heartbeat_ttl != defaults::redis_heartbeat_ttl(),
+            ),
+        ];
+        if let Some((key, _)) = redis_only.iter().find(|(_, set)| *set) {
+            return Err(Violation::new(
+                format!("cluster.{key}"),
+                "is only used with backend = \"redis\"; set `backend = \"redis\"` or remove it",
+            ));
+        }
         if self.standalone {
             return Ok(());
         }
@@ -274,6 +374,74 @@ impl ClusterConfig {
         }
         Ok(())
     }
+
+    /// The mesh's peer list and secret mean nothing over Redis, and a config
+    /// that has them was probably meant for the mesh: refused, not ignored.
+    fn validate_redis(&self) -> Result<(), Violation> {
+        let mesh_only = [
+            ("cluster_nodes", !self.cluster_nodes.is_empty()),
+            ("secret", self.secret.is_some()),
+            ("secret_file", self.secret_file.is_some()),
+        ];
+        if let Some((key, _)) = mesh_only.iter().find(|(_, set)| *set) {
+            return Err(Violation::new(
+                format!("cluster.{key}"),
+                "is only used with backend = \"mesh\"; with backend = \"redis\" nodes find each other through Redis, and Redis auth and TLS carry trust",
+            ));
+        }
+        let Some(url) = &self.redis_url else {
+            return Err(Violation::new(
+                "cluster.backend",
+                "backend = \"redis\" needs `redis_url`, e.g. \"redis://127.0.0.1:6379\"",
+            ));
+        };
+        check_redis_url(url).map_err(|why| Violation::new("cluster.redis_url", why))?;
+        let prefix = &self.redis_prefix;
+        if prefix.is_empty()
+            || prefix
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace() || "*?[]\\".contains(c))
+        {
+            return Err(Violation::new(
+                "cluster.redis_prefix",
+                "must be non-empty, without spaces, control characters or any of * ? [ ] \\",
+            ));
+        }
+        if self.redis_heartbeat_ttl.get() < std::time::Duration::from_millis(300) {
+            return Err(Violation::new(
+                "cluster.redis_heartbeat_ttl",
+                "must be at least 300ms (it is refreshed every third of it)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checks the shape of a Redis URL; the client parses it fully when the node
+/// starts (and `stickyio-node check` does too).
+fn check_redis_url(url: &str) -> Result<(), String> {
+    let Some(rest) = url
+        .strip_prefix("redis://")
+        .or_else(|| url.strip_prefix("rediss://"))
+    else {
+        return Err(format!("{url:?} is not a redis:// or rediss:// URL"));
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = match authority.rsplit_once('@') {
+        Some((user_info, host)) => {
+            if user_info.contains(':') {
+                return Err(format!(
+                    "holds a password; put it in `redis_password_file` or {REDIS_PASSWORD_ENV} instead, so it is never printed or logged"
+                ));
+            }
+            host
+        }
+        None => authority,
+    };
+    if host.is_empty() || host.starts_with(':') {
+        return Err(format!("{url:?} names no host"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -414,6 +582,188 @@ retry_interval = "5s"
         std::fs::write(dir.join("mesh.secret"), "\n").unwrap();
         let err = c.cluster.resolve_secret().unwrap_err().to_string();
         assert!(err.ends_with("the file is empty"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    const REDIS: &str = r#"
+listen = "0.0.0.0:3001"
+name = "node-a"
+
+[cluster]
+standalone = false
+backend = "redis"
+redis_url = "redis://127.0.0.1:6379/0"
+"#;
+
+    #[test]
+    fn redis_backend_parses_with_defaults() {
+        let c: NodeConfig = parse(REDIS, "node.toml").unwrap();
+        assert_eq!(c.cluster.backend, Backend::Redis);
+        assert_eq!(
+            c.cluster.redis_url.as_deref(),
+            Some("redis://127.0.0.1:6379/0")
+        );
+        assert_eq!(c.cluster.redis_prefix, "stickyio");
+        assert_eq!(c.cluster.redis_heartbeat_ttl, Duration::from_secs(3));
+        let c: NodeConfig = parse(FULL, "node.toml").unwrap();
+        assert_eq!(c.cluster.backend, Backend::Mesh, "mesh is the default");
+        let text = REDIS.replace("redis://", "rediss://user@");
+        let c: NodeConfig = parse(&text, "node.toml").unwrap();
+        assert!(c.cluster.redis_url.unwrap().starts_with("rediss://user@"));
+    }
+
+    #[test]
+    fn redis_backend_needs_a_url() {
+        let text = REDIS.replace("redis_url = \"redis://127.0.0.1:6379/0\"\n", "");
+        let err = parse::<NodeConfig>(&text, "node.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "node.toml:7:11: `cluster.backend`: backend = \"redis\" needs `redis_url`"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_redis_urls_are_located() {
+        let cases = [
+            (
+                "http://127.0.0.1:6379",
+                "is not a redis:// or rediss:// URL",
+            ),
+            ("redis://", "names no host"),
+            ("redis://:6379", "names no host"),
+            (
+                "redis://user:hunter2@127.0.0.1:6379",
+                "holds a password; put it in `redis_password_file` or STICKYIO_REDIS_PASSWORD",
+            ),
+        ];
+        for (url, expected) in cases {
+            let text = REDIS.replace("redis://127.0.0.1:6379/0", url);
+            let err = parse::<NodeConfig>(&text, "node.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("node.toml:8:13: `cluster.redis_url`: ") && err.contains(expected),
+                "{url}: {err}"
+            );
+            assert!(
+                !err.contains("hunter2"),
+                "the password is never echoed: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_of_the_other_backend_are_refused_where_they_are() {
+        let err = parse::<NodeConfig>(
+            &format!("{REDIS}cluster_nodes = [\"http://127.0.0.1:3002\"]\n"),
+            "node.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with(
+                "node.toml:9:17: `cluster.cluster_nodes`: is only used with backend = \"mesh\""
+            ),
+            "{err}"
+        );
+        let err = parse::<NodeConfig>(
+            &format!("{REDIS}secret_file = \"mesh.secret\"\n"),
+            "node.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("`cluster.secret_file`: is only used with backend = \"mesh\""),
+            "{err}"
+        );
+        let err = parse::<NodeConfig>(
+            &format!("{FULL}redis_url = \"redis://127.0.0.1\"\n"),
+            "node.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with(
+                "node.toml:14:13: `cluster.redis_url`: is only used with backend = \"redis\""
+            ),
+            "{err}"
+        );
+        let err = parse::<NodeConfig>(&format!("{FULL}redis_prefix = \"x\"\n"), "node.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`cluster.redis_prefix`: is only used with backend = \"redis\""),
+            "{err}"
+        );
+        let err = parse::<NodeConfig>(&REDIS.replace("\"redis\"", "\"etcd\""), "node.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("node.toml:7:11: unknown variant `etcd`, expected `mesh` or `redis`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn redis_prefix_and_ttl_are_checked() {
+        let err = parse::<NodeConfig>(&format!("{REDIS}redis_prefix = \"a b\"\n"), "node.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("node.toml:9:16: `cluster.redis_prefix`: must be non-empty"),
+            "{err}"
+        );
+        let err = parse::<NodeConfig>(&format!("{REDIS}redis_prefix = \"pool*\"\n"), "node.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`cluster.redis_prefix`"), "{err}");
+        let err = parse::<NodeConfig>(
+            &format!("{REDIS}redis_heartbeat_ttl = \"100ms\"\n"),
+            "node.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with(
+                "node.toml:9:23: `cluster.redis_heartbeat_ttl`: must be at least 300ms"
+            ),
+            "{err}"
+        );
+        let c: NodeConfig = parse(
+            &format!("{REDIS}redis_prefix = \"pool-1\"\nredis_heartbeat_ttl = \"1s\"\n"),
+            "node.toml",
+        )
+        .unwrap();
+        assert_eq!(c.cluster.redis_prefix, "pool-1");
+        assert_eq!(c.cluster.redis_heartbeat_ttl, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn redis_password_file_is_resolved_relative_to_the_config() {
+        let dir = std::env::temp_dir().join(format!("stickyio-redis-pw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("redis.password"), "pw-from-file\n").unwrap();
+        let text = format!("{REDIS}redis_password_file = \"redis.password\"\n");
+        std::fs::write(dir.join("node.toml"), text).unwrap();
+        let c = NodeConfig::load(&dir.join("node.toml")).unwrap();
+        assert_eq!(
+            c.cluster.resolve_redis_password().unwrap().as_deref(),
+            Some("pw-from-file")
+        );
+        assert!(
+            !toml::to_string(&c).unwrap().contains("pw-from-file"),
+            "the printed config names the file, not the password"
+        );
+        std::fs::remove_file(dir.join("redis.password")).unwrap();
+        let err = c.cluster.resolve_redis_password().unwrap_err().to_string();
+        assert!(
+            err.starts_with("cluster.redis_password_file ") && err.contains("cannot read"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

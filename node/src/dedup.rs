@@ -1,5 +1,6 @@
 //! The set of relayed publications already delivered, so a frame that arrives
-//! twice (an origin resending after its link broke mid-write) is delivered once.
+//! twice (an origin resending after its mesh link broke mid-write, or a Redis
+//! message seen again) is delivered once. Shared by both cluster backends.
 //!
 //! Bounded twice over: entries expire after `ttl`, and past `capacity` the
 //! oldest entry is forgotten first, so a flood of ids cannot grow memory.

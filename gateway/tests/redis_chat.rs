@@ -1,0 +1,157 @@
+//! Through the gateway with the Redis backend: three nodes that relay over a
+//! `redis-server` of the test's own, clients that the gateway places one on
+//! each node (by their 127.x.y.z address), and a chat over one topic where
+//! every message reaches every client exactly once, whichever node it was
+//! published on.
+
+#[allow(dead_code)] // this binary only starts a server
+#[path = "../../node/tests/cluster_support/redis_server.rs"]
+mod redis_server;
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use http::Method;
+use redis_server::RedisServer;
+use serde_json::{Value, json};
+use stickyio_gateway::Gateway;
+use stickyio_node::{Node, RunningNode};
+use stickyio_shared::config::Duration as ConfigDuration;
+use stickyio_shared::config::node::{Backend, NodeConfig};
+use support::*;
+
+const NAMES: [&str; 3] = ["node-a", "node-b", "node-c"];
+
+async fn redis_node(name: &str, redis_url: &str) -> RunningNode {
+    let mut config = NodeConfig::standalone(name, "127.0.0.1:0".parse().unwrap());
+    config.cluster.standalone = false;
+    config.cluster.backend = Backend::Redis;
+    config.cluster.redis_url = Some(redis_url.to_owned());
+    config.cluster.retry_interval = ConfigDuration(Duration::from_millis(500));
+    Node::bind(config).await.expect("node starts")
+}
+
+/// The `message` events and the ack with `ack_id` among polled packets.
+fn sort_packets(
+    packets: Vec<String>,
+    ack_id: u32,
+    messages: &mut Vec<Value>,
+    ack: &mut Option<Value>,
+) {
+    let ack_prefix = format!("43{ack_id}");
+    for packet in packets {
+        if let Some(args) = packet.strip_prefix("42") {
+            let args: Value = serde_json::from_str(args).expect("an event packet");
+            if args[0] == "message" {
+                messages.push(args[1].clone());
+            }
+        } else if let Some(args) = packet.strip_prefix(&ack_prefix) {
+            let args: Value = serde_json::from_str(args).expect("an ack packet");
+            *ack = Some(args[0].clone());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_on_three_redis_backed_nodes_chat_through_the_gateway() {
+    let redis = RedisServer::start().await;
+    let mut nodes = Vec::new();
+    for name in NAMES {
+        nodes.push(redis_node(name, &redis.url()).await);
+    }
+    for node in &nodes {
+        eventually(
+            "every node is a ready Redis member of a pool of three",
+            || async {
+                let reply = admin(node.local_addr(), Method::GET, "/readyz").await;
+                let members = reply.json()["checks"]["redis"]["detail"]["members"]
+                    .as_array()
+                    .map_or(0, Vec::len);
+                reply.status == 200 && members == 3
+            },
+        )
+        .await;
+    }
+    let dir = TempDir::new("redis-chat");
+    let config = dir.path("gateway.toml");
+    std::fs::write(&config, gateway_toml(&node_list(&nodes), "")).unwrap();
+    let gateway = Gateway::start(config).await.expect("gateway starts");
+
+    // One client address that the gateway places on each node.
+    let mut sessions = Vec::new();
+    for name in NAMES {
+        let ip = (0..1000)
+            .map(client_ip)
+            .find(|ip| ranking(*ip, &NAMES)[0] == name)
+            .expect("an address for every node");
+        let mut session = PollingSession::open(ip, gateway.local_addr())
+            .await
+            .expect("session opens");
+        let ack = session
+            .emit_ack("subscribe", &json!("chat.lobby"))
+            .await
+            .unwrap();
+        assert_eq!(ack["ok"], true, "{ack}");
+        sessions.push(session);
+    }
+
+    let mut sent: BTreeMap<String, &str> = BTreeMap::new();
+    let mut received: Vec<Vec<Value>> = vec![Vec::new(); NAMES.len()];
+    for (from, name) in NAMES.iter().enumerate() {
+        let ack_id = 100 + from as u32;
+        let publish =
+            json!(["publish", {"topic": "chat.lobby", "content": format!("hello from {name}")}]);
+        sessions[from]
+            .post(&format!("42{ack_id}{publish}"))
+            .await
+            .unwrap();
+        for (to, session) in sessions.iter_mut().enumerate() {
+            let mut ack = None;
+            let mut messages = Vec::new();
+            for _ in 0..10 {
+                let wanted_ack = to != from || ack.is_some();
+                if wanted_ack && !messages.is_empty() {
+                    break;
+                }
+                let packets = session.poll_until(|_| true).await.unwrap();
+                sort_packets(packets, ack_id, &mut messages, &mut ack);
+            }
+            if to == from {
+                let ack = ack.expect("the publish is acked");
+                assert_eq!(ack["ok"], true, "{ack}");
+                sent.insert(ack["id"].as_str().unwrap().to_owned(), name);
+            }
+            assert_eq!(messages.len(), 1, "{} got {messages:?}", NAMES[to]);
+            received[to].extend(messages);
+        }
+    }
+
+    for (to, messages) in received.iter().enumerate() {
+        let got: BTreeMap<String, &str> = messages
+            .iter()
+            .map(|m| {
+                let origin = NAMES
+                    .iter()
+                    .find(|n| m["node"] == **n)
+                    .expect("a message from one of the nodes");
+                assert_eq!(m["content"], format!("hello from {origin}"));
+                assert_eq!(m["patterns"], json!(["chat.lobby"]));
+                (m["id"].as_str().unwrap().to_owned(), *origin)
+            })
+            .collect();
+        assert_eq!(got, sent, "{} got each message once", NAMES[to]);
+    }
+    for (session, name) in sessions.into_iter().zip(NAMES) {
+        let served_by = session.close().await.unwrap();
+        assert_eq!(
+            only(&served_by),
+            name,
+            "the gateway kept the client on its node"
+        );
+    }
+    gateway.shutdown().await;
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+}

@@ -1,0 +1,340 @@
+//! The node's link to Redis: connect, subscribe, heartbeat, receive, and
+//! reconnect with backoff when any of it fails.
+//!
+//! One task owns both connections: a multiplexed one for commands (publish
+//! script, heartbeat) shared with publishers, and a subscriber. The node
+//! counts as up only once it is subscribed and its heartbeat key is written,
+//! in that order, so a member with a key is always one that hears the relay
+//! channel. Anything wrong ends the session: both connections are dropped,
+//! publishes are refused while down, and the task retries after a backoff
+//! that doubles from [`FIRST_BACKOFF`] up to `retry_interval`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{FutureExt, StreamExt};
+use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use redis::{AsyncConnectionConfig, Client, Msg, RedisResult, Script};
+use stickyio_shared::relay;
+use tokio_util::sync::CancellationToken;
+
+use super::metrics::MemberLabels;
+use super::{Current, LinkState, REDIS_TIMEOUT, Shared};
+use crate::dedup::Key;
+use crate::mesh::metrics::OriginLabels;
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Deletes this node's heartbeat key and membership when it still holds our
+/// incarnation (never a same-named other process's).
+const LEAVE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('SREM', KEYS[2], ARGV[2])
+end
+return 0
+";
+
+/// How a session ended.
+enum End {
+    Shutdown,
+    Lost(String),
+}
+
+/// Connects, serves, and reconnects until `shutdown`.
+pub async fn run(shared: Arc<Shared>, client: Client, shutdown: CancellationToken) {
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        tracing::info!(node = %shared.node, "Trying to connect to Redis at {}", shared.url);
+        let session = Session::open(&shared, &client);
+        let end = tokio::select! {
+            () = shutdown.cancelled() => End::Shutdown,
+            opened = session => match opened {
+                Ok(session) => {
+                    backoff = FIRST_BACKOFF;
+                    session.serve(&shared, &shutdown).await
+                }
+                Err(e) => End::Lost(e),
+            },
+        };
+        let was_up = shared.status().state == LinkState::Up;
+        shared.set_connection(None);
+        match end {
+            End::Shutdown => {
+                shared.set_state(LinkState::Down, Some("shutting down".to_owned()));
+                return;
+            }
+            End::Lost(why) => {
+                if was_up {
+                    shared.metrics.reconnects.inc();
+                    shared.membership().lost(Instant::now());
+                    shared.metrics.members.set(0);
+                    shared.metrics.member.clear();
+                    tracing::warn!(node = %shared.node, "Lost Redis at {}: {why}", shared.url);
+                } else {
+                    tracing::warn!(node = %shared.node, "Cannot use Redis at {}: {why}", shared.url);
+                }
+                shared.set_state(LinkState::Down, Some(why));
+            }
+        }
+        tracing::info!(node = %shared.node, "Waiting {backoff:?} before retrying");
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(shared.retry_interval);
+    }
+}
+
+struct Session {
+    commands: MultiplexedConnection,
+    broken: CancellationToken,
+    /// Kept so the subscriber connection stays open; pinged on heartbeats.
+    sink: PubSubSink,
+    messages: PubSubStream,
+}
+
+impl Session {
+    async fn open(shared: &Shared, client: &Client) -> Result<Session, String> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_response_timeout(Some(REDIS_TIMEOUT));
+        let commands = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        let pubsub = tokio::time::timeout(REDIS_TIMEOUT, client.get_async_pubsub())
+            .await
+            .map_err(|_| format!("no subscriber connection within {REDIS_TIMEOUT:?}"))?
+            .map_err(|e| format!("cannot open the subscriber connection: {e}"))?;
+        // Loaded up front (a restarted Redis has none), so no publish meets
+        // NOSCRIPT and is resent out of order.
+        shared
+            .script
+            .load_async(&mut commands.clone())
+            .await
+            .map_err(|e| format!("cannot load the publish script: {e}"))?;
+        let (mut sink, messages) = pubsub.split();
+        let channels = [shared.names.relay.clone(), shared.names.own.clone()];
+        tokio::time::timeout(REDIS_TIMEOUT, sink.subscribe(&channels))
+            .await
+            .map_err(|_| format!("SUBSCRIBE not answered within {REDIS_TIMEOUT:?}"))?
+            .map_err(|e| format!("cannot subscribe: {e}"))?;
+        let mut session = Session {
+            commands,
+            broken: CancellationToken::new(),
+            sink,
+            messages,
+        };
+        session.heartbeat(shared, true).await?;
+        // Remembered members count before the first publish can go out.
+        shared
+            .membership()
+            .regained(Instant::now(), shared.ttl + shared.retry_interval);
+        shared.set_connection(Some(Current {
+            commands: session.commands.clone(),
+            broken: session.broken.clone(),
+        }));
+        shared.set_state(LinkState::Up, None);
+        tracing::info!(node = %shared.node, "Connected to Redis at {}", shared.url);
+        Ok(session)
+    }
+
+    async fn serve(mut self, shared: &Shared, shutdown: &CancellationToken) -> End {
+        let mut ticks = tokio::time::interval(shared.ttl / 3);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.reset();
+        let why = loop {
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    self.leave(shared).await;
+                    return End::Shutdown;
+                }
+                message = self.messages.next() => match message {
+                    Some(message) => receive(shared, &message),
+                    None => return End::Lost("Redis closed the subscriber connection".to_owned()),
+                },
+                _ = ticks.tick() => {
+                    if let Err(e) = self.heartbeat(shared, false).await {
+                        break e;
+                    }
+                }
+                () = self.broken.cancelled() => {
+                    break "a publish found the connection broken".to_owned();
+                }
+            }
+        };
+        self.drain(shared).await;
+        End::Lost(why)
+    }
+
+    /// Unsubscribes and delivers what the subscriber connection still
+    /// holds: publications Redis took (and acked to their origin) while
+    /// this node was subscribed must not be lost here. Once the unsubscribe
+    /// is confirmed, every message sent before it is queued; a connection
+    /// that cannot confirm is read until it ends, or for [`REDIS_TIMEOUT`].
+    async fn drain(&mut self, shared: &Shared) {
+        let channels = [shared.names.relay.clone(), shared.names.own.clone()];
+        let unsubscribed =
+            tokio::time::timeout(REDIS_TIMEOUT, self.sink.unsubscribe(&channels)).await;
+        if let Ok(Ok(())) = unsubscribed {
+            while let Some(Some(message)) = self.messages.next().now_or_never() {
+                receive(shared, &message);
+            }
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + REDIS_TIMEOUT;
+        while let Ok(Some(message)) = tokio::time::timeout_at(deadline, self.messages.next()).await
+        {
+            receive(shared, &message);
+        }
+    }
+
+    /// Refreshes this node's key (noticing another process that wrote it),
+    /// lists the live members, and checks the subscriber connection. On the
+    /// `first` heartbeat of a session the key may still hold this node's
+    /// previous incarnation (a restart after a crash): not a conflict.
+    async fn heartbeat(&mut self, shared: &Shared, first: bool) -> Result<(), String> {
+        let work = async {
+            let boot = shared.boot.to_string();
+            let ttl = u64::try_from(shared.ttl.as_millis()).unwrap_or(u64::MAX);
+            let (previous, names): (Option<String>, Vec<String>) = redis::pipe()
+                .cmd("SET")
+                .arg(&shared.names.own)
+                .arg(&boot)
+                .arg("PX")
+                .arg(ttl)
+                .arg("GET")
+                .cmd("SADD")
+                .arg(&shared.names.members)
+                .arg(&shared.node)
+                .ignore()
+                .cmd("SMEMBERS")
+                .arg(&shared.names.members)
+                .query_async(&mut self.commands)
+                .await?;
+            if let Some(other) = previous.filter(|p| *p != boot && !first) {
+                shared.conflict_seen(&other);
+            }
+            let keys: Vec<String> = names.iter().map(|n| shared.names.member(n)).collect();
+            let boots: Vec<Option<String>> = redis::cmd("MGET")
+                .arg(&keys)
+                .query_async(&mut self.commands)
+                .await?;
+            let mut live = BTreeMap::new();
+            let mut gone = Vec::new();
+            for (name, boot) in names.into_iter().zip(boots) {
+                match boot {
+                    Some(boot) => drop(live.insert(name, boot)),
+                    None => gone.push(name),
+                }
+            }
+            if !gone.is_empty() {
+                // Members whose key expired: a node that died without leaving.
+                redis::cmd("SREM")
+                    .arg(&shared.names.members)
+                    .arg(&gone)
+                    .exec_async(&mut self.commands)
+                    .await?;
+            }
+            self.sink.ping::<redis::Value>().await?;
+            RedisResult::Ok(live)
+        };
+        let live = tokio::time::timeout(REDIS_TIMEOUT * 2, work)
+            .await
+            .map_err(|_| format!("heartbeat not answered within {:?}", REDIS_TIMEOUT * 2))?
+            .map_err(|e| format!("heartbeat failed: {e}"))?;
+        shared.members_seen(live);
+        Ok(())
+    }
+
+    /// Removes this node from the pool before it stops, so others stop
+    /// expecting it at once rather than when its key expires.
+    async fn leave(&mut self, shared: &Shared) {
+        let script = Script::new(LEAVE);
+        let mut leave = script.prepare_invoke();
+        leave
+            .key(&shared.names.own)
+            .key(&shared.names.members)
+            .arg(shared.boot.to_string())
+            .arg(&shared.node);
+        match tokio::time::timeout(REDIS_TIMEOUT, leave.invoke_async::<i64>(&mut self.commands))
+            .await
+        {
+            Ok(Ok(_)) => tracing::info!(node = %shared.node, "Left the Redis pool"),
+            Ok(Err(e)) => {
+                tracing::warn!(node = %shared.node, "Could not leave the Redis pool: {e}")
+            }
+            Err(_) => tracing::warn!(node = %shared.node, "Could not leave the Redis pool in time"),
+        }
+    }
+}
+
+/// A message on a subscribed channel: a relay frame from another node is
+/// delivered locally, once; our own are skipped; nothing is published again.
+fn receive(shared: &Shared, message: &Msg) {
+    if message.get_channel_name() != shared.names.relay {
+        return;
+    }
+    let publication = match relay::decode(message.get_payload_bytes(), shared.max_frame) {
+        Ok(publication) => publication,
+        Err(e) => {
+            shared.metrics.reject_frame(e.kind());
+            tracing::warn!(node = %shared.node, "relay frame from Redis refused: {e}");
+            return;
+        }
+    };
+    let Some(topics) = shared.topics.upgrade() else {
+        return;
+    };
+    if topics.minted_here(&publication) {
+        return;
+    }
+    if publication.node == shared.node {
+        // Ids read `{node}-{incarnation}-{sequence}`.
+        let rest = &publication.id[publication.id.len().min(shared.node.len() + 1)..];
+        shared.conflict_seen(rest.split('-').next().unwrap_or(rest));
+    }
+    let origin = OriginLabels {
+        origin: publication.node.clone(),
+    };
+    let key = Key {
+        origin: publication.node.clone(),
+        // The id already names the origin's incarnation.
+        boot: 0,
+        id: publication.id.clone(),
+    };
+    if !shared.dedup().first_seen(key, Instant::now()) {
+        shared.metrics.deduplicated.get_or_create(&origin).inc();
+        return;
+    }
+    topics.deliver_relayed(&publication);
+    shared.metrics.relayed_in.get_or_create(&origin).inc();
+}
+
+impl Shared {
+    fn members_seen(&self, live: BTreeMap<String, String>) {
+        let metrics = &self.metrics;
+        metrics.members.set(live.len() as i64);
+        let mut membership = self.membership();
+        for gone in membership
+            .members()
+            .into_iter()
+            .filter(|m| !live.contains_key(&m.name))
+        {
+            metrics.member.remove(&MemberLabels { member: gone.name });
+        }
+        for name in live.keys() {
+            metrics
+                .member
+                .get_or_create(&MemberLabels {
+                    member: name.clone(),
+                })
+                .set(1);
+        }
+        membership.update(live);
+        let conflict = membership.conflict(Instant::now()).is_some();
+        metrics.name_conflict.set(i64::from(conflict));
+    }
+}
