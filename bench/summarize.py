@@ -111,11 +111,14 @@ if "gateway" in t:
                        f'{g["bytes_per_session"]:.0f} vs {t["nginx-iphash"]["bytes_per_session"]:.0f} B'))
 
 t = table.get("w5-fanout", {})
+for mine in ("stickyio-cluster", "stickyio-redis"):
+    if mine in t:
+        s = t[mine]
+        ratios.setdefault("w5-fanout", {}).update(
+            {f"{mine}/{b}": {"rate": ratio(s["rate_per_s"], t[b]["rate_per_s"]), "p99": ratio(s["p99_us"], t[b]["p99_us"])}
+             for b in ("node-cluster", "node-redis") if b in t})
 if "stickyio-cluster" in t:
     s = t["stickyio-cluster"]
-    ratios["w5-fanout"] = {f"stickyio/{b}": {"rate": ratio(s["rate_per_s"], t[b]["rate_per_s"]),
-                                             "p99": ratio(s["p99_us"], t[b]["p99_us"])}
-                           for b in ("node-cluster", "node-redis") if b in t}
     if "node-cluster" in t:
         n = t["node-cluster"]
         checks.append(("w5-fanout: deliveries/s >= 3x Node cluster adapter",

@@ -34,6 +34,7 @@ step() { printf '\n== %s (%s)\n' "$*" "$(date -u +%T)"; }
 # Every port on 127.0.0.1, below the ephemeral range (32768+) so no client
 # socket of a concurrent test run can take one.
 node_ports=(23001 23002 23003)
+redis_node_ports=(24001 24002 24003)
 gateway_port=28080
 gateway_admin=29090
 nginx_iphash_port=28081
@@ -101,6 +102,19 @@ host = "http://127.0.0.1:${node_ports[$i]}"
 standalone = false
 cluster_nodes = $cluster_nodes
 secret_file = "mesh.secret"
+EOF
+done
+# The same three nodes with the Redis backend instead of the mesh (W5).
+for i in 0 1 2; do
+  cat >"$work/redis-${names[$i]}.toml" <<EOF
+listen = "127.0.0.1:${redis_node_ports[$i]}"
+name = "${names[$i]}"
+
+[cluster]
+standalone = false
+backend = "redis"
+redis_url = "redis://127.0.0.1:$redis_port"
+redis_prefix = "bench"
 EOF
 done
 {
@@ -183,14 +197,15 @@ nginx -t -q -e "$work/nginx-test.log" -c "$work/nginx-iphash/nginx.conf"
 haproxy -c -q -f "$work/haproxy.cfg"
 
 step "Start every setup"
+start redis redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no
 for i in 0 1 2; do
   start "${names[$i]}" env RUST_LOG=warn "$bin/stickyio-node" --config "$work/${names[$i]}.toml"
+  start "redis-${names[$i]}" env RUST_LOG=warn "$bin/stickyio-node" --config "$work/redis-${names[$i]}.toml"
 done
 start gateway env RUST_LOG=warn "$bin/stickyio-gateway" --config "$work/gateway.toml"
 start nginx-iphash nginx -e "$work/nginx-iphash/error.log" -c "$work/nginx-iphash/nginx.conf"
 start nginx-consistent nginx -e "$work/nginx-consistent/error.log" -c "$work/nginx-consistent/nginx.conf"
 start haproxy haproxy -db -f "$work/haproxy.cfg"
-start redis redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no
 start node-cluster env PORT=$node_cluster_port ADAPTER=cluster node bench/node-baseline/server.js
 start node-redis env PORT=$node_redis_port ADAPTER=redis REDIS_URL="redis://127.0.0.1:$redis_port" node bench/node-baseline/server.js
 
@@ -202,7 +217,7 @@ wait_http() { # url: until it answers 200, at most 30 s
   echo "no answer from $1; logs in $work" >&2
   return 1
 }
-for p in "${node_ports[@]}"; do wait_http "http://127.0.0.1:$p/readyz"; done
+for p in "${node_ports[@]}" "${redis_node_ports[@]}"; do wait_http "http://127.0.0.1:$p/readyz"; done
 handshake="socket.io/?EIO=4&transport=polling"
 for p in $gateway_port $nginx_iphash_port $nginx_consistent_port $haproxy_port $node_cluster_port $node_redis_port; do
   wait_http "http://127.0.0.1:$p/$handshake"
@@ -218,10 +233,11 @@ declare -A target=(
   [node-cluster]="127.0.0.1:$node_cluster_port"
   [node-redis]="127.0.0.1:$node_redis_port"
   [stickyio-cluster]="$(printf '127.0.0.1:%s,' "${node_ports[@]}" | sed 's/,$//')"
+  [stickyio-redis]="$(printf '127.0.0.1:%s,' "${redis_node_ports[@]}" | sed 's/,$//')"
 )
 proxy_setups=(direct gateway nginx-iphash nginx-consistent haproxy node-cluster)
 idle_setups=(gateway nginx-iphash nginx-consistent haproxy)
-fanout_setups=(stickyio-cluster node-cluster node-redis)
+fanout_setups=(stickyio-cluster stickyio-redis node-cluster node-redis)
 pid_of[nginx-iphash]=$(cat "$work/nginx-iphash/nginx.pid")
 pid_of[nginx-consistent]=$(cat "$work/nginx-consistent/nginx.pid")
 node_pids="--pid ${pid_of[node-a]} --pid ${pid_of[node-b]} --pid ${pid_of[node-c]}"
@@ -234,6 +250,7 @@ pids_of() { # every process of a setup, for CPU per process
   case $1 in
   direct) echo "--pid ${pid_of[node-a]}" ;;
   stickyio-cluster) echo "$node_pids" ;;
+  stickyio-redis) echo "--pid ${pid_of[redis-node-a]} --pid ${pid_of[redis-node-b]} --pid ${pid_of[redis-node-c]} --pid ${pid_of[redis]}" ;;
   node-cluster) echo "--pid ${pid_of[node-cluster]}" ;;
   node-redis) echo "--pid ${pid_of[node-redis]} --pid ${pid_of[redis]}" ;;
   *) echo "$(proxy_pid "$1") $node_pids" ;;
