@@ -304,10 +304,10 @@ async fn a_publisher_subscribed_to_its_topic_receives_its_own_message() {
 /// one socket, sent without waiting for acks, arrives in the order sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_sockets_publishes_arrive_in_the_order_sent() {
-    // Under a socket's send buffer (socketioxide's 128 packets): past it, a
-    // subscriber that reads slower than the burst comes loses deliveries
-    // (counted in dropped_total), which made this order test flaky.
-    const BURST: u64 = 100;
+    // Under the node's per-socket send buffer (1024 packets): past it, a
+    // subscriber that reads slower than the burst comes loses deliveries,
+    // counted in dropped_total.
+    const BURST: u64 = 300;
     let node = start(config()).await;
     let mut sub = TestClient::connect(&node).await;
     let publisher = TestClient::connect(&node).await;

@@ -1,0 +1,352 @@
+#!/usr/bin/env bash
+# The stickyio benchmarks in one command (see BENCHMARKS.md):
+#
+#   scripts/bench.sh
+#
+# Installs the baselines (apt: nginx, haproxy, redis-server, linux-perf;
+# npm: socket.io and its adapters in bench/node-baseline), builds the release
+# binaries, starts every setup as its own processes on 127.0.0.1, runs each
+# workload on each setup in turn, and writes bench/results/results.{json,md}.
+# Every process it starts is stopped by its PID on exit.
+#
+# Knobs (environment): BENCH_DURATION (measured window, default 10s),
+# BENCH_WARMUP (2s), BENCH_ROUNDS (rounds over all setups, default 2; the
+# second visits setups in reverse order), BENCH_OUT (bench/results),
+# BENCH_PROFILE (1 = also perf-profile the machine under W1 through the
+# gateway, default 1), BENCH_NICE (niceness of everything the run starts,
+# default -10 when root: other work on the machine gets less of the two
+# cores while the numbers are taken, equally for every setup).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+duration=${BENCH_DURATION:-10s}
+warmup=${BENCH_WARMUP:-2s}
+rounds=${BENCH_ROUNDS:-2}
+out=${BENCH_OUT:-$root/bench/results}
+profile=${BENCH_PROFILE:-1}
+if [ "$(id -u)" -eq 0 ]; then
+  renice -n "${BENCH_NICE:--10}" -p $$ >/dev/null
+fi
+work=$(mktemp -d /tmp/stickyio-bench.XXXXXX)
+started_at=$(date -u +%FT%TZ)
+step() { printf '\n== %s (%s)\n' "$*" "$(date -u +%T)"; }
+
+# Every port on 127.0.0.1, below the ephemeral range (32768+) so no client
+# socket of a concurrent test run can take one.
+node_ports=(23001 23002 23003)
+redis_node_ports=(24001 24002 24003)
+gateway_port=28080
+gateway_admin=29090
+nginx_iphash_port=28081
+nginx_consistent_port=28082
+haproxy_port=28083
+node_cluster_port=28090
+node_redis_port=28091
+redis_port=26379
+
+pids=()
+declare -A pid_of
+start() { # name, then the command; logs to $work/<name>.log
+  local name=$1
+  shift
+  "$@" >"$work/$name.log" 2>&1 &
+  pids+=($!)
+  pid_of[$name]=$!
+}
+cleanup() {
+  local status=$?
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for _ in $(seq 50); do
+    local alive=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && break
+    sleep 0.1
+  done
+  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  echo "stopped ${#pids[@]} processes; logs in $work"
+  exit "$status"
+}
+trap cleanup EXIT
+
+step "Baselines from apt and npm"
+need=()
+command -v nginx >/dev/null || need+=(nginx-light)
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v perf >/dev/null || need+=(linux-perf)
+if [ "${#need[@]}" -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+(cd bench/node-baseline && npm ci --no-audit --no-fund --loglevel=error)
+
+step "Release build"
+cargo build --release -p stickyio-node -p stickyio-gateway -p stickyio-loadgen
+bin=${CARGO_TARGET_DIR:-$root/target}/release
+loadgen=$bin/stickyio-loadgen
+
+step "Configs in $work"
+head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/mesh.secret"
+cluster_nodes=$(printf '"http://127.0.0.1:%s", ' "${node_ports[@]}")
+cluster_nodes="[${cluster_nodes%, }]"
+names=(node-a node-b node-c)
+for i in 0 1 2; do
+  cat >"$work/${names[$i]}.toml" <<EOF
+listen = "127.0.0.1:${node_ports[$i]}"
+name = "${names[$i]}"
+
+[cluster]
+host = "http://127.0.0.1:${node_ports[$i]}"
+standalone = false
+cluster_nodes = $cluster_nodes
+secret_file = "mesh.secret"
+EOF
+done
+# The same three nodes with the Redis backend instead of the mesh (W5).
+for i in 0 1 2; do
+  cat >"$work/redis-${names[$i]}.toml" <<EOF
+listen = "127.0.0.1:${redis_node_ports[$i]}"
+name = "${names[$i]}"
+
+[cluster]
+standalone = false
+backend = "redis"
+redis_url = "redis://127.0.0.1:$redis_port"
+redis_prefix = "bench"
+EOF
+done
+{
+  cat <<EOF
+listen = "127.0.0.1:$gateway_port"
+admin = "127.0.0.1:$gateway_admin"
+
+[limits]
+# W4 holds 7,500 client connections (and as many to the nodes).
+max_connections = 19000
+EOF
+  for i in 0 1 2; do
+    printf '\n[[nodes]]\nname = "%s"\naddr = "127.0.0.1:%s"\n' "${names[$i]}" "${node_ports[$i]}"
+  done
+} >"$work/gateway.toml"
+
+nginx_conf() { # name, port, balancing directive
+  mkdir -p "$work/$1"
+  cat >"$work/$1/nginx.conf" <<EOF
+daemon off;
+worker_processes auto;
+worker_rlimit_nofile 20000;
+pid $work/$1/nginx.pid;
+error_log $work/$1/error.log warn;
+events { worker_connections 19000; }
+http {
+  access_log off;
+  client_body_temp_path $work/$1/body;
+  proxy_temp_path $work/$1/proxy;
+  fastcgi_temp_path $work/$1/fastcgi;
+  uwsgi_temp_path $work/$1/uwsgi;
+  scgi_temp_path $work/$1/scgi;
+  # Upgrade for websockets; no Connection header otherwise, so the
+  # upstream keep-alive pool is used for polling requests.
+  map \$http_upgrade \$connection_upgrade { default upgrade; '' ''; }
+  upstream nodes {
+    $3;
+$(for p in "${node_ports[@]}"; do echo "    server 127.0.0.1:$p;"; done)
+    keepalive 64;
+  }
+  server {
+    listen 127.0.0.1:$2 backlog=4096;
+    location / {
+      proxy_pass http://nodes;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade \$http_upgrade;
+      proxy_set_header Connection \$connection_upgrade;
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_buffering off;
+      proxy_read_timeout 120s;
+    }
+  }
+}
+EOF
+}
+nginx_conf nginx-iphash "$nginx_iphash_port" "ip_hash"
+nginx_conf nginx-consistent "$nginx_consistent_port" "hash \$remote_addr consistent"
+
+cat >"$work/haproxy.cfg" <<EOF
+global
+  maxconn 9500
+  ulimit-n 20000
+  nbthread 2
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 120s
+  timeout server 120s
+  timeout tunnel 120s
+frontend public
+  bind 127.0.0.1:$haproxy_port
+  default_backend nodes
+backend nodes
+  balance source
+  hash-type consistent
+$(for i in 0 1 2; do echo "  server ${names[$i]} 127.0.0.1:${node_ports[$i]} maxconn 10000"; done)
+EOF
+nginx -t -q -e "$work/nginx-test.log" -c "$work/nginx-iphash/nginx.conf"
+haproxy -c -q -f "$work/haproxy.cfg"
+
+step "Start every setup"
+start redis redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no
+for i in 0 1 2; do
+  start "${names[$i]}" env RUST_LOG=warn "$bin/stickyio-node" --config "$work/${names[$i]}.toml"
+  start "redis-${names[$i]}" env RUST_LOG=warn "$bin/stickyio-node" --config "$work/redis-${names[$i]}.toml"
+done
+start gateway env RUST_LOG=warn "$bin/stickyio-gateway" --config "$work/gateway.toml"
+start nginx-iphash nginx -e "$work/nginx-iphash/error.log" -c "$work/nginx-iphash/nginx.conf"
+start nginx-consistent nginx -e "$work/nginx-consistent/error.log" -c "$work/nginx-consistent/nginx.conf"
+start haproxy haproxy -db -f "$work/haproxy.cfg"
+start node-cluster env PORT=$node_cluster_port ADAPTER=cluster node bench/node-baseline/server.js
+start node-redis env PORT=$node_redis_port ADAPTER=redis REDIS_URL="redis://127.0.0.1:$redis_port" node bench/node-baseline/server.js
+
+wait_http() { # url: until it answers 200, at most 30 s
+  for _ in $(seq 300); do
+    curl -fsS -o /dev/null --max-time 1 "$1" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "no answer from $1; logs in $work" >&2
+  return 1
+}
+for p in "${node_ports[@]}" "${redis_node_ports[@]}"; do wait_http "http://127.0.0.1:$p/readyz"; done
+handshake="socket.io/?EIO=4&transport=polling"
+for p in $gateway_port $nginx_iphash_port $nginx_consistent_port $haproxy_port $node_cluster_port $node_redis_port; do
+  wait_http "http://127.0.0.1:$p/$handshake"
+done
+
+# Setup name -> where clients go.
+declare -A target=(
+  [direct]="127.0.0.1:${node_ports[0]}"
+  [gateway]="127.0.0.1:$gateway_port"
+  [nginx-iphash]="127.0.0.1:$nginx_iphash_port"
+  [nginx-consistent]="127.0.0.1:$nginx_consistent_port"
+  [haproxy]="127.0.0.1:$haproxy_port"
+  [node-cluster]="127.0.0.1:$node_cluster_port"
+  [node-redis]="127.0.0.1:$node_redis_port"
+  [stickyio-cluster]="$(printf '127.0.0.1:%s,' "${node_ports[@]}" | sed 's/,$//')"
+  [stickyio-redis]="$(printf '127.0.0.1:%s,' "${redis_node_ports[@]}" | sed 's/,$//')"
+)
+proxy_setups=(direct gateway nginx-iphash nginx-consistent haproxy node-cluster)
+idle_setups=(gateway nginx-iphash nginx-consistent haproxy)
+fanout_setups=(stickyio-cluster stickyio-redis node-cluster node-redis)
+pid_of[nginx-iphash]=$(cat "$work/nginx-iphash/nginx.pid")
+pid_of[nginx-consistent]=$(cat "$work/nginx-consistent/nginx.pid")
+node_pids="--pid ${pid_of[node-a]} --pid ${pid_of[node-b]} --pid ${pid_of[node-c]}"
+proxy_pid() { # the process in front of the nodes (W4 measures its memory)
+  case $1 in
+  gateway | haproxy | nginx-*) echo "--pid ${pid_of[$1]}" ;;
+  esac
+}
+pids_of() { # every process of a setup, for CPU per process
+  case $1 in
+  direct) echo "--pid ${pid_of[node-a]}" ;;
+  stickyio-cluster) echo "$node_pids" ;;
+  stickyio-redis) echo "--pid ${pid_of[redis-node-a]} --pid ${pid_of[redis-node-b]} --pid ${pid_of[redis-node-c]} --pid ${pid_of[redis]}" ;;
+  node-cluster) echo "--pid ${pid_of[node-cluster]}" ;;
+  node-redis) echo "--pid ${pid_of[node-redis]} --pid ${pid_of[redis]}" ;;
+  *) echo "$(proxy_pid "$1") $node_pids" ;;
+  esac
+}
+
+raw=$out/raw
+rm -rf "$raw"
+mkdir -p "$raw"
+# Which process is which, for the CPU columns of the results.
+for name in "${!pid_of[@]}"; do printf '%s %s\n' "${pid_of[$name]}" "$name"; done >"$out/pids.txt"
+block=0
+measure() { # workload-name setup round, then loadgen args
+  local name=$1 setup=$2 round=$3
+  shift 3
+  block=$((block + 1))
+  printf '  %-18s %-17s round %s ... ' "$name" "$setup" "$round"
+  # shellcheck disable=SC2046
+  "$loadgen" --out "$raw/$name--$setup--r$round.json" "$@" $("${pick:-pids_of}" "$setup") \
+    --target "${target[$setup]}" --label "$setup" --source-block "$block" \
+    --duration "$duration" --warmup "$warmup" >/dev/null
+  python3 - "$raw/$name--$setup--r$round.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"{r['rate_per_s']:.0f} {r['unit']}/s, p99 {r['latency_us']['p99']} us, errors {r['errors']['total']}")
+PY
+}
+in_order() { # round, setups...: forward on odd rounds, reverse on even
+  local round=$1
+  shift
+  if [ $((round % 2)) = 1 ]; then printf '%s\n' "$@"; else printf '%s\n' "$@" | tac; fi
+}
+
+for round in $(seq "$rounds"); do
+  step "Round $round of $rounds"
+  for setup in $(in_order "$round" "${proxy_setups[@]}"); do
+    measure w1-polling "$setup" "$round" roundtrip --clients 200 --transport polling
+  done
+  for setup in $(in_order "$round" "${proxy_setups[@]}"); do
+    measure w2-websocket "$setup" "$round" roundtrip --clients 200 --transport websocket
+  done
+  for setup in $(in_order "$round" "${proxy_setups[@]}"); do
+    measure w3-churn "$setup" "$round" churn --clients 50 --transport polling
+  done
+  for setup in $(in_order "$round" "${idle_setups[@]}"); do
+    # Memory of the process in front of the nodes only.
+    pick=proxy_pid measure w4-idle "$setup" "$round" idle --websockets 6000 --polling 1500 --open-concurrency 200
+    sleep 2 # let the closed sessions drain before the next setup
+  done
+  for setup in $(in_order "$round" "${fanout_setups[@]}"); do
+    measure w5-fanout "$setup" "$round" fanout --subscribers 300 --publishers 3 --window 16
+  done
+done
+
+if [ "$profile" = 1 ]; then
+  step "Profile (perf, cpu-clock): gateway and node-a during W1 polling through the gateway"
+  perf_pids=()
+  for who in gateway node-a; do
+    perf record -e cpu-clock -F 999 -g -p "${pid_of[$who]}" -o "$work/perf-$who.data" -- sleep 8 >/dev/null 2>&1 &
+    pids+=($!)
+    perf_pids+=($!)
+  done
+  "$loadgen" --out "$raw/profile-w1-gateway.json" roundtrip --clients 200 --transport polling \
+    --target "${target[gateway]}" --label gateway-profiled --source-block 250 --duration 8s --warmup 0s \
+    $(pids_of gateway) >/dev/null
+  wait "${perf_pids[@]}" || true
+  for who in gateway node-a; do
+    perf report -i "$work/perf-$who.data" --stdio --no-children --sort dso -g none \
+      >"$out/profile-$who-by-dso.txt" 2>/dev/null || true
+    perf report -i "$work/perf-$who.data" --stdio --no-children --sort dso,symbol -g none \
+      --percent-limit 0.5 >"$out/profile-$who.txt" 2>/dev/null || true
+    perf report -i "$work/perf-$who.data" --stdio --children --sort symbol -g none \
+      --percent-limit 3 >"$out/profile-$who-inclusive.txt" 2>/dev/null || true
+  done
+fi
+
+step "Versions and results"
+socket_io_version=$(node -p 'require("./bench/node-baseline/node_modules/socket.io/package.json").version')
+python3 - "$out" "$started_at" <<EOF
+import json, sys
+json.dump({
+  "started": sys.argv[2],
+  "nproc": $(nproc),
+  "memory": "$(free -h | awk '/^Mem:/{print $2}')",
+  "kernel": "$(uname -r)",
+  "open_files_limit": $(ulimit -Hn),
+  "rustc": "$(rustc --version)",
+  "nginx": "$(nginx -v 2>&1 | sed 's/.*: //')",
+  "haproxy": "$(haproxy -v | head -1)",
+  "node": "$(node --version)",
+  "socket.io": "$socket_io_version",
+  "redis": "$(redis-server --version)",
+  "duration": "$duration",
+  "warmup": "$warmup",
+  "rounds": $rounds,
+}, open(sys.argv[1] + "/versions.json", "w"), indent=2)
+EOF
+python3 bench/summarize.py "$out"
+echo "results: $out/results.md and $out/results.json"
