@@ -61,7 +61,7 @@ fn route(c: &mut Criterion) {
     let _guard = runtime.enter();
     let mut group = c.benchmark_group("route");
     for n in SIZES {
-        let state = State::new(config(n, 1), None);
+        let state = State::new(config(n, 1), None, None);
         let mut i = 0u32;
         group.bench_with_input(BenchmarkId::from_parameter(n), &state, |b, state| {
             b.iter(|| {
@@ -79,7 +79,7 @@ fn route(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("route_pinned");
     for n in SIZES {
-        let state = State::new(config(n, 1), None);
+        let state = State::new(config(n, 1), None, None);
         let snapshot = state.snapshot();
         let node = Arc::clone(&snapshot.nodes[n / 2]);
         state
@@ -102,7 +102,7 @@ fn config_swap(c: &mut Criterion) {
     let _guard = runtime.enter();
     let mut group = c.benchmark_group("config_swap");
     for n in SIZES {
-        let state = State::new(config(n, 1), None);
+        let state = State::new(config(n, 1), None, None);
         // Alternate two configs that differ in every weight, so each apply
         // is a real change (an unchanged config returns early).
         let variants = [config(n, 2), config(n, 1)];
