@@ -12,7 +12,7 @@
 #
 # Bounded: every wait in the scenario has a deadline; a run takes about
 # 1-2 minutes after the build. The same scenario runs small in
-# `cargo test --test chaos -- --ignored` (150 clients, 6 s freeze).
+# `cargo test --test chaos` (150 clients, 6 s freeze), part of scripts/test.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export STICKYIO_CHAOS_CLIENTS="${STICKYIO_CHAOS_CLIENTS:-1000}"
@@ -29,4 +29,4 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 echo "== building release binaries"
 cargo build --release --workspace --bins
 echo "== chaos: ${STICKYIO_CHAOS_CLIENTS} clients, ${STICKYIO_CHAOS_FREEZE_SECS}s freeze"
-timeout 600 cargo test --release --test chaos -- --ignored --nocapture --test-threads=1
+timeout 600 cargo test --release --test chaos -- --nocapture --test-threads=1

@@ -402,16 +402,7 @@ async fn a_websocket_client_that_never_reads_does_not_hold_up_others() {
     let before = gw.rss_kb();
     // The lazy client: a websocket that subscribes, then never reads.
     let mut lazy = connect_from(client_ip(70), gw.addr).await.unwrap();
-    lazy.write_all(
-        b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    for text in ["40", "420[\"subscribe\",\"hostile.flood\"]"] {
-        lazy.write_all(&hostile_support::masked_text_frame(text))
-            .await
-            .unwrap();
-    }
+    hostile_support::subscribe_over_websocket(&mut lazy, "hostile.flood").await;
     let mut watcher = PollingSession::open(client_ip(71), gw.addr).await.unwrap();
     let ack = watcher
         .emit_ack("subscribe", &serde_json::json!("hostile.flood"))

@@ -41,12 +41,6 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop
 /// does not spin while the condition lasts.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-/// Packets a socket may have queued before a delivery to it is dropped.
-/// socketioxide's default of 128 dropped 0.8 % of W5 deliveries (300
-/// subscribers, 3 publishers) whenever the clients' CPU share dipped; a
-/// queued `message` costs a few hundred bytes, so 1024 bounds a slow
-/// client at a few hundred KiB.
-const SEND_BUFFER_PACKETS: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -118,7 +112,7 @@ impl Node {
             .ping_interval(config.ping_interval.get())
             .ping_timeout(config.ping_timeout.get())
             .max_payload(config.max_payload)
-            .max_buffer_size(SEND_BUFFER_PACKETS)
+            .max_buffer_size(config.send_buffer)
             // Polling bodies are capped by `max_payload`; cap websocket
             // messages the same so both transports refuse the same frames.
             .ws_max_message_size(usize::try_from(config.max_payload).unwrap_or(usize::MAX))

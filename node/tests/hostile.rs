@@ -295,23 +295,13 @@ async fn floods_oversized_bodies_and_bad_engine_io_get_clear_answers() {
 
 #[tokio::test]
 async fn a_websocket_client_that_never_reads_is_bounded() {
-    let mut node = NodeProcess::start("never-reads", "").await;
+    // 20 sockets × 128 packets × 8 KiB: at most 20 MiB queued on their behalf.
+    let mut node = NodeProcess::start("never-reads", "send_buffer = 128").await;
     let before = node.rss_kb();
     let mut lazy = Vec::new();
     for i in 0..20u8 {
         let mut stream = connect_from(Ipv4Addr::new(127, 54, 0, i + 1), node.addr).await;
-        stream
-            .write_all(
-                b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-            )
-            .await
-            .unwrap();
-        for text in ["40", "420[\"subscribe\",\"hostile.flood\"]"] {
-            stream
-                .write_all(&hostile_support::masked_text_frame(text))
-                .await
-                .unwrap();
-        }
+        hostile_support::subscribe_over_websocket(&mut stream, "hostile.flood").await;
         lazy.push(stream);
     }
     // A publisher over polling: 2,000 messages of 8 KiB to the lazy sockets.
@@ -352,6 +342,24 @@ async fn a_websocket_client_that_never_reads_is_bounded() {
     assert!(
         acked > 0,
         "publishes are acked while other sockets never read"
+    );
+    let metrics = node
+        .http(Ipv4Addr::LOCALHOST)
+        .get(format!("http://{}/metrics", node.addr))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .unwrap();
+    let dropped: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("stickyio_node_dropped_total"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .expect("the dropped counter");
+    assert!(
+        dropped > 0.0,
+        "deliveries to full send buffers are dropped and counted"
     );
     node.serves_real_clients(200).await;
     node.assert_alive_and_bounded(before, "20 websockets that never read");

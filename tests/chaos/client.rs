@@ -137,6 +137,15 @@ impl Conn {
             .map_err(|_| format!("no answer in {limit:?}"))?
     }
 
+    /// A failed request, saying which node answered (none: the gateway).
+    fn refused(&self, what: &str, status: StatusCode, body: &str, node: Option<String>) -> Broken {
+        let node = node.as_deref().unwrap_or("the gateway");
+        format!(
+            "{what}: {status} {body} (sid {}, answered by {node})",
+            self.sid
+        )
+    }
+
     /// POSTs `payload`; the wait for an earlier POST counts in its time
     /// limit, so a dead node is noticed within one limit, not two.
     async fn post(&self, payload: String) -> Result<(), Broken> {
@@ -146,11 +155,12 @@ impl Conn {
             self.request(Method::POST, &query, payload, request_timeout())
                 .await
         };
-        let (status, _, body) = tokio::time::timeout(request_timeout(), exchange)
-            .await
-            .map_err(|_| format!("post: no answer in {:?}", request_timeout()))??;
+        let (status, answered, body) =
+            tokio::time::timeout(request_timeout(), exchange)
+                .await
+                .map_err(|_| format!("post: no answer in {:?}", request_timeout()))??;
         if status != StatusCode::OK {
-            return Err(format!("post: {status} {body}"));
+            return Err(self.refused("post", status, &body, answered));
         }
         Ok(())
     }
@@ -158,11 +168,11 @@ impl Conn {
     /// One long-poll: the packets, pings already answered.
     async fn poll(&self) -> Result<Vec<String>, Broken> {
         let query = format!("&sid={}", self.sid);
-        let (status, _, body) = self
+        let (status, answered, body) = self
             .request(Method::GET, &query, String::new(), request_timeout())
             .await?;
         if status != StatusCode::OK {
-            return Err(format!("poll: {status} {body}"));
+            return Err(self.refused("poll", status, &body, answered));
         }
         let packets: Vec<String> = body.split(SEP).map(str::to_owned).collect();
         for packet in &packets {
@@ -229,15 +239,31 @@ impl LoadClient {
         conn.sid = open["sid"].as_str().ok_or("no sid")?.to_owned();
         conn.node = node.ok_or("no node header")?;
         conn.post("40".to_owned()).await?;
-        let ack = 0;
-        conn.post(emit(ack, "subscribe", &json!(self.topic)))
-            .await?;
+        // Nothing is emitted before the namespace connect is acked, as
+        // socket.io-client does: the server closes a session whose event
+        // arrives before its connect has completed (socket.io does the same).
         let mut connected = false;
         for _ in 0..10 {
             for packet in conn.poll().await? {
+                if packet.starts_with("44") {
+                    return Err(format!("connect refused: {packet}"));
+                }
                 connected |= packet.starts_with("40{");
+            }
+            if connected {
+                break;
+            }
+        }
+        if !connected {
+            return Err("no connect ack in 10 polls".into());
+        }
+        let ack = 0;
+        conn.post(emit(ack, "subscribe", &json!(self.topic)))
+            .await?;
+        for _ in 0..10 {
+            for packet in conn.poll().await? {
                 if let Some(reply) = ack_of(&packet, ack) {
-                    if !connected || reply["ok"] != true {
+                    if reply["ok"] != true {
                         return Err(format!("subscribe refused: {reply}"));
                     }
                     return Ok(conn);

@@ -12,6 +12,8 @@ pub use crate::secret::SecretError;
 pub const SECRET_ENV: &str = "STICKYIO_CLUSTER_SECRET";
 /// Environment variable that can carry the Redis password instead of the file.
 pub const REDIS_PASSWORD_ENV: &str = "STICKYIO_REDIS_PASSWORD";
+/// Largest `send_buffer`: beyond it one slow socket could hold gigabytes.
+const MAX_SEND_BUFFER: usize = 65_536;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,6 +37,11 @@ pub struct NodeConfig {
     /// the transport closes the connection first.
     #[serde(default = "defaults::max_message_bytes")]
     pub max_message_bytes: usize,
+    /// Packets one socket may have queued for sending; a delivery to a full
+    /// socket is dropped and counted. A client that never reads holds at most
+    /// `send_buffer × max_message_bytes` until its ping timeout ends it.
+    #[serde(default = "defaults::send_buffer")]
+    pub send_buffer: usize,
     #[serde(default)]
     pub cluster: ClusterConfig,
 }
@@ -128,6 +135,11 @@ mod defaults {
     pub fn max_message_bytes() -> usize {
         64 * 1024
     }
+    /// socketioxide's default of 128 dropped 0.8 % of W5 deliveries (300
+    /// subscribers, 3 publishers) whenever the clients' CPU share dipped.
+    pub fn send_buffer() -> usize {
+        1024
+    }
     pub fn standalone() -> bool {
         true
     }
@@ -174,6 +186,7 @@ impl NodeConfig {
             max_payload: defaults::max_payload(),
             max_subscriptions: defaults::max_subscriptions(),
             max_message_bytes: defaults::max_message_bytes(),
+            send_buffer: defaults::send_buffer(),
             cluster: ClusterConfig::default(),
         }
     }
@@ -244,6 +257,12 @@ impl Validate for NodeConfig {
             return Err(Violation::new(
                 "max_message_bytes",
                 "must be at least 1 byte",
+            ));
+        }
+        if !(1..=MAX_SEND_BUFFER).contains(&self.send_buffer) {
+            return Err(Violation::new(
+                "send_buffer",
+                format!("must be between 1 and {MAX_SEND_BUFFER} packets"),
             ));
         }
         self.cluster.validate()
@@ -449,6 +468,23 @@ retry_interval = "5s"
         assert_eq!(c.ping_interval, Duration::from_secs(25));
         assert_eq!(c.max_payload, 1_000_000);
         assert_eq!(c.max_message_bytes, 65_536);
+        assert_eq!(c.send_buffer, 1024);
+    }
+
+    #[test]
+    fn send_buffer_is_read_and_bounded() {
+        let base = "listen = \"127.0.0.1:0\"\nname = \"n\"\n";
+        let c: NodeConfig = parse(&format!("{base}send_buffer = 64\n"), "n.toml").unwrap();
+        assert_eq!(c.send_buffer, 64);
+        for bad in ["0", "100000"] {
+            let err = parse::<NodeConfig>(&format!("{base}send_buffer = {bad}\n"), "n.toml")
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                err,
+                "n.toml:3:15: `send_buffer`: must be between 1 and 65536 packets"
+            );
+        }
     }
 
     #[test]
