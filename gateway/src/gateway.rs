@@ -13,11 +13,11 @@ use stickyio_shared::secret::SecretError;
 use tokio::net::TcpListener;
 
 use crate::health_check;
-use crate::limits::ConnectionLimit;
 use crate::reload::{self, ReloadError, ReloadReport};
 use crate::server;
 use crate::state::State;
 use crate::tls::{self, TlsError};
+use stickyio_shared::connection_limit::ConnectionLimit;
 
 /// How often silent pins are expired and drained nodes forgotten.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);

@@ -1,23 +1,19 @@
 //! Protection of the public listener: header read timeout, header size and
-//! count, body size, and the number of open connections.
+//! count and body size (the number of open connections is capped by
+//! [`stickyio_shared::connection_limit`]).
 //!
 //! Header limits are enforced by hyper's parser (431 for too large or too
 //! many headers, 400 for a malformed request, connection closed on a slow
 //! header sender); the body limit is checked up front from `Content-Length`
 //! and enforced while streaming for chunked bodies (413).
 
-use std::error::Error as StdError;
-use std::sync::Arc;
-
 use http::HeaderMap;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioTimer;
+use std::error::Error as StdError;
 use stickyio_shared::config::gateway::LimitsConfig;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::body::Body;
 
@@ -31,40 +27,6 @@ pub fn http1_builder(limits: &LimitsConfig) -> http1::Builder {
         .max_headers(limits.max_headers)
         .keep_alive(true);
     builder
-}
-
-/// Caps open client connections; a websocket holds its permit until it closes.
-#[derive(Clone)]
-pub struct ConnectionLimit {
-    semaphore: Arc<Semaphore>,
-}
-
-impl ConnectionLimit {
-    pub fn new(max: usize) -> Self {
-        ConnectionLimit {
-            semaphore: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
-        }
-    }
-
-    pub fn try_acquire(&self) -> Option<OwnedSemaphorePermit> {
-        self.semaphore.clone().try_acquire_owned().ok()
-    }
-}
-
-/// Answers a connection over the limit with 503 and closes it, without
-/// reading its request: the client learns why instead of seeing a reset.
-pub async fn refuse_busy(mut stream: TcpStream) {
-    const BODY: &str =
-        r#"{"error":"too_many_connections","message":"the gateway is at its connection limit"}"#;
-    let response = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
-        BODY.len()
-    );
-    let write = async {
-        stream.write_all(response.as_bytes()).await?;
-        stream.shutdown().await
-    };
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), write).await;
 }
 
 /// `Content-Length` above `max`.
@@ -110,17 +72,6 @@ mod tests {
             !declared_too_large(&h, 10),
             "hyper itself refuses a bad length"
         );
-    }
-
-    #[test]
-    fn connection_limit_counts_permits() {
-        let limit = ConnectionLimit::new(2);
-        let a = limit.try_acquire();
-        let b = limit.try_acquire();
-        assert!(a.is_some() && b.is_some());
-        assert!(limit.try_acquire().is_none());
-        drop(a);
-        assert!(limit.try_acquire().is_some());
     }
 
     #[tokio::test]

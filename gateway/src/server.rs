@@ -20,9 +20,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin;
-use crate::limits::{self, ConnectionLimit};
+use crate::limits;
 use crate::proxy::{self, Conn};
 use crate::state::State;
+use stickyio_shared::connection_limit::{ConnectionLimit, refuse_busy};
 
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop
 /// does not spin while the condition lasts.
@@ -63,7 +64,7 @@ pub async fn serve_public(
         let Some(permit) = limit.try_acquire() else {
             state.metrics.rejected("connection_limit");
             tracing::warn!(%peer, "connection refused: at the connection limit");
-            return limits::refuse_busy(stream).boxed();
+            return refuse_busy(stream, "gateway").boxed();
         };
         let _ = stream.set_nodelay(true);
         let limits = state.snapshot().config.limits.clone();

@@ -24,6 +24,7 @@ use prometheus_client::registry::Registry;
 use socketioxide::SocketIo;
 use socketioxide::service::SocketIoService;
 use stickyio_shared::config::node::{Backend, NodeConfig};
+use stickyio_shared::connection_limit::{ConnectionLimit, Counted, refuse_busy};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -189,6 +190,7 @@ impl Node {
         self.http.readiness.set_serving(true);
         tracing::info!(node = %self.config.name, addr = %self.local_addr, "listening");
         let task = tokio::spawn(serve(
+            self.config.clone(),
             self.listener,
             self.service,
             self.io.clone(),
@@ -262,6 +264,7 @@ impl Drop for RunningNode {
 }
 
 async fn serve(
+    config: Arc<NodeConfig>,
     listener: TcpListener,
     service: SocketIoService<Routes>,
     io: SocketIo,
@@ -269,8 +272,11 @@ async fn serve(
     shutdown: CancellationToken,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // A timer enables hyper's header read timeout against slow clients.
-    builder.http1().timer(TokioTimer::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout.get());
+    let limit = ConnectionLimit::new(config.max_connections);
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -284,8 +290,16 @@ async fn serve(
                 }
             },
         };
+        let Some(permit) = limit.try_acquire() else {
+            tracing::warn!(%peer, "connection refused: at the connection limit");
+            tokio::spawn(refuse_busy(stream, "node"));
+            continue;
+        };
         let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service.clone())
+            .serve_connection_with_upgrades(
+                TokioIo::new(Counted::new(stream, permit)),
+                service.clone(),
+            )
             .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {

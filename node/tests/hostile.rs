@@ -208,6 +208,46 @@ async fn idle_connections_and_slowloris_do_not_starve_real_clients() {
 }
 
 #[tokio::test]
+async fn the_connection_limit_and_the_header_timeout_hold() {
+    let mut node = NodeProcess::start(
+        "limits",
+        "max_connections = 30\nheader_read_timeout = \"1s\"",
+    )
+    .await;
+    // A slow header sender is cut off after header_read_timeout, not 30 s.
+    let mut slow = connect_from(Ipv4Addr::new(127, 55, 0, 1), node.addr).await;
+    slow.write_all(b"GET /socket.io/?EIO=4 HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(TIMEOUT, slow.read_to_end(&mut rest))
+        .await
+        .expect("a slow header sender is closed within header_read_timeout")
+        .expect("read");
+    // Websockets hold their connection's place, also after the upgrade.
+    let mut sockets = Vec::new();
+    for i in 0..30u8 {
+        let mut stream = connect_from(Ipv4Addr::new(127, 55, 1, i + 1), node.addr).await;
+        hostile_support::subscribe_over_websocket(&mut stream, "hostile.limit").await;
+        sockets.push(stream);
+    }
+    let mut over = connect_from(Ipv4Addr::new(127, 55, 2, 1), node.addr).await;
+    let reply = read_until_closed(&mut over).await;
+    assert!(
+        reply.starts_with("HTTP/1.1 503")
+            && reply.contains("too_many_connections")
+            && reply.contains("the node is at its connection limit"),
+        "a connection over max_connections got {reply:?}"
+    );
+    // Closing some makes room again.
+    sockets.truncate(20);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    node.serves_real_clients(100).await;
+    node.assert_alive_and_bounded(node.rss_kb(), "the connection limit");
+    drop(sockets);
+}
+
+#[tokio::test]
 async fn floods_oversized_bodies_and_bad_engine_io_get_clear_answers() {
     // A short ping interval: a poll left waiting returns within it.
     let mut node = NodeProcess::start("flood", "max_payload = 65536\nping_interval = \"2s\"").await;

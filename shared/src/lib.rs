@@ -1,5 +1,6 @@
 //! What the stickyio gateway, nodes and tests must agree on.
 //!
+//! - [`connection_limit`]: the cap on a listener's open connections.
 //! - [`config`]: typed `gateway.toml` and `node.toml`, with `file:line:column` errors.
 //! - [`logging`]: the log format every binary uses.
 //! - [`message`]: a publication as delivered to sockets and relayed between nodes.
@@ -9,6 +10,7 @@
 //! - [`topic`]: topic names and subscription patterns (`*`, `#`): validation and matching.
 
 pub mod config;
+pub mod connection_limit;
 pub mod logging;
 pub mod message;
 pub mod placement;

@@ -42,6 +42,12 @@ pub struct NodeConfig {
     /// `send_buffer × max_message_bytes` until its ping timeout ends it.
     #[serde(default = "defaults::send_buffer")]
     pub send_buffer: usize,
+    /// Open connections the node accepts; more get `503` and are closed.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+    /// How long a connection may take to send a request head (slowloris).
+    #[serde(default = "defaults::header_read_timeout")]
+    pub header_read_timeout: Duration,
     #[serde(default)]
     pub cluster: ClusterConfig,
 }
@@ -140,6 +146,13 @@ mod defaults {
     pub fn send_buffer() -> usize {
         1024
     }
+    pub fn max_connections() -> usize {
+        10_000
+    }
+    /// hyper's own default, and the gateway's.
+    pub fn header_read_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
     pub fn standalone() -> bool {
         true
     }
@@ -187,6 +200,8 @@ impl NodeConfig {
             max_subscriptions: defaults::max_subscriptions(),
             max_message_bytes: defaults::max_message_bytes(),
             send_buffer: defaults::send_buffer(),
+            max_connections: defaults::max_connections(),
+            header_read_timeout: defaults::header_read_timeout(),
             cluster: ClusterConfig::default(),
         }
     }
@@ -263,6 +278,15 @@ impl Validate for NodeConfig {
             return Err(Violation::new(
                 "send_buffer",
                 format!("must be between 1 and {MAX_SEND_BUFFER} packets"),
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(Violation::new("max_connections", "must be at least 1"));
+        }
+        if self.header_read_timeout.get().is_zero() {
+            return Err(Violation::new(
+                "header_read_timeout",
+                "must be greater than 0",
             ));
         }
         self.cluster.validate()
@@ -485,6 +509,31 @@ retry_interval = "5s"
                 "n.toml:3:15: `send_buffer`: must be between 1 and 65536 packets"
             );
         }
+    }
+
+    #[test]
+    fn listener_limits_are_read_and_validated() {
+        let base = "listen = \"127.0.0.1:0\"\nname = \"n\"\n";
+        let c: NodeConfig = parse(
+            &format!("{base}max_connections = 5\nheader_read_timeout = \"2s\"\n"),
+            "n.toml",
+        )
+        .unwrap();
+        assert_eq!(c.max_connections, 5);
+        assert_eq!(c.header_read_timeout, Duration::from_secs(2));
+        let err = |extra: &str| {
+            parse::<NodeConfig>(&format!("{base}{extra}\n"), "n.toml")
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            err("max_connections = 0"),
+            "n.toml:3:19: `max_connections`: must be at least 1"
+        );
+        assert_eq!(
+            err("header_read_timeout = \"0s\""),
+            "n.toml:3:23: `header_read_timeout`: must be greater than 0"
+        );
     }
 
     #[test]
