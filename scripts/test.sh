@@ -17,9 +17,10 @@ need() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$2" >/dev/null
 }
 
-step "Debian packages: chromium (browser test), redis-server (Redis backend tests)"
+step "Debian packages: chromium (browser test), redis-server (Redis backend tests), valgrind (constant-time test)"
 need chromium chromium
 need redis-server redis-server
+need valgrind valgrind
 chromium --version
 redis-server --version
 
