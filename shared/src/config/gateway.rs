@@ -193,8 +193,11 @@ mod defaults {
     pub fn max_headers() -> usize {
         100
     }
+    /// The nodes' default `max_payload`: with the gateway's limit no higher,
+    /// an oversized body is cut by the gateway (413) before a node drops the
+    /// connection over it mid-upload (which the gateway can only call a 502).
     pub fn max_body_bytes() -> u64 {
-        1024 * 1024
+        1_000_000
     }
     pub fn max_connections() -> usize {
         10_000
@@ -527,7 +530,7 @@ weight = 1
         let again: GatewayConfig = parse(&c.to_toml(), "rendered").unwrap();
         assert_eq!(again, c);
         assert!(
-            c.to_toml().contains("max_body_bytes = 1048576"),
+            c.to_toml().contains("max_body_bytes = 1000000"),
             "{}",
             c.to_toml()
         );
