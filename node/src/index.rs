@@ -84,26 +84,21 @@ impl<K: Copy + Eq + Hash> PatternIndex<K> {
     }
 
     /// Every key with at least one pattern matching `topic`, each once, with
-    /// all of its matching patterns (sorted, so deliveries are stable).
-    pub fn matches(&self, topic: &Topic) -> AHashMap<K, Vec<Arc<str>>> {
+    /// all of its matching patterns (sorted, so deliveries are stable), in
+    /// groups of keys that share one pattern list: a delivery is the same for
+    /// every key of a group, so it is built once per group.
+    pub fn matches(&self, topic: &Topic) -> Vec<Match<K>> {
         let segments: Vec<&str> = topic.segments().collect();
-        let mut found: AHashMap<K, Vec<Arc<str>>> = AHashMap::new();
-        let mut collect = |subscribers: &Option<Subscribers<K>>| {
-            if let Some(s) = subscribers {
-                for key in &s.keys {
-                    found.entry(*key).or_default().push(s.pattern.clone());
-                }
-            }
-        };
+        let mut slots: Vec<&Subscribers<K>> = Vec::new();
         // Depth-first over (node, segments consumed). A path only continues
         // while it matches, so the walk is bounded by the patterns that match.
         let mut stack = vec![(&self.root, 0)];
         while let Some((node, depth)) = stack.pop() {
             let Some(segment) = segments.get(depth) else {
-                collect(&node.end);
+                slots.extend(&node.end);
                 continue;
             };
-            collect(&node.rest);
+            slots.extend(&node.rest);
             if let Some(child) = node.literal.get(*segment) {
                 stack.push((child, depth + 1));
             }
@@ -111,11 +106,43 @@ impl<K: Copy + Eq + Hash> PatternIndex<K> {
                 stack.push((child, depth + 1));
             }
         }
-        for patterns in found.values_mut() {
-            patterns.sort_unstable();
+        match slots.as_slice() {
+            [] => Vec::new(),
+            // The usual case (one pattern matches): no per-key bookkeeping.
+            [only] => vec![Match {
+                patterns: vec![only.pattern.clone()],
+                keys: only.keys.iter().copied().collect(),
+            }],
+            _ => group_by_patterns(&slots),
         }
-        found
     }
+}
+
+/// Keys that share one list of matching patterns.
+#[derive(Debug, PartialEq)]
+pub struct Match<K> {
+    pub patterns: Vec<Arc<str>>,
+    pub keys: Vec<K>,
+}
+
+/// Several patterns matched: each key's own sorted list, then keys grouped
+/// by that list.
+fn group_by_patterns<K: Copy + Eq + Hash>(slots: &[&Subscribers<K>]) -> Vec<Match<K>> {
+    let mut per_key: AHashMap<K, Vec<Arc<str>>> = AHashMap::new();
+    for slot in slots {
+        for key in &slot.keys {
+            per_key.entry(*key).or_default().push(slot.pattern.clone());
+        }
+    }
+    let mut groups: AHashMap<Vec<Arc<str>>, Vec<K>> = AHashMap::new();
+    for (key, mut patterns) in per_key {
+        patterns.sort_unstable();
+        groups.entry(patterns).or_default().push(key);
+    }
+    groups
+        .into_iter()
+        .map(|(patterns, keys)| Match { patterns, keys })
+        .collect()
 }
 
 fn subscribers<'a, K>(
@@ -182,7 +209,10 @@ mod tests {
         let mut out: Vec<_> = index
             .matches(&Topic::parse(topic).unwrap())
             .into_iter()
-            .map(|(k, ps)| (k, ps.iter().map(|p| p.to_string()).collect()))
+            .flat_map(|m| {
+                let patterns: Vec<String> = m.patterns.iter().map(|p| p.to_string()).collect();
+                m.keys.into_iter().map(move |k| (k, patterns.clone()))
+            })
             .collect();
         out.sort();
         out
@@ -244,6 +274,34 @@ mod tests {
         assert_eq!(
             matched(&index, "news.eu.fr"),
             vec![(7, strings(&["news.#"]))]
+        );
+    }
+
+    #[test]
+    fn keys_with_the_same_matching_patterns_share_one_group() {
+        let mut index = PatternIndex::default();
+        for key in [1, 2, 3] {
+            index.insert(&p("news.*"), key);
+        }
+        for key in [2, 3, 4] {
+            index.insert(&p("news.eu"), key);
+        }
+        let mut groups: Vec<(Vec<String>, Vec<u32>)> = index
+            .matches(&Topic::parse("news.eu").unwrap())
+            .into_iter()
+            .map(|mut m| {
+                m.keys.sort_unstable();
+                (m.patterns.iter().map(|p| p.to_string()).collect(), m.keys)
+            })
+            .collect();
+        groups.sort();
+        assert_eq!(
+            groups,
+            vec![
+                (strings(&["news.*"]), vec![1]),
+                (strings(&["news.*", "news.eu"]), vec![2, 3]),
+                (strings(&["news.eu"]), vec![4]),
+            ]
         );
     }
 

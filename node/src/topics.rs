@@ -333,20 +333,31 @@ impl TopicService {
     fn deliver(&self, publication: &Publication, topic: &Topic) -> usize {
         let state = self.read();
         let mut reached = 0;
-        for (sid, patterns) in state.index.matches(topic) {
-            let Some(subscriber) = state.sockets.get(&sid) else {
-                continue;
-            };
-            let patterns: Vec<&str> = patterns.iter().map(|p| &**p).collect();
-            let delivery = Delivery {
+        for group in state.index.matches(topic) {
+            let patterns: Vec<&str> = group.patterns.iter().map(|p| &**p).collect();
+            // Sockets with the same matching patterns get byte-identical
+            // events: serialize once per group, so each socket costs a copy.
+            let delivery = match serde_json::value::to_raw_value(&Delivery {
                 publication,
                 patterns: &patterns,
-            };
-            match subscriber.socket.emit(MESSAGE_EVENT, &delivery) {
-                Ok(()) => reached += 1,
+            }) {
+                Ok(json) => json,
                 Err(e) => {
-                    tracing::debug!(%sid, id = %publication.id, "delivery dropped: {e}");
-                    self.metrics.dropped.inc();
+                    tracing::warn!(id = %publication.id, "publication not serializable, delivered nowhere: {e}");
+                    self.metrics.dropped.inc_by(group.keys.len() as u64);
+                    continue;
+                }
+            };
+            for sid in group.keys {
+                let Some(subscriber) = state.sockets.get(&sid) else {
+                    continue;
+                };
+                match subscriber.socket.emit(MESSAGE_EVENT, &*delivery) {
+                    Ok(()) => reached += 1,
+                    Err(e) => {
+                        tracing::debug!(%sid, id = %publication.id, "delivery dropped: {e}");
+                        self.metrics.dropped.inc();
+                    }
                 }
             }
         }

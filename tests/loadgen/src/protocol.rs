@@ -1,8 +1,11 @@
 //! Engine.IO 4 and Socket.IO 5 packets as text: just what the workloads
 //! send and read, on the main namespace.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 use serde_json::Value;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Separates packets in a polling payload.
 pub const RECORD_SEPARATOR: char = '\x1e';
@@ -75,11 +78,38 @@ pub enum SocketPacket {
     ConnectError(Value),
 }
 
-pub fn parse_socket(text: &str) -> Result<SocketPacket, ProtocolError> {
+/// A Socket.IO packet as received, kept as text (sharing the frame or
+/// polling payload it came in) until the workload reads it: a hot receive
+/// path deserializes only the fields it needs ([`parse_event`]) instead of
+/// building a [`Value`] tree per packet.
+#[derive(Debug, Clone)]
+pub struct RawPacket {
+    text: Utf8Bytes,
+    start: usize,
+    end: usize,
+}
+
+impl RawPacket {
+    /// The packet `text[start..end]`; both must be char boundaries.
+    pub fn new(text: Utf8Bytes, start: usize, end: usize) -> RawPacket {
+        RawPacket { text, start, end }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text.as_str()[self.start..self.end]
+    }
+
+    pub fn parse(&self) -> Result<SocketPacket, ProtocolError> {
+        parse_socket(self.as_str())
+    }
+}
+
+/// A Socket.IO packet split into its type, ack id and JSON body, past the
+/// namespace (the workloads use "/").
+fn split_socket(text: &str) -> Result<(char, Option<u64>, &str), ProtocolError> {
     let mut chars = text.chars();
     let kind = chars.next().ok_or(ProtocolError::Empty)?;
     let mut rest = chars.as_str();
-    // A namespace other than "/" would come first; the workloads use "/".
     if rest.starts_with('/')
         && let Some(comma) = rest.find(',')
     {
@@ -87,15 +117,16 @@ pub fn parse_socket(text: &str) -> Result<SocketPacket, ProtocolError> {
     }
     let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
     let id = rest[..digits].parse::<u64>().ok();
-    let body = &rest[digits..];
+    Ok((kind, id, &rest[digits..]))
+}
+
+pub fn parse_socket(text: &str) -> Result<SocketPacket, ProtocolError> {
+    let (kind, id, body) = split_socket(text)?;
     let json = |what| {
         if body.is_empty() {
             Ok(Value::Null)
         } else {
-            serde_json::from_str::<Value>(body).map_err(|_| ProtocolError::Json {
-                what,
-                text: body.to_owned(),
-            })
+            serde_json::from_str::<Value>(body).map_err(|_| bad(what, body))
         }
     };
     Ok(match kind {
@@ -115,6 +146,23 @@ pub fn parse_socket(text: &str) -> Result<SocketPacket, ProtocolError> {
         '4' => SocketPacket::ConnectError(json("connect error")?),
         other => return Err(ProtocolError::SocketType(other)),
     })
+}
+
+/// The name and argument of a one-argument event (`2["name",arg]`),
+/// deserialized straight from the text: `T` borrows from it and skips
+/// fields it does not name, so nothing is allocated for them.
+pub fn parse_event<'a, T: Deserialize<'a>>(
+    text: &'a str,
+) -> Result<(Cow<'a, str>, T), ProtocolError> {
+    /// `["name",arg]`; the name borrowed unless it holds escapes.
+    #[derive(Deserialize)]
+    struct Event<'a, T>(#[serde(borrow)] Cow<'a, str>, T);
+    match split_socket(text)? {
+        ('2', _, body) => serde_json::from_str(body)
+            .map(|Event(name, arg)| (name, arg))
+            .map_err(|_| bad("event", body)),
+        (other, _, _) => Err(ProtocolError::SocketType(other)),
+    }
 }
 
 fn bad(what: &'static str, text: &str) -> ProtocolError {
@@ -184,6 +232,48 @@ mod tests {
             parse_socket("2{}"),
             Err(ProtocolError::Json { .. })
         ));
+    }
+
+    #[test]
+    fn events_parse_into_borrowed_types() {
+        #[derive(Debug, PartialEq, Deserialize)]
+        struct Arg<'a> {
+            a: u64,
+            #[serde(borrow)]
+            b: Cow<'a, str>,
+        }
+        let (name, arg) =
+            parse_event::<Arg>(r#"2["message",{"a":1,"skipped":[{"x":"y"}],"b":"z"}]"#).unwrap();
+        assert_eq!(name, "message");
+        assert_eq!(
+            arg,
+            Arg {
+                a: 1,
+                b: "z".into()
+            }
+        );
+        assert!(matches!(
+            parse_event::<Arg>(r#"2["message",{"a":1}]"#),
+            Err(ProtocolError::Json { .. })
+        ));
+        assert_eq!(
+            parse_event::<Value>(r#"312[{"ok":true}]"#).unwrap_err(),
+            ProtocolError::SocketType('3')
+        );
+    }
+
+    #[test]
+    fn raw_packets_are_their_slice_of_the_payload() {
+        let payload = Utf8Bytes::from(format!("42[\"a\",1]{RECORD_SEPARATOR}3"));
+        let raw = RawPacket::new(payload, 1, 9);
+        assert_eq!(raw.as_str(), r#"2["a",1]"#);
+        assert_eq!(
+            raw.parse(),
+            Ok(SocketPacket::Event {
+                name: "a".into(),
+                args: vec![json!(1)]
+            })
+        );
     }
 
     #[test]

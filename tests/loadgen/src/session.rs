@@ -21,8 +21,11 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
 use crate::protocol::{
-    self, EnginePacket, RECORD_SEPARATOR, SocketPacket, parse_engine, parse_handshake,
+    self, EnginePacket, RECORD_SEPARATOR, RawPacket, SocketPacket, parse_engine, parse_handshake,
 };
 use crate::report::Failure;
 use crate::source;
@@ -69,6 +72,12 @@ impl Target {
     }
 }
 
+/// What the reader hands a session: a packet, or why the session ended.
+pub type Incoming = Result<RawPacket, Failure>;
+
+/// Most packets [`Session::recv_raw_many`] takes at once.
+const RECV_BATCH: usize = 256;
+
 enum Outgoing {
     Packet(String),
     Close(oneshot::Sender<()>),
@@ -78,7 +87,7 @@ enum Outgoing {
 pub struct Session {
     pub sid: String,
     out: mpsc::UnboundedSender<Outgoing>,
-    incoming: mpsc::UnboundedReceiver<Result<SocketPacket, Failure>>,
+    incoming: mpsc::UnboundedReceiver<Incoming>,
     tasks: Vec<JoinHandle<()>>,
     timeout: Duration,
 }
@@ -95,7 +104,7 @@ impl Session {
     fn running(
         sid: String,
         out: mpsc::UnboundedSender<Outgoing>,
-        incoming: mpsc::UnboundedReceiver<Result<SocketPacket, Failure>>,
+        incoming: mpsc::UnboundedReceiver<Incoming>,
         tasks: Vec<JoinHandle<()>>,
         target: &Target,
     ) -> Session {
@@ -130,13 +139,36 @@ impl Session {
             .map_err(|_| Failure::Closed)
     }
 
-    /// The next Socket.IO packet, within `within`.
-    pub async fn recv_within(&mut self, within: Duration) -> Result<SocketPacket, Failure> {
+    /// The next Socket.IO packet as received, within `within`: for a hot
+    /// path that reads only some fields of it.
+    pub async fn recv_raw_within(&mut self, within: Duration) -> Result<RawPacket, Failure> {
         match tokio::time::timeout(within, self.incoming.recv()).await {
             Ok(Some(result)) => result,
             Ok(None) => Err(Failure::Closed),
             Err(_) => Err(Failure::Timeout("packet")),
         }
+    }
+
+    /// Every packet already queued (at least one, waiting at most `within`
+    /// for it), appended to `batch`: one wake-up and one timer per batch
+    /// rather than per packet, for a subscriber receiving a flood. A
+    /// reader's failure arrives as an `Err` item after its last packet.
+    pub async fn recv_raw_many(
+        &mut self,
+        batch: &mut Vec<Incoming>,
+        within: Duration,
+    ) -> Result<(), Failure> {
+        match tokio::time::timeout(within, self.incoming.recv_many(batch, RECV_BATCH)).await {
+            Ok(0) => Err(Failure::Closed),
+            Ok(_) => Ok(()),
+            Err(_) => Err(Failure::Timeout("packet")),
+        }
+    }
+
+    /// The next Socket.IO packet, within `within`.
+    pub async fn recv_within(&mut self, within: Duration) -> Result<SocketPacket, Failure> {
+        let raw = self.recv_raw_within(within).await?;
+        raw.parse().map_err(|e| Failure::Protocol(e.to_string()))
     }
 
     /// The next Socket.IO packet, within the target's step timeout.
@@ -349,43 +381,44 @@ async fn exchange(
         .map_err(|_| Failure::Timeout("http response"))?
 }
 
-/// Splits a polling payload into Engine.IO packets, answering pings
-/// through `out` and passing Socket.IO packets on. `Ok(false)` when the
-/// server closed the session.
+/// Splits a polling payload (or one websocket frame) into Engine.IO
+/// packets, answering pings through `out` and passing Socket.IO packets on
+/// unparsed, each sharing `payload`. `Ok(false)` when the server closed the
+/// session.
 fn dispatch(
-    payload: &str,
+    payload: &Utf8Bytes,
     out: &mpsc::UnboundedSender<Outgoing>,
-    incoming: &mpsc::UnboundedSender<Result<SocketPacket, Failure>>,
+    incoming: &mpsc::UnboundedSender<Incoming>,
 ) -> Result<bool, Failure> {
-    for text in payload.split(RECORD_SEPARATOR) {
+    let mut start = 0;
+    for text in payload.as_str().split(RECORD_SEPARATOR) {
+        let end = start + text.len();
         match parse_engine(text).map_err(|e| Failure::Protocol(e.to_string()))? {
             EnginePacket::Ping(data) => {
                 let _ = out.send(Outgoing::Packet(format!("3{data}")));
             }
-            EnginePacket::Message(sio) => {
-                let packet =
-                    protocol::parse_socket(sio).map_err(|e| Failure::Protocol(e.to_string()))?;
-                let _ = incoming.send(Ok(packet));
+            EnginePacket::Message(_) => {
+                // Past the one-byte Engine.IO type.
+                let _ = incoming.send(Ok(RawPacket::new(payload.clone(), start + 1, end)));
             }
             EnginePacket::Close => return Ok(false),
             EnginePacket::Noop | EnginePacket::Pong(_) | EnginePacket::Upgrade => {}
             EnginePacket::Open(_) => return Err(Failure::Protocol("second open packet".into())),
         }
+        start = end + RECORD_SEPARATOR.len_utf8();
     }
     Ok(true)
 }
 
 /// Sorts one packet that arrived before the server's `40{sid}`: `true`
 /// when it is that confirmation, others kept in `early` for the workload.
-fn connect_seen(
-    item: Result<SocketPacket, Failure>,
-    early: &mut Vec<SocketPacket>,
-) -> Result<bool, Failure> {
-    match item? {
+fn connect_seen(item: Incoming, early: &mut Vec<RawPacket>) -> Result<bool, Failure> {
+    let raw = item?;
+    match raw.parse().map_err(|e| Failure::Protocol(e.to_string()))? {
         SocketPacket::Connect(_) => Ok(true),
         SocketPacket::ConnectError(e) => Err(Failure::Refused(format!("connect: {e}"))),
-        other => {
-            early.push(other);
+        _ => {
+            early.push(raw);
             Ok(false)
         }
     }
@@ -393,9 +426,9 @@ fn connect_seen(
 
 /// Waits for the server's `40{sid}`, keeping earlier packets.
 async fn await_connect(
-    incoming: &mut mpsc::UnboundedReceiver<Result<SocketPacket, Failure>>,
+    incoming: &mut mpsc::UnboundedReceiver<Incoming>,
     within: Duration,
-) -> Result<Vec<SocketPacket>, Failure> {
+) -> Result<Vec<RawPacket>, Failure> {
     let mut early = Vec::new();
     let deadline = tokio::time::Instant::now() + within;
     loop {
@@ -451,7 +484,7 @@ async fn open_polling(
         let payload = get
             .request(target.uri("polling", Some(&sid)), None, left)
             .await?;
-        if !dispatch(&payload, &out_tx, &in_tx)? {
+        if !dispatch(&payload.into(), &out_tx, &in_tx)? {
             return Err(Failure::Closed);
         }
         while let Ok(item) = in_rx.try_recv() {
@@ -496,14 +529,14 @@ async fn poll_loop(
     sid: String,
     long_poll: Duration,
     out: mpsc::UnboundedSender<Outgoing>,
-    incoming: mpsc::UnboundedSender<Result<SocketPacket, Failure>>,
+    incoming: mpsc::UnboundedSender<Incoming>,
 ) {
     let uri = get.target.uri("polling", Some(&sid));
     loop {
         let result = get
             .request(uri.clone(), None, long_poll)
             .await
-            .and_then(|payload| dispatch(&payload, &out, &incoming));
+            .and_then(|payload| dispatch(&payload.into(), &out, &incoming));
         match result {
             Ok(true) => {}
             Ok(false) => {
@@ -524,7 +557,7 @@ async fn post_loop(
     mut post: HttpLink,
     sid: String,
     mut out: mpsc::UnboundedReceiver<Outgoing>,
-    incoming: mpsc::UnboundedSender<Result<SocketPacket, Failure>>,
+    incoming: mpsc::UnboundedSender<Incoming>,
 ) {
     let uri = post.target.uri("polling", Some(&sid));
     let timeout = post.target.timeout;
@@ -561,15 +594,23 @@ async fn post_loop(
 
 type Ws = WebSocketStream<tokio::net::TcpStream>;
 
+/// Bytes a websocket read asks for at most.
+const READ_BUFFER: usize = 8 * 1024;
+
 async fn ws_connect(target: &Target, source: Ipv4Addr, sid: Option<&str>) -> Result<Ws, Failure> {
     let stream = step(target, "connect", source::connect(source, target.addr))
         .await?
         .map_err(|e| Failure::Connect(e.to_string()))?;
     let url = format!("ws://{}{}", target.addr, target.uri("websocket", sid));
+    // tungstenite zeroes its whole free read buffer before every read: at
+    // the default 128 KiB that memset cost more than parsing the few
+    // hundred bytes a fan-out read brings. Larger frames still fit, as the
+    // buffer grows to the frame being read.
+    let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
     let (ws, _) = step(
         target,
         "websocket handshake",
-        tokio_tungstenite::client_async(url, stream),
+        tokio_tungstenite::client_async_with_config(url, stream, Some(config)),
     )
     .await?
     .map_err(|e| match e {
@@ -631,8 +672,6 @@ async fn open_websocket(target: &Target, source: Ipv4Addr) -> Result<Session, Fa
     Ok(session)
 }
 
-type Incoming = Result<SocketPacket, Failure>;
-
 /// A session whose packets now go over `ws`: its reader and writer tasks.
 fn over_websocket(
     ws: Ws,
@@ -659,8 +698,8 @@ async fn upgrade_to_websocket(
     sid: String,
     out_tx: mpsc::UnboundedSender<Outgoing>,
     out_rx: mpsc::UnboundedReceiver<Outgoing>,
-    in_tx: mpsc::UnboundedSender<Result<SocketPacket, Failure>>,
-    in_rx: mpsc::UnboundedReceiver<Result<SocketPacket, Failure>>,
+    in_tx: mpsc::UnboundedSender<Incoming>,
+    in_rx: mpsc::UnboundedReceiver<Incoming>,
 ) -> Result<Session, Failure> {
     let mut ws = ws_connect(target, source, Some(&sid)).await?;
     ws.send(Message::text("2probe"))
@@ -687,11 +726,11 @@ async fn upgrade_to_websocket(
 async fn ws_read_loop(
     mut stream: futures_util::stream::SplitStream<Ws>,
     out: mpsc::UnboundedSender<Outgoing>,
-    incoming: mpsc::UnboundedSender<Result<SocketPacket, Failure>>,
+    incoming: mpsc::UnboundedSender<Incoming>,
 ) {
     let failure = loop {
         match stream.next().await {
-            Some(Ok(Message::Text(text))) => match dispatch(text.as_str(), &out, &incoming) {
+            Some(Ok(Message::Text(text))) => match dispatch(&text, &out, &incoming) {
                 Ok(true) => {}
                 Ok(false) => break Failure::Closed,
                 Err(failure) => break failure,
@@ -707,7 +746,7 @@ async fn ws_read_loop(
 async fn ws_write_loop(
     mut sink: futures_util::stream::SplitSink<Ws, Message>,
     mut out: mpsc::UnboundedReceiver<Outgoing>,
-    incoming: mpsc::UnboundedSender<Result<SocketPacket, Failure>>,
+    incoming: mpsc::UnboundedSender<Incoming>,
 ) {
     while let Some(item) = out.recv().await {
         let result = match item {

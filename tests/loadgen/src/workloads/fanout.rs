@@ -13,13 +13,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{Run, Window, epoch_micros, open_all};
 use crate::procfs;
-use crate::protocol::{self, SocketPacket};
+use crate::protocol::{self, RawPacket, SocketPacket};
 use crate::report::{Errors, Failure, Latency, Report};
 use crate::session::{Session, Transport};
 
@@ -182,14 +183,30 @@ async fn open_subscribed(
     Ok(session)
 }
 
-/// `(publisher, seq, published at)` from a delivered message.
-fn stamp(args: &[Value]) -> Option<(usize, u64, u64)> {
-    let content = args.first()?.get("content")?;
-    Some((
-        usize::try_from(content.get("p")?.as_u64()?).ok()?,
-        content.get("s")?.as_u64()?,
-        content.get("t")?.as_u64()?,
-    ))
+/// The part of a delivered `message` the workload reads; every other field
+/// is skipped while parsing, never allocated.
+#[derive(Deserialize)]
+struct Delivered {
+    content: Stamp,
+}
+
+/// What a publisher puts in each message's content.
+#[derive(Deserialize)]
+struct Stamp {
+    /// Publisher.
+    p: usize,
+    /// Its sequence number.
+    s: u64,
+    /// Publish time, epoch microseconds.
+    t: u64,
+}
+
+/// The stamp of a `message` event; `None` for any other packet.
+fn stamp(raw: &RawPacket) -> Option<Stamp> {
+    match protocol::parse_event::<Delivered>(raw.as_str()) {
+        Ok((name, delivered)) if name == "message" => Some(delivered.content),
+        _ => None,
+    }
 }
 
 /// Publishes until the window ends, then waits (at most [`DRAIN`]) until
@@ -227,21 +244,29 @@ async fn publisher(
             break;
         }
         let until = if publishing { window.end } else { drain_end };
-        match session.recv_within(until - now).await {
+        let raw = match session.recv_raw_within(until - now).await {
+            Ok(raw) => raw,
+            Err(Failure::Timeout(_)) => continue,
+            Err(failure) => {
+                errors.count(&failure);
+                break;
+            }
+        };
+        if let Some(stamp) = stamp(&raw) {
+            if stamp.p == p {
+                delivered_back += 1;
+            }
+            continue;
+        }
+        match raw.parse() {
             Ok(SocketPacket::Ack { args, .. }) => {
                 if args.first().and_then(|a| a.get("ok")) != Some(&Value::Bool(true)) {
                     errors.count(&Failure::Refused(format!("publish: {args:?}")));
                 }
             }
-            Ok(SocketPacket::Event { name, args }) if name == "message" => {
-                if stamp(&args).is_some_and(|(from, _, _)| from == p) {
-                    delivered_back += 1;
-                }
-            }
             Ok(other) => errors.count(&Failure::Unexpected(format!("{other:?}"))),
-            Err(Failure::Timeout(_)) => {}
-            Err(failure) => {
-                errors.count(&failure);
+            Err(e) => {
+                errors.count(&Failure::Protocol(e.to_string()));
                 break;
             }
         }
@@ -269,38 +294,44 @@ async fn subscriber(
         duplicates: 0,
         distinct: 0,
     };
-    loop {
-        let packet = tokio::select! {
+    let mut batch = Vec::new();
+    'receiving: loop {
+        let received = tokio::select! {
             _ = stop.changed() => break,
-            packet = session.recv_within(DRAIN * 10) => packet,
+            received = session.recv_raw_many(&mut batch, DRAIN * 10) => received,
         };
-        match packet {
-            Ok(SocketPacket::Event { name, args }) if name == "message" => {
-                let now = epoch_micros();
-                let Some((p, s, t)) = stamp(&args).filter(|(p, _, _)| *p < publishers) else {
-                    errors.count(&Failure::Unexpected(format!("message {args:?}")));
-                    continue;
-                };
-                let bits = &mut seen[p];
-                let (word, bit) = ((s / 64) as usize, s % 64);
-                if bits.len() <= word {
-                    bits.resize(word + 1, 0);
+        if let Err(failure) = received {
+            errors.count(&failure);
+            break;
+        }
+        // The whole batch was queued by now: one clock read for all of it.
+        let now = epoch_micros();
+        for item in batch.drain(..) {
+            let raw = match item {
+                Ok(raw) => raw,
+                Err(failure) => {
+                    errors.count(&failure);
+                    break 'receiving;
                 }
-                if bits[word] & (1 << bit) != 0 {
-                    result.duplicates += 1;
-                    continue;
-                }
-                bits[word] |= 1 << bit;
-                result.distinct += 1;
-                distinct.fetch_add(1, Ordering::Relaxed);
-                if epoch.measures(t) {
-                    result.latency.record_micros(now.saturating_sub(t));
-                }
+            };
+            let Some(Stamp { p, s, t }) = stamp(&raw).filter(|stamp| stamp.p < publishers) else {
+                errors.count(&Failure::Unexpected(raw.as_str().to_owned()));
+                continue;
+            };
+            let bits = &mut seen[p];
+            let (word, bit) = ((s / 64) as usize, s % 64);
+            if bits.len() <= word {
+                bits.resize(word + 1, 0);
             }
-            Ok(other) => errors.count(&Failure::Unexpected(format!("{other:?}"))),
-            Err(failure) => {
-                errors.count(&failure);
-                break;
+            if bits[word] & (1 << bit) != 0 {
+                result.duplicates += 1;
+                continue;
+            }
+            bits[word] |= 1 << bit;
+            result.distinct += 1;
+            distinct.fetch_add(1, Ordering::Relaxed);
+            if epoch.measures(t) {
+                result.latency.record_micros(now.saturating_sub(t));
             }
         }
     }
