@@ -6,6 +6,7 @@
 //! - `index`: the pattern trie that makes a publish cost what it delivers.
 //! - `api`: the Socket.IO events of the topic API and their acks.
 //! - `routes`, `readiness`, [`metrics`], `demo`: the HTTP side.
+//! - `deadline`: the whole-body read deadline against slow-body clients.
 //! - [`cli`]: the `stickyio-node` command line.
 //! - [`mesh`]: the authenticated peer mesh that relays publications between nodes.
 //! - [`redis_backend`]: the other cluster backend, relaying through Redis pub/sub.
@@ -25,6 +26,7 @@
 
 mod api;
 pub mod cli;
+mod deadline;
 mod dedup;
 mod demo;
 mod index;

@@ -17,6 +17,9 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::Request;
+use hyper::body::Incoming;
+use hyper::service::{Service as _, service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -30,6 +33,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, Api};
+use crate::deadline::DeadlineBody;
 use crate::demo;
 use crate::metrics::Metrics;
 use crate::readiness::{Readiness, ReadinessChecks};
@@ -277,6 +281,7 @@ async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout.get());
     let limit = ConnectionLimit::new(config.max_connections);
+    let body_limit = config.body_read_timeout.get();
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -295,11 +300,12 @@ async fn serve(
             tokio::spawn(refuse_busy(stream, "node"));
             continue;
         };
+        let service = service.clone();
+        let deadlined = service_fn(move |req: Request<Incoming>| {
+            service.call(req.map(|body| DeadlineBody::new(body, body_limit)))
+        });
         let connection = builder
-            .serve_connection_with_upgrades(
-                TokioIo::new(Counted::new(stream, permit)),
-                service.clone(),
-            )
+            .serve_connection_with_upgrades(TokioIo::new(Counted::new(stream, permit)), deadlined)
             .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {

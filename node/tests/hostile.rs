@@ -208,6 +208,59 @@ async fn idle_connections_and_slowloris_do_not_starve_real_clients() {
 }
 
 #[tokio::test]
+async fn slow_bodies_are_cut_off_and_real_clients_served_meanwhile() {
+    let mut node = NodeProcess::start("slow-bodies", "body_read_timeout = \"1s\"").await;
+    let before = node.rss_kb();
+    let sid = node.session(Ipv4Addr::new(127, 56, 0, 1)).await.unwrap();
+    let mut bodies = tokio::task::JoinSet::new();
+    for i in 0..20u8 {
+        let (addr, sid) = (node.addr, sid.clone());
+        bodies.spawn(async move {
+            let mut stream = connect_from(Ipv4Addr::new(127, 56, 1, i + 1), addr).await;
+            let head = format!(
+                "POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nhost: x\r\ncontent-type: text/plain\r\ncontent-length: 65536\r\n\r\n4"
+            );
+            let _ = stream.write_all(head.as_bytes()).await;
+            let started = Instant::now();
+            let mut out = Vec::new();
+            // One body byte every 200 ms: without a body timeout, 65,536
+            // bytes take 3.6 hours.
+            let ended = tokio::time::timeout(TIMEOUT, async {
+                loop {
+                    tokio::select! {
+                        _ = stream.read_to_end(&mut out) => return,
+                        () = tokio::time::sleep(Duration::from_millis(200)) => {
+                            if stream.write_all(b"2").await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            })
+            .await;
+            (ended.is_ok(), started.elapsed(), String::from_utf8_lossy(&out).into_owned())
+        });
+    }
+    node.serves_real_clients(120).await;
+    while let Some(slow) = bodies.join_next().await {
+        let (ended, took, reply) = slow.expect("slow body");
+        assert!(ended, "a slow body was still open after {took:?}");
+        assert!(
+            took >= Duration::from_millis(900),
+            "cut at body_read_timeout, not before: {took:?}"
+        );
+        // Engine.IO answers a body it cannot read with 400 and ends the
+        // session.
+        assert!(
+            reply.is_empty() || reply.starts_with("HTTP/1.1 400"),
+            "a slow body got {reply:?}"
+        );
+    }
+    node.serves_real_clients(130).await;
+    node.assert_alive_and_bounded(before, "20 slow bodies");
+}
+
+#[tokio::test]
 async fn the_connection_limit_and_the_header_timeout_hold() {
     let mut node = NodeProcess::start(
         "limits",

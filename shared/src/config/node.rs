@@ -48,6 +48,9 @@ pub struct NodeConfig {
     /// How long a connection may take to send a request head (slowloris).
     #[serde(default = "defaults::header_read_timeout")]
     pub header_read_timeout: Duration,
+    /// How long a request body may take to arrive, whole (slow bodies).
+    #[serde(default = "defaults::body_read_timeout")]
+    pub body_read_timeout: Duration,
     #[serde(default)]
     pub cluster: ClusterConfig,
 }
@@ -153,6 +156,10 @@ mod defaults {
     pub fn header_read_timeout() -> Duration {
         Duration::from_secs(30)
     }
+    /// A 1 MB `max_payload` at 33 KB/s.
+    pub fn body_read_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
     pub fn standalone() -> bool {
         true
     }
@@ -202,6 +209,7 @@ impl NodeConfig {
             send_buffer: defaults::send_buffer(),
             max_connections: defaults::max_connections(),
             header_read_timeout: defaults::header_read_timeout(),
+            body_read_timeout: defaults::body_read_timeout(),
             cluster: ClusterConfig::default(),
         }
     }
@@ -286,6 +294,12 @@ impl Validate for NodeConfig {
         if self.header_read_timeout.get().is_zero() {
             return Err(Violation::new(
                 "header_read_timeout",
+                "must be greater than 0",
+            ));
+        }
+        if self.body_read_timeout.get().is_zero() {
+            return Err(Violation::new(
+                "body_read_timeout",
                 "must be greater than 0",
             ));
         }
@@ -533,6 +547,10 @@ retry_interval = "5s"
         assert_eq!(
             err("header_read_timeout = \"0s\""),
             "n.toml:3:23: `header_read_timeout`: must be greater than 0"
+        );
+        assert_eq!(
+            err("body_read_timeout = \"0s\""),
+            "n.toml:3:21: `body_read_timeout`: must be greater than 0"
         );
     }
 
