@@ -38,9 +38,10 @@ async fn main() -> anyhow::Result<()> {
         admin_port: cli.admin_port,
         node_port: cli.node_port,
     })?;
+    let stop = stickyio_shared::signals::stop_signal()?;
     let cluster = LocalCluster::start(topology).await?;
     println!("{}", cluster.summary());
-    stickyio_node::cli::shutdown_signal().await;
+    stop.await;
     println!("stopping");
     cluster.shutdown().await;
     Ok(())

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use stickyio_shared::config::gateway::GatewayConfig;
+use stickyio_shared::signals::stop_signal;
 
 use crate::gateway::Gateway;
 
@@ -40,8 +41,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         None => {
-            // Signal handlers first: a SIGTERM right after start must not
-            // hit the default action and kill the process.
             let stop = stop_signal()?;
             let gateway = Gateway::start(cli.config.clone()).await?;
             stop.await;
@@ -50,26 +49,4 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-/// Resolves on Ctrl-C (SIGINT) or SIGTERM; the handlers are installed on return.
-#[cfg(unix)]
-fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = term.recv() => {}
-        }
-    })
-}
-
-/// Resolves on Ctrl-C.
-#[cfg(not(unix))]
-fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
-    Ok(async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
 }

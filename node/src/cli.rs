@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 use stickyio_shared::config::ConfigError;
 use stickyio_shared::config::node::{Backend, NodeConfig, SecretError};
+use stickyio_shared::signals::stop_signal;
 
 use crate::redis_backend::{self, RedisBackendError};
 use crate::server::{Node, NodeError};
@@ -65,46 +66,9 @@ pub fn check(path: &Path) -> Result<String, CheckError> {
 
 /// Serves `config` until SIGTERM or Ctrl-C, then shuts down gracefully.
 pub async fn serve(config: NodeConfig) -> Result<(), NodeError> {
-    let signal = shutdown_signal();
-    tokio::pin!(signal);
-    // Polled first, so the handlers are in place before the node listens: a
-    // SIGTERM right after the "listening" line stops it gracefully.
-    let node = tokio::select! {
-        biased;
-        () = &mut signal => return Ok(()),
-        node = Node::bind(config) => node?,
-    };
-    signal.await;
+    let stop = stop_signal().map_err(NodeError::Signals)?;
+    let node = Node::bind(config).await?;
+    stop.await;
     tracing::info!("signal received");
     node.shutdown().await
-}
-
-/// Resolves on Ctrl-C, or SIGTERM on Unix. If a handler cannot be installed
-/// that signal is logged and ignored rather than stopping the node at once.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::warn!("cannot listen for Ctrl-C: {e}");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                term.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!("cannot listen for SIGTERM: {e}");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
 }

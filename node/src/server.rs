@@ -55,6 +55,8 @@ pub enum NodeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot listen for stop signals: {0}")]
+    Signals(#[source] std::io::Error),
     #[error("the server task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
     #[error("cannot join the cluster: {0}")]

@@ -6,6 +6,7 @@
 //! - [`message`]: a publication as delivered to sockets and relayed between nodes.
 //! - [`placement`]: the portable rendezvous hash that maps a client address to a node.
 //! - [`relay`]: the frame that carries a publication from one node to a peer.
+//! - [`signals`]: the stop signals (Ctrl-C, SIGTERM) every binary obeys.
 //! - [`secret`]: shared secrets, compared in constant time and never printed.
 //! - [`topic`]: topic names and subscription patterns (`*`, `#`): validation and matching.
 
@@ -16,4 +17,5 @@ pub mod message;
 pub mod placement;
 pub mod relay;
 pub mod secret;
+pub mod signals;
 pub mod topic;
