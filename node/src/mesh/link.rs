@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use stickyio_shared::config;
 
 use super::metrics::{DropLabels, MeshMetrics, PeerLabels};
+use crate::readiness::LinkState;
 use stickyio_shared::secret::Secret;
 
 /// How long a dial (handshake and the peer's answer) may take.
@@ -58,18 +59,6 @@ pub struct LinkSettings {
     pub secret: Secret,
     pub retry_interval: Duration,
     pub queue: usize,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LinkState {
-    /// The first dial has not finished yet.
-    Connecting,
-    Up,
-    /// The peer is unreachable, or the link was lost; redialling.
-    Down,
-    /// The peer answered and refused this node (wrong secret, or a name clash).
-    Refused,
 }
 
 /// A snapshot of a link for `/readyz`.

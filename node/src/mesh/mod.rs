@@ -34,7 +34,8 @@ use crate::readiness::{Check, Readiness};
 use crate::server::Node;
 use crate::topics::{Relay, Then, TopicService};
 
-pub use link::{LinkState, LinkStatus};
+pub use crate::readiness::LinkState;
+pub use link::LinkStatus;
 pub use listener::{Deliver, InboundStatus};
 
 use crate::dedup::Dedup;

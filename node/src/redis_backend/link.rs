@@ -20,9 +20,10 @@ use stickyio_shared::relay;
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::MemberLabels;
-use super::{Current, LinkState, REDIS_TIMEOUT, Shared};
+use super::{Current, REDIS_TIMEOUT, Shared};
 use crate::dedup::Key;
 use crate::mesh::metrics::OriginLabels;
+use crate::readiness::LinkState;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 

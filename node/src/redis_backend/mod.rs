@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dedup::Dedup;
 use crate::mesh::millis;
-use crate::readiness::{Check, Readiness};
+use crate::readiness::{Check, LinkState, Readiness};
 use crate::server::Node;
 use crate::topics::{Relay, Then, TopicService};
 
@@ -110,17 +110,6 @@ impl Names {
     fn name_of<'a>(&self, key: &'a str) -> &'a str {
         key.strip_prefix(&self.member_prefix).unwrap_or(key)
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LinkState {
-    /// Not connected yet since the node started.
-    Connecting,
-    /// Connected, subscribed, heartbeat written.
-    Up,
-    /// Lost or failed; retrying.
-    Down,
 }
 
 /// The link as `/readyz` shows it.
