@@ -14,7 +14,6 @@ use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use serde_json::json;
 use stickyio_shared::placement::canonical_ip;
-use tokio::sync::OwnedSemaphorePermit;
 
 use crate::body::{self, Body};
 use crate::client_ip::{client_ip, is_trusted};
@@ -28,11 +27,9 @@ use crate::upgrade;
 use crate::upstream::{Transition, Upstream};
 
 /// One client connection's context.
-#[derive(Clone)]
+#[derive(Clone, Copy)]
 pub struct Conn {
     pub peer: SocketAddr,
-    /// Held by websocket relays too, so they count against the connection limit.
-    pub permit: Arc<OwnedSemaphorePermit>,
     /// Arrived over TLS: told to the node as `proto=https`.
     pub tls: bool,
 }
@@ -77,7 +74,7 @@ pub async fn handle(
         route,
     };
     if upgrade::is_upgrade(&req) {
-        return Ok(upgrade::handle(state, conn, incoming, req).await);
+        return Ok(upgrade::handle(state, incoming, req).await);
     }
     let max_body = config.limits.max_body_bytes;
     if limits::declared_too_large(req.headers(), max_body) {

@@ -23,7 +23,7 @@ use crate::admin;
 use crate::limits;
 use crate::proxy::{self, Conn};
 use crate::state::State;
-use stickyio_shared::connection_limit::{ConnectionLimit, refuse_busy};
+use stickyio_shared::connection_limit::{ConnectionLimit, Counted, refuse_busy};
 
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop
 /// does not spin while the condition lasts.
@@ -69,9 +69,11 @@ pub async fn serve_public(
         let _ = stream.set_nodelay(true);
         let limits = state.snapshot().config.limits.clone();
         let builder = limits::http1_builder(&limits);
+        // The permit goes with the socket, so a websocket keeps it after
+        // hyper hands the connection over to the relay.
+        let stream = Counted::new(stream, permit);
         let conn = Conn {
             peer,
-            permit: Arc::new(permit),
             tls: tls.is_some(),
         };
         let tls = tls.clone();
@@ -79,8 +81,7 @@ pub async fn serve_public(
             let open = state.metrics.connections().clone();
             open.inc();
             let handler_state = state.clone();
-            let service =
-                service_fn(move |req| proxy::handle(handler_state.clone(), conn.clone(), req));
+            let service = service_fn(move |req| proxy::handle(handler_state.clone(), conn, req));
             match tls {
                 None => drive(&state, &builder, stream, service, peer).await,
                 Some(acceptor) => {

@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 
 use crate::body::{self, Body, BoxError};
 use crate::forwarding::{NODE_HEADER, rewrite_request, rewrite_response};
-use crate::proxy::{Conn, Routed, bad_gateway, unreachable};
+use crate::proxy::{Routed, bad_gateway, unreachable};
 use crate::router::Reason;
 use crate::state::{CONNECT_TIMEOUT, State};
 use crate::upstream::{Transition, Upstream};
@@ -38,7 +38,6 @@ pub fn is_upgrade<B>(req: &Request<B>) -> bool {
 
 pub async fn handle(
     state: Arc<State>,
-    conn: Conn,
     routed: Routed,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
@@ -114,7 +113,6 @@ pub async fn handle(
         };
         return relay(
             &state,
-            conn,
             upstream.clone(),
             query.sid.clone(),
             client_upgrade,
@@ -171,7 +169,6 @@ async fn exchange(
 /// bytes between them until either side closes.
 fn relay(
     state: &Arc<State>,
-    conn: Conn,
     upstream: Arc<Upstream>,
     sid: Option<String>,
     client_upgrade: OnUpgrade,
@@ -200,7 +197,6 @@ fn relay(
     }
     let state = state.clone();
     state.tasks.clone().spawn(async move {
-        let _permit = conn.permit;
         let copied = async {
             let (client, node) = tokio::try_join!(client_upgrade, node_upgrade)?;
             let (mut client, mut node) = (TokioIo::new(client), TokioIo::new(node));

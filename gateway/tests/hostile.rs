@@ -397,6 +397,39 @@ async fn invalid_engine_io_requests_and_duplicate_polls_get_clear_answers() {
 }
 
 #[tokio::test]
+async fn websockets_keep_their_place_under_the_connection_limit() {
+    let node = start_node("node-a").await;
+    let mut gw = GatewayProcess::start(
+        "ws-limit",
+        &node_list(std::slice::from_ref(&node)),
+        "max_connections = 5",
+    )
+    .await;
+    let mut sockets = Vec::new();
+    for i in 0..5 {
+        let mut stream = connect_from(client_ip(80 + i), gw.addr).await.unwrap();
+        hostile_support::subscribe_over_websocket(&mut stream, "hostile.limit").await;
+        sockets.push(stream);
+    }
+    let mut over = connect_from(client_ip(90), gw.addr).await.unwrap();
+    let reply = read_until_closed(&mut over, TIMEOUT)
+        .await
+        .unwrap_or_default();
+    assert!(
+        reply.starts_with("HTTP/1.1 503")
+            && reply.contains("the gateway is at its connection limit"),
+        "a connection over max_connections, with 5 websockets relayed, got {reply:?}"
+    );
+    // Closed websockets give their places back.
+    sockets.truncate(2);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    gw.serves_real_clients(91).await;
+    gw.assert_alive();
+    drop(sockets);
+    let _ = node.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_websocket_client_that_never_reads_does_not_hold_up_others() {
     let node = start_node("node-a").await;
     let mut gw =
