@@ -50,7 +50,7 @@ fn compare_rounds(secret: &Secret, candidate: &str) -> usize {
 /// Instructions callgrind counted inside `compare_rounds` for `which`.
 fn instructions(which: &str, out: &Path) -> u64 {
     let test = std::env::current_exe().expect("test binary");
-    let status = Command::new("valgrind")
+    let run = Command::new("valgrind")
         .arg("--tool=callgrind")
         .arg(format!("--callgrind-out-file={}", out.display()))
         .arg("--toggle-collect=*compare_rounds*")
@@ -64,9 +64,9 @@ fn instructions(which: &str, out: &Path) -> u64 {
         .output()
         .expect("run valgrind (apt package valgrind; scripts/test.sh installs it)");
     assert!(
-        status.status.success(),
+        run.status.success(),
         "valgrind run for {which} failed: {}",
-        String::from_utf8_lossy(&status.stderr)
+        String::from_utf8_lossy(&run.stderr)
     );
     let profile = std::fs::read_to_string(out).expect("callgrind output");
     profile
