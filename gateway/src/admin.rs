@@ -97,6 +97,8 @@ fn node_json(node: &Upstream) -> Value {
         "draining": node.is_draining(),
         "sessions": node.metrics.sessions.get(),
         "websockets": node.metrics.websockets.get(),
+        "ejected": node.is_ejected(),
+        "last_check": node.last_check(),
     })
 }
 

@@ -5,8 +5,10 @@
 //!   ([`client_ip`], [`router`], `stickyio_shared::placement`).
 //! - Pinning: `sid → node` learned from polling handshakes ([`pinning`],
 //!   [`engineio`], [`sniff`]).
-//! - Proxying: streamed HTTP and relayed websockets ([`proxy`], [`upgrade`],
-//!   [`forwarding`]) behind [`limits`], optionally over [`tls`].
+//! - Proxying: one forwarding path for streamed HTTP and relayed websockets
+//!   ([`proxy`], [`node_conn`], [`wire`], [`relay`], [`forwarding`]), in
+//!   per-session order ([`ordering`]), behind [`limits`], optionally over
+//!   [`tls`].
 //! - Operations: [`health_check`], [`reload`], [`admin`], [`metrics`].
 //!
 //! Start one with [`Gateway::start`].
@@ -21,16 +23,19 @@ pub mod gateway;
 pub mod health_check;
 pub mod limits;
 pub mod metrics;
+pub mod node_conn;
+pub mod ordering;
 pub mod pinning;
 pub mod proxy;
+pub mod relay;
 pub mod reload;
 pub mod router;
 pub mod server;
 pub mod sniff;
 pub mod state;
 pub mod tls;
-pub mod upgrade;
 pub mod upstream;
+pub mod wire;
 
 pub use forwarding::NODE_HEADER;
 pub use gateway::{ConfigSource, Gateway, RunningGateway, StartError};

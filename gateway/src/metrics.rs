@@ -30,6 +30,8 @@ pub struct Metrics {
     up: Family<NodeLabel, Gauge>,
     rejected: Family<ReasonLabel, Counter>,
     connections: Gauge,
+    fail_open: Gauge,
+    fail_open_requests: Counter,
 }
 
 /// The metric handles of one node.
@@ -54,6 +56,7 @@ impl Default for Metrics {
         let (websockets, sessions, up) = (Family::default(), Family::default(), Family::default());
         let rejected = Family::default();
         let connections = Gauge::default();
+        let (fail_open, fail_open_requests) = (Gauge::default(), Counter::default());
         registry.register("requests", "Requests proxied, by node", requests.clone());
         registry.register(
             "handshakes",
@@ -86,8 +89,20 @@ impl Default for Metrics {
             "Open client connections",
             connections.clone(),
         );
+        registry.register(
+            "fail_open",
+            "1 while too few nodes pass health checks and clients are placed on all of them",
+            fail_open.clone(),
+        );
+        registry.register(
+            "fail_open_requests",
+            "Requests placed while failing open",
+            fail_open_requests.clone(),
+        );
         Metrics {
             registry,
+            fail_open,
+            fail_open_requests,
             requests,
             handshakes,
             upstream_errors,
@@ -121,6 +136,14 @@ impl Metrics {
 
     pub fn connections(&self) -> &Gauge {
         &self.connections
+    }
+
+    pub fn fail_open(&self) -> &Gauge {
+        &self.fail_open
+    }
+
+    pub fn fail_open_requests(&self) -> &Counter {
+        &self.fail_open_requests
     }
 
     /// Prometheus text exposition format.

@@ -21,6 +21,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::admin;
 use crate::limits;
+use crate::node_conn::Reuse;
 use crate::proxy::{self, Conn};
 use crate::state::State;
 use stickyio_shared::connection_limit::{ConnectionLimit, Counted, refuse_busy};
@@ -75,13 +76,15 @@ pub async fn serve_public(
         let conn = Conn {
             peer,
             tls: tls.is_some(),
+            reuse: Reuse::default(),
         };
         let tls = tls.clone();
         async move {
             let open = state.metrics.connections().clone();
             open.inc();
             let handler_state = state.clone();
-            let service = service_fn(move |req| proxy::handle(handler_state.clone(), conn, req));
+            let service =
+                service_fn(move |req| proxy::handle(handler_state.clone(), conn.clone(), req));
             match tls {
                 None => drive(&state, &builder, stream, service, peer).await,
                 Some(acceptor) => {
