@@ -9,6 +9,8 @@
 //!   ([`proxy`], [`node_conn`], [`wire`], [`relay`], [`forwarding`]), in
 //!   per-session order ([`ordering`]), behind [`limits`], optionally over
 //!   [`tls`].
+//! - Threads: client connections on single-threaded [`workers`], one per
+//!   client address.
 //! - Operations: [`health_check`], [`reload`], [`admin`], [`metrics`].
 //!
 //! Start one with [`Gateway::start`].
@@ -36,6 +38,7 @@ pub mod state;
 pub mod tls;
 pub mod upstream;
 pub mod wire;
+pub mod workers;
 
 pub use forwarding::NODE_HEADER;
 pub use gateway::{ConfigSource, Gateway, RunningGateway, StartError};

@@ -10,7 +10,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http::Method;
@@ -85,11 +85,13 @@ impl NodeConn {
         }
     }
 
-    /// Whether an idle connection still looks open: nothing (not even the
-    /// node's FIN) is waiting to be read. Asks the reactor, not the kernel.
-    fn looks_open(&self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
-        self.buf.is_empty() && self.stream.poll_read_ready(&mut cx).is_pending()
+    /// Whether an idle connection is still open: nothing, not even the
+    /// node's FIN, waits to be read. (Tokio's readiness alone cannot tell:
+    /// it stays set after the read that finished the last body.)
+    fn is_open(&self) -> bool {
+        let mut probe = [0u8; 1];
+        self.buf.is_empty()
+            && matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
     /// The socket and whatever was read past the response head (a relayed
@@ -104,10 +106,10 @@ impl NodeConn {
 pub struct Reuse(Arc<Mutex<Option<NodeConn>>>);
 
 impl Reuse {
-    /// The idle connection, if it goes to `node` and still looks open.
+    /// The idle connection, if it goes to `node` and is still open.
     pub fn take(&self, node: &Arc<Upstream>) -> Option<NodeConn> {
         let conn = self.0.lock().unwrap_or_else(|p| p.into_inner()).take()?;
-        (Arc::ptr_eq(&conn.node, node) && conn.looks_open()).then_some(conn)
+        (Arc::ptr_eq(&conn.node, node) && conn.is_open()).then_some(conn)
     }
 
     fn put(&self, mut conn: NodeConn) {

@@ -46,6 +46,11 @@ pub struct GatewayConfig {
     /// Off by default: such a config is refused.
     #[serde(default)]
     pub allow_open_admin: bool,
+    /// Threads serving client connections (0: one per core). Each client
+    /// address is served by one of them, which keeps a session's requests
+    /// in order. Read at start only.
+    #[serde(default)]
+    pub workers: usize,
     #[serde(default)]
     pub health: HealthConfig,
     #[serde(default)]
