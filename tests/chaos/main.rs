@@ -366,7 +366,11 @@ async fn chaos_under_load() {
     );
     if fail_open() {
         let open = metric(cluster.admin_addr, "stickyio_gateway_fail_open ").await;
-        let placed = metric(cluster.admin_addr, "stickyio_gateway_fail_open_requests_total").await;
+        let placed = metric(
+            cluster.admin_addr,
+            "stickyio_gateway_fail_open_requests_total",
+        )
+        .await;
         println!(
             "failing open: stickyio_gateway_fail_open={open} requests placed while failing open={placed}"
         );
