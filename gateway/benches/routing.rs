@@ -4,8 +4,8 @@
 //! - `rank`: the rendezvous ranking alone (`stickyio_shared::placement`).
 //! - `route`: the gateway's whole decision for a new client (client key,
 //!   ranking, health filter), as a request handler makes it.
-//! - `route_pinned`: a request whose `sid` is pinned, the common case for
-//!   an established polling session.
+//! - `route_session`: a request of a session: its `sid`'s route tag
+//!   verified (HMAC-SHA256) and its node found, the common case.
 //! - `config_swap`: `reload::apply` of a changed config (node registry diff
 //!   and the atomic snapshot store), what a reload costs the serving path.
 //! - `session_order`: a request's turn in its session's line
@@ -20,6 +20,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use stickyio_gateway::route_tag::RouteKeys;
 use stickyio_gateway::state::State;
 use stickyio_gateway::{reload, router};
 use stickyio_shared::config::gateway::GatewayConfig;
@@ -65,35 +66,45 @@ fn route(c: &mut Criterion) {
     let _guard = runtime.enter();
     let mut group = c.benchmark_group("route");
     for n in SIZES {
-        let state = State::new(config(n, 1), None, None);
+        let state = State::new(
+            config(n, 1),
+            None,
+            None,
+            RouteKeys::new(b"bench route key 0123", None),
+        );
         let mut i = 0u32;
         group.bench_with_input(BenchmarkId::from_parameter(n), &state, |b, state| {
             b.iter(|| {
                 i = i.wrapping_add(1);
                 let snapshot = state.snapshot();
-                black_box(
-                    router::route(&snapshot, &state.pins, client(i), None)
-                        .candidates
-                        .len(),
-                )
+                black_box(router::route(&snapshot, client(i)).candidates.len())
             })
         });
     }
     group.finish();
 
-    let mut group = c.benchmark_group("route_pinned");
+    let mut group = c.benchmark_group("route_session");
     for n in SIZES {
-        let state = State::new(config(n, 1), None, None);
+        let state = State::new(
+            config(n, 1),
+            None,
+            None,
+            RouteKeys::new(b"bench route key 0123", None),
+        );
         let snapshot = state.snapshot();
         let node = Arc::clone(&snapshot.nodes[n / 2]);
-        state
-            .pins
-            .learn("bench-sid", node, std::time::Duration::from_secs(45));
+        let sid = state
+            .route_keys
+            .seal(&node.name, &node.addr, "lv_VI97HAXpY6yYWAAAC");
         group.bench_with_input(BenchmarkId::from_parameter(n), &state, |b, state| {
             b.iter(|| {
                 let snapshot = state.snapshot();
+                let Ok(tagged) = state.route_keys.open(black_box(&sid)) else {
+                    panic!("the bench's own tag opens");
+                };
                 black_box(
-                    router::route(&snapshot, &state.pins, client(7), Some("bench-sid")).reason,
+                    router::session(&snapshot, client(7), state.session_node(&snapshot, &tagged))
+                        .reason,
                 )
             })
         });
@@ -106,7 +117,12 @@ fn config_swap(c: &mut Criterion) {
     let _guard = runtime.enter();
     let mut group = c.benchmark_group("config_swap");
     for n in SIZES {
-        let state = State::new(config(n, 1), None, None);
+        let state = State::new(
+            config(n, 1),
+            None,
+            None,
+            RouteKeys::new(b"bench route key 0123", None),
+        );
         // Alternate two configs that differ in every weight, so each apply
         // is a real change (an unchanged config returns early).
         let variants = [config(n, 2), config(n, 1)];

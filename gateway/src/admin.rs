@@ -124,11 +124,14 @@ fn route(state: &State, query: &str) -> Response<Body> {
             .find(|(k, _)| *k == name)
             .map(|(_, v)| v.replace("%3A", ":").replace("%3a", ":"))
     };
+    if let Some(sid) = param("sid") {
+        return body::json(StatusCode::OK, &explain_sid(state, &sid));
+    }
     let Some(raw) = param("ip") else {
         return body::error(
             StatusCode::BAD_REQUEST,
             "missing_ip",
-            "use /route?ip=<address>",
+            "use /route?ip=<address> or /route?sid=<session id>",
             json!({}),
         );
     };
@@ -140,9 +143,8 @@ fn route(state: &State, query: &str) -> Response<Body> {
             json!({}),
         );
     };
-    let sid = param("sid");
     let snapshot = state.snapshot();
-    let route = router::route(&snapshot, &state.pins, ip, sid.as_deref());
+    let route = router::route(&snapshot, ip);
     let ranking: Vec<String> = router::ranking(&snapshot, &route.key)
         .iter()
         .map(|n| n.name.clone())
@@ -157,6 +159,26 @@ fn route(state: &State, query: &str) -> Response<Body> {
             "ranking": ranking,
         }),
     )
+}
+
+/// Which node a session id's route tag names, and whether the tag verifies.
+fn explain_sid(state: &State, sid: &str) -> Value {
+    match state.route_keys.open(sid) {
+        Ok(tagged) => {
+            let snapshot = state.snapshot();
+            let listed = snapshot.nodes.iter().any(|n| n.addr == tagged.addr);
+            json!({
+                "sid": sid,
+                "valid": true,
+                "node": tagged.name,
+                "addr": tagged.addr,
+                "node_sid": tagged.node_sid,
+                "listed": listed,
+                "reason": router::Reason::Session.to_string(),
+            })
+        }
+        Err(e) => json!({ "sid": sid, "valid": false, "error": e.to_string() }),
+    }
 }
 
 async fn reload(state: &State) -> Response<Body> {

@@ -61,7 +61,7 @@ struct OpenPacket {
 }
 
 /// Used when the open packet has no ping settings: socket.io's defaults.
-const DEFAULT_SILENCE_LIMIT: Duration = Duration::from_millis(25_000 + 20_000);
+pub const DEFAULT_SILENCE_LIMIT: Duration = Duration::from_millis(25_000 + 20_000);
 
 /// What the start of a handshake response body says so far.
 #[derive(Debug, PartialEq, Eq)]

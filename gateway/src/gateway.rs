@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stickyio_shared::config::ConfigError;
-use stickyio_shared::config::gateway::GatewayConfig;
+use stickyio_shared::config::gateway::{GatewayConfig, MIN_ROUTE_KEY};
 use stickyio_shared::secret::SecretError;
 use tokio::net::TcpListener;
 
 use crate::health_check;
 use crate::reload::{self, ReloadError, ReloadReport};
+use crate::route_tag::RouteKeys;
 use crate::server;
 use crate::state::State;
 use crate::tls::{self, TlsError};
@@ -56,6 +57,8 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error("admin token: {0}")]
     AdminToken(#[from] SecretError),
+    #[error("route key: {0}")]
+    RouteKey(String),
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("cannot listen on {addr} ({what})")]
@@ -92,6 +95,7 @@ impl Gateway {
                 .map_err(|source| StartError::Bind { what, addr, source })
         };
         let admin_token = config.resolve_admin_token()?;
+        let route_keys = route_keys(&config)?;
         let acceptor = config.tls.as_ref().map(tls::acceptor).transpose()?;
         if !config.admin.ip().is_loopback() && admin_token.is_none() {
             tracing::warn!(admin = %config.admin, "the admin listener is open to anyone who can reach it (allow_open_admin)");
@@ -102,7 +106,7 @@ impl Gateway {
         let admin_addr = bound_addr(&admin, config.admin);
         let limit = ConnectionLimit::new(config.limits.max_connections);
         let workers_wanted = config.workers;
-        let state = State::new(config, path.clone(), admin_token);
+        let state = State::new(config, path.clone(), admin_token, route_keys);
         let workers = Workers::start(workers_wanted, &state.tasks)?;
         if let Some(path) = &path {
             reload::watch(state.clone(), path).map_err(|source| StartError::Watch {
@@ -128,6 +132,38 @@ impl Gateway {
             admin_addr,
         })
     }
+}
+
+/// The route keys from the config, or a random key of this process's own
+/// (fine for one gateway; replicas need a shared one to read each other's
+/// tags).
+fn route_keys(config: &GatewayConfig) -> Result<RouteKeys, StartError> {
+    let (current, previous) = config
+        .resolve_route_keys()
+        .map_err(|e| StartError::RouteKey(e.to_string()))?;
+    for key in current.iter().chain(previous.iter()) {
+        if key.expose().len() < MIN_ROUTE_KEY {
+            return Err(StartError::RouteKey(format!(
+                "must be at least {MIN_ROUTE_KEY} bytes (for example the output of `openssl rand -base64 32`)"
+            )));
+        }
+    }
+    let current = match current {
+        Some(key) => key.expose().as_bytes().to_vec(),
+        None => {
+            let mut key = vec![0u8; 32];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
+                .map_err(|_| StartError::RouteKey("no randomness for a key of its own".into()))?;
+            tracing::info!(
+                "no route_key set: this gateway uses a key of its own, so replicas cannot route each other's sessions"
+            );
+            key
+        }
+    };
+    Ok(RouteKeys::new(
+        &current,
+        previous.as_ref().map(|k| k.expose().as_bytes()),
+    ))
 }
 
 fn bound_addr(listener: &TcpListener, configured: SocketAddr) -> SocketAddr {

@@ -1,10 +1,11 @@
-//! `sid → node` pins learned from polling handshakes.
+//! The sessions opened through this gateway, by client-visible `sid`: a
+//! cache for counting sessions per node (`/nodes`, metrics) and for knowing when a
+//! removed node has drained. It no longer routes: a session's route travels
+//! in its sid ([`crate::route_tag`]), so replicas need no shared table.
 //!
-//! A session lives on the node that created it, so every request carrying a
-//! known `sid` goes there, whatever placement says after a reload or a
-//! failover. A pin ends when the session closes (close packet, websocket
-//! closed, the node answers 400) or after `pingInterval + pingTimeout` of
-//! silence, the time after which the node itself has given up on it.
+//! An entry ends when the session closes (close packet, websocket closed,
+//! the node answers 400) or after `pingInterval + pingTimeout` of silence,
+//! the time after which the node itself has given up on it.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -58,7 +59,9 @@ impl Pins {
         Some(pin.upstream.clone())
     }
 
-    /// Marks the session alive (a response arrived for it).
+    /// Marks the session alive (a response arrived for it). A session
+    /// opened through another replica is not adopted: a late answer to a
+    /// closed session would bring it back.
     pub fn touch(&self, sid: &str) {
         if let Some(pin) = self.lock().get_mut(sid) {
             pin.last_seen = Instant::now();

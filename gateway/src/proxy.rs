@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{
-    CONNECTION, CONTENT_LENGTH, EXPECT, HOST, HeaderValue, TRANSFER_ENCODING, UPGRADE,
+    CONNECTION, CONTENT_LENGTH, EXPECT, HOST, HeaderValue, SEC_WEBSOCKET_EXTENSIONS,
+    TRANSFER_ENCODING, UPGRADE,
 };
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
@@ -31,10 +32,12 @@ use crate::engineio::EngineQuery;
 use crate::forwarding::{NODE_HEADER, rewrite_request, rewrite_response};
 use crate::limits;
 use crate::node_conn::{NodeBody, NodeConn, NodeError, Reuse};
+use crate::open_packet;
 use crate::ordering::Turn;
 use crate::relay;
-use crate::router::{self, Reason};
-use crate::sniff::{CloseObserver, HandshakeObserver, Observed};
+use crate::route_tag::Tagged;
+use crate::router::{self, Reason, Route};
+use crate::sniff::{CloseObserver, Observed};
 use crate::state::State;
 use crate::upstream::{Transition, Upstream};
 use crate::wire::{self, RequestBody, ResponseHead};
@@ -60,7 +63,24 @@ pub async fn handle(
     let peer_trusted = is_trusted(peer_ip, &config.trusted_proxies);
     let ip = client_ip(peer_ip, req.headers(), &config.trusted_proxies);
     let query = EngineQuery::of(&req);
-    let route = router::route(&snapshot, &state.pins, ip, query.sid.as_deref());
+    let session = match query.sid.as_deref().map(|sid| state.route_keys.open(sid)) {
+        None => None,
+        Some(Ok(tagged)) => Some(tagged),
+        Some(Err(e)) => {
+            state.metrics.rejected("invalid_sid");
+            tracing::debug!(peer = %conn.peer, error = %e, "request refused: bad sid");
+            return Ok(body::error(
+                StatusCode::BAD_REQUEST,
+                "invalid_sid",
+                e.to_string(),
+                json!({}),
+            ));
+        }
+    };
+    let route = match &session {
+        Some(tagged) => router::session(&snapshot, ip, state.session_node(&snapshot, tagged)),
+        None => router::route(&snapshot, ip),
+    };
     if route.candidates.is_empty() {
         state.metrics.rejected("no_healthy_node");
         return Ok(body::error(
@@ -95,9 +115,8 @@ pub async fn handle(
         handshake: query.engine_io && query.sid.is_none(),
         handshake_timeout: config.limits.handshake_timeout.get(),
     };
-    let pinned = route.reason == Reason::Pinned;
     Ok(exchange
-        .forward(req, upgrade, &query, &route.candidates, pinned, turn)
+        .forward(req, upgrade, &query, session.as_ref(), &route, turn)
         .await)
 }
 
@@ -140,10 +159,11 @@ impl Exchange<'_> {
         req: Request<Incoming>,
         upgrade: Option<OnUpgrade>,
         query: &EngineQuery,
-        candidates: &[Arc<Upstream>],
-        pinned: bool,
+        session: Option<&Tagged>,
+        route: &Route,
         mut turn: Option<Turn>,
     ) -> Response<Body> {
+        let (candidates, pinned) = (&route.candidates, route.reason == Reason::Session);
         let (mut parts, body) = req.into_parts();
         let protocol = parts.headers.get(UPGRADE).cloned();
         let client_chunked = parts.headers.contains_key(TRANSFER_ENCODING);
@@ -159,6 +179,11 @@ impl Exchange<'_> {
         parts.headers.remove(EXPECT);
         if client_chunked {
             parts.headers.remove(CONTENT_LENGTH);
+        }
+        // The first frame of a websocket-only session carries the sid the
+        // gateway rewrites: it must not be compressed.
+        if upgrade.is_some() && query.engine_io && query.sid.is_none() {
+            parts.headers.remove(SEC_WEBSOCKET_EXTENSIONS);
         }
         if !parts.headers.contains_key(HOST)
             && let Some(first) = candidates.first()
@@ -186,7 +211,16 @@ impl Exchange<'_> {
         };
         let mut head = Vec::with_capacity(512);
         let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        wire::encode_request_head(&mut head, &parts.method, target, &parts.headers, framing);
+        // Nodes see only their own sids.
+        let target = match (session, &query.sid) {
+            (Some(tagged), Some(sid)) => std::borrow::Cow::Owned(target.replacen(
+                &format!("sid={sid}"),
+                &format!("sid={}", tagged.node_sid),
+                1,
+            )),
+            _ => std::borrow::Cow::Borrowed(target),
+        };
+        wire::encode_request_head(&mut head, &parts.method, &target, &parts.headers, framing);
         // The body's first frame (a whole polling payload, usually) goes in
         // the head's write: one system call instead of two.
         if let Some(b) = body.as_mut() {
@@ -225,7 +259,10 @@ impl Exchange<'_> {
                         Some(client) if response.status == StatusCode::SWITCHING_PROTOCOLS => {
                             self.relay(upstream, query, client, conn, response)
                         }
-                        _ => self.respond(upstream, query, &parts.method, conn, response),
+                        _ => {
+                            self.respond(upstream, query, &parts.method, conn, response)
+                                .await
+                        }
                     };
                 }
                 Err(Failed::Answer(answer)) => return answer,
@@ -421,9 +458,10 @@ impl Exchange<'_> {
         ))
     }
 
-    /// The node's response, with hop-by-hop headers dropped, the node named,
-    /// and its body watched for a handshake or close packet.
-    fn respond(
+    /// The node's response, with hop-by-hop headers dropped, the node
+    /// named, a handshake's sid route-tagged, and a session's body watched
+    /// for a close packet.
+    async fn respond(
         &self,
         upstream: &Arc<Upstream>,
         query: &EngineQuery,
@@ -440,14 +478,13 @@ impl Exchange<'_> {
         } = head;
         rewrite_response(&mut headers, &upstream.name);
         let body = if query.is_polling_handshake(method) && status == StatusCode::OK {
-            let observer = HandshakeObserver {
-                pins: pins.clone(),
-                upstream: upstream.clone(),
-            };
-            Observed::new(body, observer).boxed_unsync()
+            match self.tag_handshake(upstream, body, &mut headers).await {
+                Ok(body) => body,
+                Err(answer) => return answer,
+            }
         } else if let Some(sid) = &query.sid {
             if status == StatusCode::BAD_REQUEST {
-                // The node does not know the session (any more): stop pinning it.
+                // The node does not know the session (any more).
                 pins.forget(sid);
             } else {
                 pins.touch(sid);
@@ -470,6 +507,46 @@ impl Exchange<'_> {
         response
     }
 
+    /// Reads a polling handshake's body whole (it is one small open packet)
+    /// and gives the client the route-tagged sid.
+    async fn tag_handshake(
+        &self,
+        upstream: &Arc<Upstream>,
+        body: NodeBody,
+        headers: &mut http::HeaderMap,
+    ) -> Result<Body, Response<Body>> {
+        let read = http_body_util::Limited::new(body, MAX_HANDSHAKE_BODY).collect();
+        let bytes = match tokio::time::timeout(self.handshake_timeout, read).await {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(e)) => {
+                upstream.metrics.upstream_errors.inc();
+                return Err(bad_gateway(
+                    upstream,
+                    format!("{}'s handshake body failed: {e}", upstream.name),
+                ));
+            }
+            Err(_) => {
+                upstream.metrics.upstream_errors.inc();
+                return Err(bad_gateway(
+                    upstream,
+                    format!("{} did not finish its handshake body", upstream.name),
+                ));
+            }
+        };
+        let keys = &self.state.route_keys;
+        let Some(open) = open_packet::rewrite_polling(&bytes, |sid| {
+            keys.seal(&upstream.name, &upstream.addr, sid)
+        }) else {
+            return Ok(body::full(bytes));
+        };
+        tracing::debug!(sid = %open.client_sid, node = %upstream.name, "session opened");
+        self.state
+            .pins
+            .learn(&open.client_sid, upstream.clone(), open.silence_limit);
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(open.bytes.len()));
+        Ok(body::full(open.bytes))
+    }
+
     /// Answers `101` and relays the two connections until either side closes.
     fn relay(
         &self,
@@ -488,20 +565,43 @@ impl Exchange<'_> {
         }
         let state = self.state.clone();
         let upstream = upstream.clone();
-        let sid = query.sid.clone();
         upstream.metrics.websockets.inc();
-        match &sid {
-            Some(sid) => state.pins.websocket(sid, true),
+        // The session's client-visible sid: known now for an upgrade from
+        // polling, learned from the first frame for a websocket-only one.
+        let sid = Arc::new(std::sync::Mutex::new(query.sid.clone()));
+        let tag: Option<relay::TagSid> = match query.sid.as_deref() {
+            Some(known) => {
+                state.pins.websocket(known, true);
+                None
+            }
+            None if query.engine_io => {
+                let (state, upstream, sid) = (state.clone(), upstream.clone(), sid.clone());
+                Some(Box::new(move |node_sid: &str| {
+                    let client_sid =
+                        state
+                            .route_keys
+                            .seal(&upstream.name, &upstream.addr, node_sid);
+                    state.pins.learn(
+                        &client_sid,
+                        upstream.clone(),
+                        crate::engineio::DEFAULT_SILENCE_LIMIT,
+                    );
+                    state.pins.websocket(&client_sid, true);
+                    *sid.lock().unwrap_or_else(|p| p.into_inner()) = Some(client_sid.clone());
+                    client_sid
+                }))
+            }
             None => {
                 upstream.metrics.handshakes.inc();
+                None
             }
-        }
-        let flush = sid.as_deref().map(|sid| state.order.relay(sid));
+        };
+        let flush = query.sid.as_deref().map(|sid| state.order.relay(sid));
         let (node, early) = conn.into_parts();
         state.tasks.clone().spawn(async move {
             let relayed = async {
                 let client = client.await?;
-                let copied = relay::run(TokioIo::new(client), node, early, flush).await?;
+                let copied = relay::run(TokioIo::new(client), node, early, flush, tag).await?;
                 Ok::<_, crate::body::BoxError>(copied)
             };
             tokio::select! {
@@ -512,6 +612,7 @@ impl Exchange<'_> {
                 () = state.relays.cancelled() => tracing::debug!(node = %upstream.name, "websocket cut at shutdown"),
             }
             upstream.metrics.websockets.dec();
+            let sid = sid.lock().unwrap_or_else(|p| p.into_inner()).take();
             if let Some(sid) = sid {
                 // The websocket carried the session; its end is the session's end.
                 state.pins.websocket(&sid, false);
@@ -521,6 +622,10 @@ impl Exchange<'_> {
         to_client
     }
 }
+
+/// Largest handshake body read whole to tag its sid (an open packet is
+/// about 120 bytes).
+const MAX_HANDSHAKE_BODY: usize = 64 * 1024;
 
 /// A request as it goes to any node: its head (with what was already read
 /// of the body) and how the rest of the body is framed.

@@ -6,6 +6,10 @@
 //! client has already sent. A polling request of the same session does that
 //! before it is forwarded ([`crate::ordering`]), so the node sees a frame
 //! the client sent before that request ahead of the request.
+//!
+//! On a websocket-only session the node's first frame is its open packet;
+//! the relay can rewrite its sid ([`crate::open_packet`]) before anything
+//! else goes down.
 
 use std::io;
 
@@ -14,10 +18,16 @@ use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::open_packet::{self, FirstFrame};
 use crate::ordering::RelayHandle;
 
 /// Buffer of each direction.
 const BUFFER: usize = 8 * 1024;
+/// Largest first frame read whole to rewrite its open packet.
+const MAX_FIRST_FRAME: usize = 16 * 1024;
+
+/// Makes the client's sid from the node's, for a websocket-only session.
+pub type TagSid = Box<dyn FnOnce(&str) -> String + Send>;
 
 /// Relays until both directions have ended; returns the bytes sent up (client
 /// to node) and down. `early` is what the node sent right after its `101`.
@@ -26,6 +36,7 @@ pub async fn run<C>(
     node: TcpStream,
     early: BytesMut,
     flush: Option<RelayHandle>,
+    tag: Option<TagSid>,
 ) -> io::Result<(u64, u64)>
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -67,7 +78,12 @@ where
         Ok::<_, io::Error>(sent)
     };
     let down = async {
-        let mut sent = early.len() as u64;
+        let mut early = early;
+        let mut sent = 0u64;
+        if let Some(tag) = tag {
+            sent += tag_first_frame(&mut node_r, &mut client_w, &mut early, tag).await?;
+        }
+        sent += early.len() as u64;
         if !early.is_empty() {
             client_w.write_all(&early).await?;
         }
@@ -84,6 +100,41 @@ where
         Ok::<_, io::Error>(sent)
     };
     tokio::try_join!(up, down)
+}
+
+/// Reads the node's first frame whole and sends it down with the open
+/// packet's sid replaced by `tag`; leaves any later bytes in `pending`.
+/// Returns the bytes sent.
+async fn tag_first_frame<R, W>(
+    node: &mut R,
+    client: &mut W,
+    pending: &mut BytesMut,
+    tag: TagSid,
+) -> io::Result<u64>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut tag = Some(tag);
+    loop {
+        let step = open_packet::rewrite_first_frame(pending, MAX_FIRST_FRAME, |sid| {
+            tag.take().map_or_else(|| sid.to_owned(), |tag| tag(sid))
+        });
+        match step {
+            FirstFrame::Open(open, used) => {
+                client.write_all(&open.bytes).await?;
+                let _ = pending.split_to(used);
+                return Ok(open.bytes.len() as u64);
+            }
+            FirstFrame::Other => return Ok(0),
+            FirstFrame::NeedMore => {
+                pending.reserve(BUFFER);
+                if node.read_buf(pending).await? == 0 {
+                    return Ok(0);
+                }
+            }
+        }
+    }
 }
 
 /// Passes on what the client has sent and the gateway has not read yet,

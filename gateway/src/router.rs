@@ -1,7 +1,9 @@
 //! Which node a request goes to, and why.
 //!
-//! A request carrying a pinned `sid` goes to that session's node. Anything
-//! else is placed by its client key on the rendezvous ranking of the current
+//! A request of a session goes to the node its route tag names
+//! ([`crate::route_tag`]), whatever placement says after a reload or a
+//! failover, and whichever replica it reaches. Anything else is placed by
+//! its client key on the rendezvous ranking of the current
 //! config, skipping nodes that are down: their clients go to their next
 //! choice and come back when the node recovers.
 //!
@@ -17,12 +19,11 @@ use std::sync::Arc;
 
 use stickyio_shared::placement::{self, ClientKey};
 
-use crate::pinning::Pins;
 use crate::upstream::{Snapshot, Upstream};
 
 pub struct Route {
     pub key: ClientKey,
-    /// Nodes to try, best first: the pinned node alone, or the healthy
+    /// Nodes to try, best first: the session's node alone, or the healthy
     /// nodes in rendezvous order. Empty when no node can take the request.
     pub candidates: Vec<Arc<Upstream>>,
     pub reason: Reason,
@@ -30,8 +31,8 @@ pub struct Route {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reason {
-    /// The request's `sid` is pinned to a node.
-    Pinned,
+    /// The request's `sid` carries the route tag of its session's node.
+    Session,
     /// The node ranks first for the client key.
     FirstChoice,
     /// The nodes ranking higher are down.
@@ -45,7 +46,7 @@ pub enum Reason {
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Reason::Pinned => f.write_str("pinned: the session's sid lives on this node"),
+            Reason::Session => f.write_str("session: the sid's route tag names this node"),
             Reason::FirstChoice => {
                 f.write_str("placement: first rendezvous choice for the client key")
             }
@@ -94,16 +95,18 @@ pub fn fail_open(snapshot: &Snapshot) -> Option<(usize, usize)> {
     (threshold > 0 && healthy * 100 < threshold * total).then_some((healthy, total))
 }
 
-/// Routes a request from `ip`, carrying `sid` if any.
-pub fn route(snapshot: &Snapshot, pins: &Pins, ip: IpAddr, sid: Option<&str>) -> Route {
-    let key = client_key(snapshot, ip);
-    if let Some(pinned) = sid.and_then(|sid| pins.get(sid)) {
-        return Route {
-            key,
-            candidates: vec![pinned],
-            reason: Reason::Pinned,
-        };
+/// A request of a session on `node`: it goes there and nowhere else.
+pub fn session(snapshot: &Snapshot, ip: IpAddr, node: Arc<Upstream>) -> Route {
+    Route {
+        key: client_key(snapshot, ip),
+        candidates: vec![node],
+        reason: Reason::Session,
     }
+}
+
+/// Places a new client from `ip`.
+pub fn route(snapshot: &Snapshot, ip: IpAddr) -> Route {
+    let key = client_key(snapshot, ip);
     let ranked = ranking(snapshot, &key);
     if let Some((healthy, total)) = fail_open(snapshot) {
         let live: Vec<Arc<Upstream>> = ranked.iter().filter(|n| !n.is_ejected()).cloned().collect();
@@ -137,7 +140,6 @@ mod tests {
     use super::*;
     use crate::metrics::Metrics;
     use crate::upstream::Registry;
-    use std::time::Duration;
 
     fn snapshot(prefix: u8) -> Snapshot {
         let text = format!(
@@ -154,7 +156,7 @@ mod tests {
     #[test]
     fn placement_follows_the_golden_ranking() {
         let snap = snapshot(32);
-        let route = route(&snap, &Pins::new(), "127.0.0.2".parse().unwrap(), None);
+        let route = route(&snap, "127.0.0.2".parse().unwrap());
         assert_eq!(names(&route), ["node-b", "node-a", "node-c"]);
         assert_eq!(route.reason, Reason::FirstChoice);
         assert_eq!(route.key.to_string(), "127.0.0.2/32");
@@ -163,10 +165,9 @@ mod tests {
     #[test]
     fn down_nodes_hand_their_clients_to_the_next_choice_and_get_them_back() {
         let snap = snapshot(32);
-        let pins = Pins::new();
         let ip = "127.0.0.2".parse().unwrap();
         snap.nodes[1].eject();
-        let r = route(&snap, &pins, ip, None);
+        let r = route(&snap, ip);
         assert_eq!(names(&r), ["node-a", "node-c"]);
         assert_eq!(
             r.reason.to_string(),
@@ -175,7 +176,7 @@ mod tests {
         for _ in 0..2 {
             snap.nodes[1].observe(true, 2, 2);
         }
-        assert_eq!(names(&route(&snap, &pins, ip, None))[0], "node-b");
+        assert_eq!(names(&route(&snap, ip))[0], "node-b");
     }
 
     #[test]
@@ -188,7 +189,7 @@ mod tests {
             }
         }
         assert_eq!(fail_open(&snap), Some((1, 3)));
-        let r = route(&snap, &Pins::new(), ip, None);
+        let r = route(&snap, ip);
         assert_eq!(
             names(&r),
             ["node-b", "node-a", "node-c"],
@@ -199,10 +200,7 @@ mod tests {
             "fail open: only 1 of 3 nodes pass health checks, so the client is placed as if all did"
         );
         snap.nodes[1].eject();
-        assert_eq!(
-            names(&route(&snap, &Pins::new(), ip, None)),
-            ["node-a", "node-c"]
-        );
+        assert_eq!(names(&route(&snap, ip)), ["node-a", "node-c"]);
     }
 
     #[test]
@@ -215,7 +213,7 @@ mod tests {
         let snap = Registry::default().initial(config, &Metrics::default());
         snap.nodes[0].eject();
         assert_eq!(fail_open(&snap), None);
-        let r = route(&snap, &Pins::new(), "10.0.0.1".parse().unwrap(), None);
+        let r = route(&snap, "10.0.0.1".parse().unwrap());
         assert!(r.node().is_none());
     }
 
@@ -227,7 +225,7 @@ mod tests {
         for n in &snap.nodes {
             n.eject();
         }
-        let r = route(&snap, &Pins::new(), "10.0.0.1".parse().unwrap(), None);
+        let r = route(&snap, "10.0.0.1".parse().unwrap());
         assert!(r.node().is_none());
         assert!(
             r.reason
@@ -239,30 +237,24 @@ mod tests {
     }
 
     #[test]
-    fn pinned_sid_beats_placement_and_unknown_sid_falls_back() {
+    fn a_session_goes_to_its_node_whatever_placement_says() {
         let snap = snapshot(32);
-        let pins = Pins::new();
         let ip = "127.0.0.2".parse().unwrap();
-        pins.learn("s", snap.nodes[2].clone(), Duration::from_secs(5));
-        let r = route(&snap, &pins, ip, Some("s"));
+        snap.nodes[2].eject();
+        let r = session(&snap, ip, snap.nodes[2].clone());
         assert_eq!(
             (names(&r), r.reason.clone()),
-            (vec!["node-c"], Reason::Pinned)
+            (vec!["node-c"], Reason::Session)
         );
-        let r = route(&snap, &pins, ip, Some("other"));
-        assert_eq!(names(&r)[0], "node-b");
+        assert_eq!(names(&route(&snap, ip))[0], "node-b");
     }
 
     #[test]
     fn prefix_groups_clients() {
         let snap = snapshot(8);
-        let pins = Pins::new();
-        let first = names(&route(&snap, &pins, "127.1.2.3".parse().unwrap(), None))[0].to_owned();
+        let first = names(&route(&snap, "127.1.2.3".parse().unwrap()))[0].to_owned();
         for ip in ["127.0.0.1", "127.200.9.9", "127.255.255.254"] {
-            assert_eq!(
-                names(&route(&snap, &pins, ip.parse().unwrap(), None))[0],
-                first
-            );
+            assert_eq!(names(&route(&snap, ip.parse().unwrap()))[0], first);
         }
     }
 }

@@ -84,6 +84,19 @@ impl Upstream {
         })
     }
 
+    /// A node known only from a route tag: named and reachable, in no
+    /// config and no placement.
+    pub fn unlisted(name: &str, addr: &str, metrics: &Metrics) -> Arc<Self> {
+        let entry = NodeEntry {
+            name: name.to_owned(),
+            addr: addr.to_owned(),
+            weight: 1,
+        };
+        let node = Upstream::new(&entry, metrics);
+        node.draining.store(true, Ordering::Relaxed);
+        node
+    }
+
     /// Opens a TCP connection to the node (resolving `addr` if it is a name).
     pub async fn dial(&self) -> std::io::Result<tokio::net::TcpStream> {
         match self.socket {

@@ -165,6 +165,18 @@ async fn tls_connect(
     .expect("TLS handshake")
 }
 
+/// Where an unmasked server frame's payload starts, and its length (7- or
+/// 16-bit lengths; RFC 6455 §5.2).
+fn frame_payload(frame: &[u8]) -> Option<(usize, usize)> {
+    match *frame.get(1)? & 0x7f {
+        126 => Some((
+            4,
+            usize::from(u16::from_be_bytes([*frame.get(2)?, *frame.get(3)?])),
+        )),
+        n => Some((2, usize::from(n))),
+    }
+}
+
 #[tokio::test]
 async fn tls_serves_polling_and_websocket_upgrades() {
     let node = start_node("node-a").await;
@@ -258,7 +270,9 @@ async fn tls_serves_polling_and_websocket_upgrades() {
                     "{head}"
                 );
                 let frame = &got[end + 4..];
-                if frame.len() >= 2 && frame.len() >= 2 + usize::from(frame[1] & 0x7f) {
+                if let Some((start, len)) = frame_payload(frame)
+                    && frame.len() >= start + len
+                {
                     return frame.to_vec();
                 }
             }
@@ -267,8 +281,16 @@ async fn tls_serves_polling_and_websocket_upgrades() {
     .await
     .expect("101 and the first frame in time");
     assert_eq!(frame[0], 0x81, "a final text frame");
-    let payload = String::from_utf8_lossy(&frame[2..2 + usize::from(frame[1] & 0x7f)]).into_owned();
+    let (start, len) = frame_payload(&frame).expect("a frame head");
+    let payload = String::from_utf8_lossy(&frame[start..start + len]).into_owned();
     assert!(payload.starts_with("0{\"sid\":"), "{payload}");
+    let open: serde_json::Value = serde_json::from_str(&payload[1..]).expect("open packet");
+    let sid = open["sid"].as_str().expect("sid");
+    assert_eq!(
+        sid.matches('.').count(),
+        2,
+        "the client sees a route-tagged sid: {sid}"
+    );
     drop((tls, sender));
 
     // Plain HTTP on the TLS port gets no HTTP answer.

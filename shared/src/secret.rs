@@ -31,8 +31,12 @@ impl Secret {
     /// True when `candidate` is the secret. The time taken depends on the
     /// secret's length only, never on the candidate's bytes or length.
     pub fn matches(&self, candidate: &str) -> bool {
-        let secret = self.0.as_bytes();
-        let candidate = candidate.as_bytes();
+        Self::bytes_match(self.0.as_bytes(), candidate.as_bytes())
+    }
+
+    /// True when `candidate` equals `secret`, in time that depends on the
+    /// length of `secret` only (also for MACs, which are secrets to forge).
+    pub fn bytes_match(secret: &[u8], candidate: &[u8]) -> bool {
         let mut same = (secret.len() as u64).ct_eq(&(candidate.len() as u64));
         for (i, byte) in secret.iter().enumerate() {
             let other = candidate.get(i).copied().unwrap_or(!byte);

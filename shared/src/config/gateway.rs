@@ -16,6 +16,11 @@ use crate::secret::{self, Secret, SecretError};
 
 /// Environment variable that can carry the admin token instead of the file.
 pub const ADMIN_TOKEN_ENV: &str = "STICKYIO_ADMIN_TOKEN";
+/// Environment variables that can carry the route keys.
+pub const ROUTE_KEY_ENV: &str = "STICKYIO_ROUTE_KEY";
+pub const ROUTE_KEY_PREVIOUS_ENV: &str = "STICKYIO_ROUTE_KEY_PREVIOUS";
+/// Shortest route key accepted, in bytes.
+pub const MIN_ROUTE_KEY: usize = 16;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,6 +51,18 @@ pub struct GatewayConfig {
     /// Off by default: such a config is refused.
     #[serde(default)]
     pub allow_open_admin: bool,
+    /// Key of the route tags in the session ids clients see; replicas need
+    /// the same one. Prefer `route_key_file` or `STICKYIO_ROUTE_KEY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_key: Option<Secret>,
+    /// A file holding the route key, relative to the config file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_key_file: Option<PathBuf>,
+    /// The key before a rotation: tags made with it are still accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_key_previous: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_key_previous_file: Option<PathBuf>,
     /// Threads serving client connections (0: one per core). Each client
     /// address is served by one of them, which keeps a session's requests
     /// in order. Read at start only.
@@ -343,7 +360,14 @@ impl GatewayConfig {
                     *file = dir.join(&*file);
                 }
             };
-            if let Some(file) = &mut config.admin_token_file {
+            for file in [
+                &mut config.admin_token_file,
+                &mut config.route_key_file,
+                &mut config.route_key_previous_file,
+            ]
+            .into_iter()
+            .flatten()
+            {
                 relative(file);
             }
             if let Some(tls) = &mut config.tls {
@@ -365,6 +389,25 @@ impl GatewayConfig {
         Ok(token.map(Secret::new))
     }
 
+    /// The route keys, current and previous: inline, else from their files,
+    /// else from the environment. `None` for the current key when none is
+    /// set (the gateway then makes one of its own).
+    pub fn resolve_route_keys(&self) -> Result<(Option<Secret>, Option<Secret>), SecretError> {
+        let current = secret::resolve(
+            self.route_key.as_ref().map(Secret::expose),
+            self.route_key_file.as_deref(),
+            "route_key_file",
+            ROUTE_KEY_ENV,
+        )?;
+        let previous = secret::resolve(
+            self.route_key_previous.as_ref().map(Secret::expose),
+            self.route_key_previous_file.as_deref(),
+            "route_key_previous_file",
+            ROUTE_KEY_PREVIOUS_ENV,
+        )?;
+        Ok((current.map(Secret::new), previous.map(Secret::new)))
+    }
+
     /// The config as TOML, every default written out (for `check`).
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_else(|e| format!("# cannot render the config: {e}\n"))
@@ -380,6 +423,7 @@ impl Validate for GatewayConfig {
             return Err(Violation::new("ipv6_prefix", "must be between 1 and 128"));
         }
         self.validate_admin()?;
+        self.validate_route_keys()?;
         self.health.validate()?;
         self.limits.validate()?;
         if let Some(tls) = &self.tls {
@@ -420,6 +464,36 @@ impl Validate for GatewayConfig {
 }
 
 impl GatewayConfig {
+    fn validate_route_keys(&self) -> Result<(), Violation> {
+        for (inline, file, key) in [
+            (&self.route_key, &self.route_key_file, "route_key"),
+            (
+                &self.route_key_previous,
+                &self.route_key_previous_file,
+                "route_key_previous",
+            ),
+        ] {
+            if inline.is_some() && file.is_some() {
+                return Err(Violation::new(
+                    format!("{key}_file"),
+                    format!("set either `{key}` or `{key}_file`, not both"),
+                ));
+            }
+            if inline
+                .as_ref()
+                .is_some_and(|k| k.expose().len() < MIN_ROUTE_KEY)
+            {
+                return Err(Violation::new(
+                    key,
+                    format!(
+                        "must be at least {MIN_ROUTE_KEY} bytes (for example the output of `openssl rand -base64 32`)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The admin listener can reload the config and reveals the topology:
     /// off loopback it needs a token, unless explicitly opened.
     fn validate_admin(&self) -> Result<(), Violation> {
@@ -551,10 +625,10 @@ impl LimitsConfig {
 
 impl NodeEntry {
     fn validate(&self, i: usize) -> Result<(), Violation> {
-        if self.name.is_empty() || has_blank(&self.name) {
+        if self.name.is_empty() || has_blank(&self.name) || self.name.len() > 255 {
             return Err(Violation::new(
                 format!("nodes[{i}].name"),
-                "must be non-empty, without spaces or control characters",
+                "must be 1 to 255 bytes, without spaces or control characters",
             ));
         }
         if let Err(why) = check_host_port(&self.addr) {
