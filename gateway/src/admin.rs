@@ -1,10 +1,12 @@
-//! The admin listener (loopback by default): `/healthz`, `/metrics`,
-//! `/nodes`, `/route?ip=…[&sid=…]` and `POST /reload`.
+//! The admin listener (loopback by default): the status page `/`, `/healthz`,
+//! `/metrics`, `/nodes`, `/status`, `/route?ip=…&sid=…` and `POST /reload`.
 //!
 //! Kept apart from the public listener so operators' endpoints are never
 //! reachable through the client-facing port. With an admin token set, every
 //! endpoint but `/healthz` (which tells nothing, and serves liveness probes)
-//! needs `Authorization: Bearer <token>`, compared in constant time.
+//! and `/` (the page holds no data; it asks for the token and sends it on
+//! each fetch) needs `Authorization: Bearer <token>`, compared in constant
+//! time.
 
 use std::convert::Infallible;
 use std::net::IpAddr;
@@ -17,36 +19,41 @@ use serde_json::{Value, json};
 
 use crate::body::{self, Body};
 use crate::reload::{self, ReloadError};
-use crate::router;
+use crate::router::{self, Reason};
 use crate::state::State;
+use crate::status_page;
 use crate::upstream::Upstream;
 
 pub async fn handle(
     state: Arc<State>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    if req.uri().path() != "/healthz"
+    if !matches!(req.uri().path(), "/healthz" | "/")
         && let Some(refusal) = unauthorized(&state, &req)
     {
         return Ok(refusal);
     }
     let res = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/") => status_page::page(),
         (&Method::GET, "/healthz") => body::json(StatusCode::OK, &json!({ "status": "ok" })),
         (&Method::GET, "/metrics") => metrics(&state),
         (&Method::GET, "/nodes") => body::json(StatusCode::OK, &nodes(&state)),
+        (&Method::GET, "/status") => body::json(StatusCode::OK, &status(&state)),
         (&Method::GET, "/route") => route(&state, req.uri().query().unwrap_or("")),
         (&Method::POST, "/reload") => reload(&state).await,
-        (_, "/healthz" | "/metrics" | "/nodes" | "/route" | "/reload") => body::error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            format!("{} is not allowed on {}", req.method(), req.uri().path()),
-            json!({}),
-        ),
+        (_, "/" | "/healthz" | "/metrics" | "/nodes" | "/status" | "/route" | "/reload") => {
+            body::error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{} is not allowed on {}", req.method(), req.uri().path()),
+                json!({}),
+            )
+        }
         (_, path) => body::error(
             StatusCode::NOT_FOUND,
             "not_found",
             format!(
-                "no admin endpoint {path}; try /healthz, /metrics, /nodes, /route?ip=, POST /reload"
+                "no admin endpoint {path}; try /, /healthz, /metrics, /nodes, /status, /route?ip=, POST /reload"
             ),
             json!({}),
         ),
@@ -97,6 +104,9 @@ fn node_json(node: &Upstream) -> Value {
         "draining": node.is_draining(),
         "sessions": node.metrics.sessions.get(),
         "websockets": node.metrics.websockets.get(),
+        // Totals: the status page turns them into rates between two polls.
+        "requests": node.metrics.requests.get(),
+        "upstream_errors": node.metrics.upstream_errors.get(),
     })
 }
 
@@ -114,6 +124,22 @@ fn nodes(state: &State) -> Value {
     )
 }
 
+/// What the status page polls: the nodes, the last reload, the check interval.
+fn status(state: &State) -> Value {
+    let snapshot = state.snapshot();
+    json!({
+        "nodes": nodes(state),
+        "last_reload": state.metrics.reloads.get(),
+        "health": {
+            "path": snapshot.config.health.path,
+            "interval_ms": u64::try_from(snapshot.config.health.interval.get().as_millis()).unwrap_or(u64::MAX),
+            "rise": snapshot.config.health.rise,
+            "fall": snapshot.config.health.fall,
+        },
+    })
+}
+
+/// Which node a client gets and why; with only a `sid`, that session's node.
 fn route(state: &State, query: &str) -> Response<Body> {
     let param = |name: &str| {
         query
@@ -122,25 +148,41 @@ fn route(state: &State, query: &str) -> Response<Body> {
             .find(|(k, _)| *k == name)
             .map(|(_, v)| v.replace("%3A", ":").replace("%3a", ":"))
     };
-    let Some(raw) = param("ip") else {
-        return body::error(
-            StatusCode::BAD_REQUEST,
-            "missing_ip",
-            "use /route?ip=<address>",
-            json!({}),
-        );
+    let sid = param("sid").filter(|s| !s.is_empty());
+    let ip_param = param("ip").filter(|s| !s.is_empty());
+    let ip = match (&ip_param, &sid) {
+        (Some(raw), _) => match raw.parse::<IpAddr>() {
+            Ok(ip) => ip,
+            Err(_) => {
+                return body::error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_ip",
+                    format!("{raw:?} is not an IP address"),
+                    json!({}),
+                );
+            }
+        },
+        // A session's node does not depend on the client address.
+        (None, Some(_)) => IpAddr::from([0, 0, 0, 0]),
+        (None, None) => {
+            return body::error(
+                StatusCode::BAD_REQUEST,
+                "missing_ip",
+                "use /route?ip=<address>, /route?sid=<session id> or both",
+                json!({}),
+            );
+        }
     };
-    let Ok(ip) = raw.parse::<IpAddr>() else {
-        return body::error(
-            StatusCode::BAD_REQUEST,
-            "bad_ip",
-            format!("{raw:?} is not an IP address"),
-            json!({}),
-        );
-    };
-    let sid = param("sid");
     let snapshot = state.snapshot();
     let route = router::route(&snapshot, &state.pins, ip, sid.as_deref());
+    if ip_param.is_none() && route.reason != Reason::Pinned {
+        return body::error(
+            StatusCode::NOT_FOUND,
+            "unknown_sid",
+            "no live session has this sid; a request carrying it is routed by its client address",
+            json!({ "sid": sid }),
+        );
+    }
     let ranking: Vec<String> = router::ranking(&snapshot, &route.key)
         .iter()
         .map(|n| n.name.clone())
@@ -149,6 +191,7 @@ fn route(state: &State, query: &str) -> Response<Body> {
         StatusCode::OK,
         &json!({
             "ip": ip.to_string(),
+            "sid": sid,
             "key": route.key.to_string(),
             "node": route.node().map(|n| n.name.clone()),
             "reason": route.reason.to_string(),

@@ -7,7 +7,8 @@
 //!   [`engineio`], [`sniff`]).
 //! - Proxying: streamed HTTP and relayed websockets ([`proxy`], [`upgrade`],
 //!   [`forwarding`]) behind [`limits`], optionally over [`tls`].
-//! - Operations: [`health_check`], [`reload`], [`admin`], [`metrics`].
+//! - Operations: [`health_check`], [`reload`], [`admin`] (with its
+//!   [`status_page`]), [`metrics`].
 //!
 //! Start one with [`Gateway::start`].
 
@@ -28,6 +29,7 @@ pub mod router;
 pub mod server;
 pub mod sniff;
 pub mod state;
+pub mod status_page;
 pub mod tls;
 pub mod upgrade;
 pub mod upstream;

@@ -2,13 +2,16 @@
 //!
 //! Each node's counters and gauges are fetched once, when its
 //! [`Upstream`](crate::upstream::Upstream) is created, so the request path
-//! only touches atomics.
+//! only touches atomics. Reload outcomes are here too ([`LastReload`]): they
+//! are exported as series and shown whole on `/status`.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+use crate::reload::LastReload;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct NodeLabel {
@@ -30,6 +33,8 @@ pub struct Metrics {
     up: Family<NodeLabel, Gauge>,
     rejected: Family<ReasonLabel, Counter>,
     connections: Gauge,
+    /// Outcomes of config reloads, the last one whole.
+    pub reloads: LastReload,
 }
 
 /// The metric handles of one node.
@@ -86,6 +91,8 @@ impl Default for Metrics {
             "Open client connections",
             connections.clone(),
         );
+        let reloads = LastReload::default();
+        reloads.register(&mut registry);
         Metrics {
             registry,
             requests,
@@ -96,6 +103,7 @@ impl Default for Metrics {
             up,
             rejected,
             connections,
+            reloads,
         }
     }
 }
