@@ -404,6 +404,28 @@ pub async fn admin(addr: SocketAddr, method: Method, path: &str) -> Reply {
         .expect("admin request")
 }
 
+/// A node's Prometheus text. Every test reads node metrics through here, so
+/// moving them to another listener changes only this function.
+pub async fn node_metrics(node: &RunningNode) -> String {
+    let mut conn = HttpConn::open(Ipv4Addr::LOCALHOST, node.local_addr())
+        .await
+        .expect("node connect");
+    let reply = conn.get("/metrics").await.expect("node /metrics");
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    reply.body
+}
+
+/// The sum of every sample of `name` (all label sets) in Prometheus text.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// The gateway's `/nodes`, by name.
 pub async fn nodes_json(addr: SocketAddr) -> Vec<Value> {
     admin(addr, Method::GET, "/nodes")
