@@ -17,12 +17,14 @@ need() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$2" >/dev/null
 }
 
-step "Debian packages: chromium (browser test), redis-server (Redis backend tests), valgrind (constant-time test)"
+step "Debian packages: chromium (browser tests), redis-server (Redis backend tests), valgrind (constant-time test), prometheus (promtool for the alert rules)"
 need chromium chromium
 need redis-server redis-server
 need valgrind valgrind
+need promtool prometheus
 chromium --version
 redis-server --version
+promtool --version | head -1
 
 step "npm packages for the JS tests (official socket.io-client, playwright-core)"
 (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)

@@ -62,6 +62,16 @@ pub async fn start_node_at(name: &str, addr: SocketAddr) -> RunningNode {
         .expect("node starts")
 }
 
+/// A node relaying over the Redis at `redis_url`.
+pub async fn redis_node(name: &str, redis_url: &str) -> RunningNode {
+    let mut config = NodeConfig::standalone(name, "127.0.0.1:0".parse().unwrap());
+    config.cluster.standalone = false;
+    config.cluster.backend = stickyio_shared::config::node::Backend::Redis;
+    config.cluster.redis_url = Some(redis_url.to_owned());
+    config.cluster.retry_interval = stickyio_shared::config::Duration(Duration::from_millis(500));
+    Node::bind(config).await.expect("node starts")
+}
+
 /// A `gateway.toml` on port 0 with fast health checks.
 pub fn gateway_toml(nodes: &[(&str, SocketAddr)], extra: &str) -> String {
     let mut text = format!(
