@@ -51,5 +51,5 @@ cargo test --workspace
 step "JS tests (official socket.io-client, and the demo page in Chromium)"
 (cd tests/js && STICKYIO_BIN_DIR="$bin_dir" node --test --test-concurrency=1 ./*.test.mjs)
 
-step "Python tests (python-socketio, polling only)"
+step "Python tests (python-socketio over polling, websocket and upgrade; a node restart)"
 STICKYIO_BIN_DIR="$bin_dir" $venv/bin/python -m pytest -q tests/python
