@@ -104,6 +104,8 @@ fn node_json(node: &Upstream) -> Value {
         "draining": node.is_draining(),
         "sessions": node.metrics.sessions.get(),
         "websockets": node.metrics.websockets.get(),
+        "ejected": node.is_ejected(),
+        "last_check": node.last_check(),
         // Totals: the status page turns them into rates between two polls.
         "requests": node.metrics.requests.get(),
         "upstream_errors": node.metrics.upstream_errors.get(),
@@ -124,11 +126,18 @@ fn nodes(state: &State) -> Value {
     )
 }
 
-/// What the status page polls: the nodes, the last reload, the check interval.
+/// What the status page polls: the nodes, fail-open, the last reload, the checks.
 fn status(state: &State) -> Value {
     let snapshot = state.snapshot();
+    let open = router::fail_open(&snapshot);
     json!({
         "nodes": nodes(state),
+        "fail_open": {
+            "active": open.is_some(),
+            "healthy": open.map(|(healthy, _)| healthy),
+            "total": open.map(|(_, total)| total),
+            "panic_threshold": snapshot.config.health.panic_threshold,
+        },
         "last_reload": state.metrics.reloads.get(),
         "health": {
             "path": snapshot.config.health.path,

@@ -17,6 +17,7 @@ use crate::reload::{self, ReloadError, ReloadReport};
 use crate::server;
 use crate::state::State;
 use crate::tls::{self, TlsError};
+use crate::workers::{WorkerError, Workers};
 use stickyio_shared::connection_limit::ConnectionLimit;
 
 /// How often silent pins are expired and drained nodes forgotten.
@@ -64,6 +65,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Workers(#[from] WorkerError),
     #[error("cannot watch the config file {}", .path.display())]
     Watch {
         path: PathBuf,
@@ -98,7 +101,9 @@ impl Gateway {
         let local_addr = bound_addr(&public, config.listen);
         let admin_addr = bound_addr(&admin, config.admin);
         let limit = ConnectionLimit::new(config.limits.max_connections);
+        let workers_wanted = config.workers;
         let state = State::new(config, path.clone(), admin_token);
+        let workers = Workers::start(workers_wanted, &state.tasks)?;
         if let Some(path) = &path {
             reload::watch(state.clone(), path).map_err(|source| StartError::Watch {
                 path: path.clone(),
@@ -106,9 +111,13 @@ impl Gateway {
             })?;
             reload::on_sighup(state.clone());
         }
-        state
-            .tasks
-            .spawn(server::serve_public(state.clone(), public, limit, acceptor));
+        state.tasks.spawn(server::serve_public(
+            state.clone(),
+            public,
+            limit,
+            acceptor,
+            workers,
+        ));
         state.tasks.spawn(server::serve_admin(state.clone(), admin));
         state.tasks.spawn(health_check::run(state.clone()));
         state.tasks.spawn(maintenance(state.clone()));

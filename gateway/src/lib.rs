@@ -5,8 +5,12 @@
 //!   ([`client_ip`], [`router`], `stickyio_shared::placement`).
 //! - Pinning: `sid → node` learned from polling handshakes ([`pinning`],
 //!   [`engineio`], [`sniff`]).
-//! - Proxying: streamed HTTP and relayed websockets ([`proxy`], [`upgrade`],
-//!   [`forwarding`]) behind [`limits`], optionally over [`tls`].
+//! - Proxying: one forwarding path for streamed HTTP and relayed websockets
+//!   ([`proxy`], [`node_conn`], [`wire`], [`relay`], [`forwarding`]), in
+//!   per-session order ([`ordering`]), behind [`limits`], optionally over
+//!   [`tls`].
+//! - Threads: client connections on single-threaded [`workers`], one per
+//!   client address.
 //! - Operations: [`health_check`], [`reload`], [`admin`] (with its
 //!   [`status_page`]), [`metrics`].
 //!
@@ -22,8 +26,11 @@ pub mod gateway;
 pub mod health_check;
 pub mod limits;
 pub mod metrics;
+pub mod node_conn;
+pub mod ordering;
 pub mod pinning;
 pub mod proxy;
+pub mod relay;
 pub mod reload;
 pub mod router;
 pub mod server;
@@ -31,8 +38,9 @@ pub mod sniff;
 pub mod state;
 pub mod status_page;
 pub mod tls;
-pub mod upgrade;
 pub mod upstream;
+pub mod wire;
+pub mod workers;
 
 pub use forwarding::NODE_HEADER;
 pub use gateway::{ConfigSource, Gateway, RunningGateway, StartError};

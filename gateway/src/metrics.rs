@@ -33,6 +33,8 @@ pub struct Metrics {
     up: Family<NodeLabel, Gauge>,
     rejected: Family<ReasonLabel, Counter>,
     connections: Gauge,
+    fail_open: Gauge,
+    fail_open_requests: Counter,
     /// Outcomes of config reloads, the last one whole.
     pub reloads: LastReload,
 }
@@ -59,6 +61,7 @@ impl Default for Metrics {
         let (websockets, sessions, up) = (Family::default(), Family::default(), Family::default());
         let rejected = Family::default();
         let connections = Gauge::default();
+        let (fail_open, fail_open_requests) = (Gauge::default(), Counter::default());
         registry.register("requests", "Requests proxied, by node", requests.clone());
         registry.register(
             "handshakes",
@@ -91,10 +94,22 @@ impl Default for Metrics {
             "Open client connections",
             connections.clone(),
         );
+        registry.register(
+            "fail_open",
+            "1 while too few nodes pass health checks and clients are placed on all of them",
+            fail_open.clone(),
+        );
+        registry.register(
+            "fail_open_requests",
+            "Requests placed while failing open",
+            fail_open_requests.clone(),
+        );
         let reloads = LastReload::default();
         reloads.register(&mut registry);
         Metrics {
             registry,
+            fail_open,
+            fail_open_requests,
             requests,
             handshakes,
             upstream_errors,
@@ -129,6 +144,14 @@ impl Metrics {
 
     pub fn connections(&self) -> &Gauge {
         &self.connections
+    }
+
+    pub fn fail_open(&self) -> &Gauge {
+        &self.fail_open
+    }
+
+    pub fn fail_open_requests(&self) -> &Counter {
+        &self.fail_open_requests
     }
 
     /// Prometheus text exposition format.

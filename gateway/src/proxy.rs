@@ -1,53 +1,58 @@
-//! The public listener's request handler: route, forward, stream back.
+//! The public listener's request handler: route, take the session's turn,
+//! forward, stream back. Plain requests and upgrades take this one path;
+//! only the answer differs (a streamed body, or a relayed connection).
 //!
 //! Bodies stream in both directions; nothing is buffered whole. A request
 //! without a body that fails to *connect* is retried on the next rendezvous
 //! choice (after ejecting the dead node), so a node that just died costs a
-//! client nothing; a request that reached a node is never retried.
+//! client nothing; a request that reached a node is never retried, except
+//! on a kept-alive connection the node had closed before the request came.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::header::{
+    CONNECTION, CONTENT_LENGTH, EXPECT, HOST, HeaderValue, TRANSFER_ENCODING, UPGRADE,
+};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 use serde_json::json;
 use stickyio_shared::placement::canonical_ip;
 
 use crate::body::{self, Body};
 use crate::client_ip::{client_ip, is_trusted};
 use crate::engineio::EngineQuery;
-use crate::forwarding::{rewrite_request, rewrite_response};
+use crate::forwarding::{NODE_HEADER, rewrite_request, rewrite_response};
 use crate::limits;
-use crate::router::{self, Route};
+use crate::node_conn::{NodeBody, NodeConn, NodeError, Reuse};
+use crate::ordering::Turn;
+use crate::relay;
+use crate::router::{self, Reason};
 use crate::sniff::{CloseObserver, HandshakeObserver, Observed};
 use crate::state::State;
-use crate::upgrade;
 use crate::upstream::{Transition, Upstream};
+use crate::wire::{self, RequestBody, ResponseHead};
 
 /// One client connection's context.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct Conn {
     pub peer: SocketAddr,
     /// Arrived over TLS: told to the node as `proto=https`.
     pub tls: bool,
-}
-
-/// What routing needs to know about a request.
-pub struct Routed {
-    pub peer_ip: IpAddr,
-    pub peer_trusted: bool,
-    /// `http` or `https`, as the client reached the gateway.
-    pub proto: &'static str,
-    pub query: EngineQuery,
-    pub route: Route,
+    /// The connection's idle node connection, for the next request.
+    pub reuse: Reuse,
 }
 
 pub async fn handle(
     state: Arc<State>,
     conn: Conn,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let snapshot = state.snapshot();
     let config = &snapshot.config;
@@ -56,7 +61,7 @@ pub async fn handle(
     let ip = client_ip(peer_ip, req.headers(), &config.trusted_proxies);
     let query = EngineQuery::of(&req);
     let route = router::route(&snapshot, &state.pins, ip, query.sid.as_deref());
-    let Some(first) = route.node() else {
+    if route.candidates.is_empty() {
         state.metrics.rejected("no_healthy_node");
         return Ok(body::error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -64,180 +69,467 @@ pub async fn handle(
             route.reason.to_string(),
             json!({ "client_key": route.key.to_string() }),
         ));
-    };
-    tracing::trace!(%ip, node = %first.name, reason = %route.reason, uri = %req.uri(), "route");
-    let incoming = Routed {
-        peer_ip,
-        peer_trusted,
-        proto: if conn.tls { "https" } else { "http" },
-        query,
-        route,
-    };
-    if upgrade::is_upgrade(&req) {
-        return Ok(upgrade::handle(state, incoming, req).await);
     }
+    if let Reason::FailOpen { .. } = route.reason {
+        state.metrics.fail_open_requests().inc();
+    }
+    let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let max_body = config.limits.max_body_bytes;
-    if limits::declared_too_large(req.headers(), max_body) {
+    if upgrade.is_none() && limits::declared_too_large(req.headers(), max_body) {
         state.metrics.rejected("body_too_large");
         return Ok(too_large(max_body));
     }
-    let idle = config.limits.idle_timeout.get();
-    Ok(forward(&state, incoming, req, max_body, idle).await)
-}
-
-async fn forward(
-    state: &Arc<State>,
-    incoming: Routed,
-    req: Request<Incoming>,
-    max_body: u64,
-    idle: std::time::Duration,
-) -> Response<Body> {
-    let Routed {
+    // The session's place in line is taken before anything can await.
+    let turn = match &query.sid {
+        Some(sid) => Some(state.order.enter(sid).await),
+        None => None,
+    };
+    let exchange = Exchange {
+        state: &state,
+        reuse: &conn.reuse,
+        proto: if conn.tls { "https" } else { "http" },
         peer_ip,
         peer_trusted,
-        proto,
-        query,
-        route,
-    } = incoming;
-    let (mut parts, body) = req.into_parts();
-    rewrite_request(&mut parts.headers, peer_ip, peer_trusted, proto);
-    // Without a body the request can be sent again to the next choice.
-    let mut body = (!body.is_end_stream()).then(|| {
-        let limited = limits::limited(body, max_body);
+        max_body,
+        idle: config.limits.idle_timeout.get(),
+    };
+    let pinned = route.reason == Reason::Pinned;
+    Ok(exchange
+        .forward(req, upgrade, &query, &route.candidates, pinned, turn)
+        .await)
+}
+
+/// `Connection: upgrade` together with an `Upgrade` protocol.
+pub fn is_upgrade<B>(req: &Request<B>) -> bool {
+    let connection_upgrade = req
+        .headers()
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    connection_upgrade && req.headers().contains_key(UPGRADE)
+}
+
+struct Exchange<'a> {
+    state: &'a Arc<State>,
+    reuse: &'a Reuse,
+    proto: &'static str,
+    peer_ip: IpAddr,
+    peer_trusted: bool,
+    max_body: u64,
+    idle: Duration,
+}
+
+/// Why one attempt at a node failed.
+enum Failed {
+    /// Nothing reached the node: the next candidate may take the request.
+    Connect(String),
+    /// The answer to give the client.
+    Answer(Response<Body>),
+}
+
+impl Exchange<'_> {
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        upgrade: Option<OnUpgrade>,
+        query: &EngineQuery,
+        candidates: &[Arc<Upstream>],
+        pinned: bool,
+        mut turn: Option<Turn>,
+    ) -> Response<Body> {
+        let (mut parts, body) = req.into_parts();
+        let protocol = parts.headers.get(UPGRADE).cloned();
+        let client_chunked = parts.headers.contains_key(TRANSFER_ENCODING);
+        rewrite_request(
+            &mut parts.headers,
+            self.peer_ip,
+            self.peer_trusted,
+            self.proto,
+        );
+        // hyper answered any `Expect: 100-continue` itself, and decoded a
+        // chunked body: its length is not the one a `Content-Length` beside
+        // it claims (request smuggling), so only the chunks go on.
+        parts.headers.remove(EXPECT);
+        if client_chunked {
+            parts.headers.remove(CONTENT_LENGTH);
+        }
+        if !parts.headers.contains_key(HOST)
+            && let Some(first) = candidates.first()
+            && let Ok(host) = HeaderValue::from_str(&first.addr)
+        {
+            parts.headers.insert(HOST, host);
+        }
+        let mut body = match upgrade {
+            Some(_) => None,
+            None => (!body.is_end_stream()).then(|| self.request_body(body, &parts, query)),
+        };
+        let framing = match (&body, upgrade.is_some()) {
+            (_, true) => {
+                if let Some(protocol) = protocol {
+                    parts.headers.insert(UPGRADE, protocol);
+                }
+                parts
+                    .headers
+                    .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+                RequestBody::None
+            }
+            (None, false) => RequestBody::None,
+            (Some(_), false) if parts.headers.contains_key(CONTENT_LENGTH) => RequestBody::Length,
+            (Some(_), false) => RequestBody::Chunked,
+        };
+        let mut head = Vec::with_capacity(512);
+        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        wire::encode_request_head(&mut head, &parts.method, target, &parts.headers, framing);
+        // The body's first frame (a whole polling payload, usually) goes in
+        // the head's write: one system call instead of two.
+        if let Some(b) = body.as_mut() {
+            match b.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        encode_body(&mut head, framing, &data);
+                    }
+                }
+                Some(Err(e)) => return self.body_failed(&*e),
+                None => {}
+            }
+            if b.is_end_stream() {
+                if framing == RequestBody::Chunked {
+                    head.extend_from_slice(wire::LAST_CHUNK);
+                }
+                body = None;
+            }
+        }
+        let mut upgrade = upgrade;
+        let mut errors = Vec::new();
+        let bodyless = body.is_none() && framing == RequestBody::None;
+        for upstream in candidates {
+            let retryable = bodyless && !pinned;
+            match self
+                .attempt(
+                    upstream,
+                    &parts.method,
+                    &head,
+                    body.take(),
+                    framing,
+                    &mut turn,
+                )
+                .await
+            {
+                Ok((conn, response)) => {
+                    return match upgrade.take() {
+                        Some(client) if response.status == StatusCode::SWITCHING_PROTOCOLS => {
+                            self.relay(upstream, query, client, conn, response)
+                        }
+                        _ => self.respond(upstream, query, &parts.method, conn, response),
+                    };
+                }
+                Err(Failed::Answer(answer)) => return answer,
+                Err(Failed::Connect(error)) if retryable => errors.push(error),
+                Err(Failed::Connect(error)) => {
+                    // The session lives only there, or the body went with the attempt.
+                    return body::error(
+                        StatusCode::BAD_GATEWAY,
+                        "node_unreachable",
+                        error,
+                        json!({ "node": upstream.name }),
+                    );
+                }
+            }
+        }
+        unreachable(self.state, &errors)
+    }
+
+    /// The client's body, limited, and watched for a close packet on a
+    /// session's `POST`.
+    fn request_body(&self, body: Incoming, parts: &Parts, query: &EngineQuery) -> Body {
+        let limited = limits::limited(body, self.max_body);
         match (&query.sid, parts.method == Method::POST) {
             (Some(sid), true) => {
                 let observer = CloseObserver {
-                    pins: state.pins.clone(),
+                    pins: self.state.pins.clone(),
                     sid: sid.clone(),
                 };
                 Observed::new(limited, observer).boxed_unsync()
             }
             _ => limited,
         }
-    });
-    let pinned = matches!(route.reason, router::Reason::Pinned);
-    let mut last_error = String::new();
-    for (attempt, upstream) in route.candidates.iter().enumerate() {
-        let retryable = body.is_none() && !pinned;
-        let mut request = Request::new(body.take().unwrap_or_else(body::empty));
-        *request.method_mut() = parts.method.clone();
-        *request.uri_mut() = upstream_uri(upstream, &parts.uri);
-        *request.headers_mut() = parts.headers.clone();
+    }
+
+    /// Sends the request to one node and reads its response head.
+    async fn attempt(
+        &self,
+        upstream: &Arc<Upstream>,
+        method: &Method,
+        head: &[u8],
+        mut body: Option<Body>,
+        framing: RequestBody,
+        turn: &mut Option<Turn>,
+    ) -> Result<(NodeConn, ResponseHead), Failed> {
         upstream.metrics.requests.inc();
-        let sent = tokio::time::timeout(idle, state.client.request(request)).await;
+        let mut conn = match self.reuse.take(upstream) {
+            Some(conn) => conn,
+            None => self.connect(upstream).await?,
+        };
+        let sent = tokio::time::timeout(self.idle, async {
+            loop {
+                match self
+                    .exchange(&mut conn, method, head, &mut body, framing, turn)
+                    .await
+                {
+                    // A kept-alive connection the node closed while idle:
+                    // nothing of this request was taken, so send it afresh.
+                    Err(Exchanged::Stale) if conn.reused => {
+                        conn = self.connect(upstream).await?;
+                    }
+                    Err(Exchanged::Stale) => {
+                        return Err(self.node_failed(upstream, &NodeError::Closed));
+                    }
+                    Err(Exchanged::Failed(failed)) => return Err(failed),
+                    Ok(head) => return Ok(head),
+                }
+            }
+        })
+        .await;
         match sent {
-            Ok(Ok(res)) => return respond(state, upstream, &query, &parts.method, res),
-            Ok(Err(e)) if e.is_connect() => {
-                upstream.metrics.upstream_errors.inc();
-                if upstream.eject() == Transition::Down {
-                    tracing::warn!(node = %upstream.name, error = %e, "node ejected: connect failed");
-                }
-                last_error = format!(
-                    "cannot connect to {} ({}): {e}",
-                    upstream.name, upstream.addr
-                );
-                if !retryable {
-                    // The body went with the attempt: it cannot be sent again.
-                    return body::error(
-                        StatusCode::BAD_GATEWAY,
-                        "node_unreachable",
-                        last_error,
-                        json!({ "node": upstream.name }),
-                    );
-                }
-                if attempt + 1 < route.candidates.len() {
-                    continue;
-                }
-            }
-            Ok(Err(e)) if limits::is_body_too_large(&e) => {
-                state.metrics.rejected("body_too_large");
-                return too_large(max_body);
-            }
-            Ok(Err(e)) => {
-                upstream.metrics.upstream_errors.inc();
-                tracing::warn!(node = %upstream.name, error = %e, "node failed the request");
-                return bad_gateway(
-                    upstream,
-                    format!("{} failed the request: {e}", upstream.name),
-                );
-            }
+            Ok(Ok(response)) => Ok((conn, response)),
+            Ok(Err(failed)) => Err(failed),
             Err(_) => {
                 upstream.metrics.upstream_errors.inc();
-                return body::error(
+                Err(Failed::Answer(body::error(
                     StatusCode::GATEWAY_TIMEOUT,
                     "node_timeout",
-                    format!("{} did not answer within {idle:?}", upstream.name),
+                    format!("{} did not answer within {:?}", upstream.name, self.idle),
                     json!({ "node": upstream.name }),
-                );
+                )))
             }
         }
     }
-    unreachable(state, last_error)
+
+    async fn connect(&self, upstream: &Arc<Upstream>) -> Result<NodeConn, Failed> {
+        NodeConn::connect(upstream).await.map_err(|e| {
+            upstream.metrics.upstream_errors.inc();
+            if upstream.eject() == Transition::Down {
+                tracing::warn!(node = %upstream.name, error = %e, "node ejected: connect failed");
+            }
+            Failed::Connect(format!(
+                "cannot connect to {} ({}): {e}",
+                upstream.name, upstream.addr
+            ))
+        })
+    }
+
+    /// Writes head and body on `conn`, ends the session's turn once the head
+    /// is out, and reads the response head.
+    async fn exchange(
+        &self,
+        conn: &mut NodeConn,
+        method: &Method,
+        head: &[u8],
+        body: &mut Option<Body>,
+        framing: RequestBody,
+        turn: &mut Option<Turn>,
+    ) -> Result<ResponseHead, Exchanged> {
+        let stale = conn.reused && body.is_none();
+        let upstream = conn.node.clone();
+        if let Err(e) = conn.write(head).await {
+            return Err(if stale {
+                Exchanged::Stale
+            } else {
+                Exchanged::Failed(self.node_failed(&upstream, &e.into()))
+            });
+        }
+        if let Some(turn) = turn.take() {
+            turn.end();
+        }
+        if let Some(body) = body.take() {
+            self.send_body(conn, body, framing).await?;
+        }
+        match conn.read_head(method).await {
+            Ok(head) => Ok(head),
+            Err(NodeError::Closed | NodeError::Io(_)) if stale => Err(Exchanged::Stale),
+            Err(e) => Err(Exchanged::Failed(self.node_failed(&upstream, &e))),
+        }
+    }
+
+    async fn send_body(
+        &self,
+        conn: &mut NodeConn,
+        mut body: Body,
+        framing: RequestBody,
+    ) -> Result<(), Exchanged> {
+        let upstream = conn.node.clone();
+        let mut out = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let data = match frame {
+                Ok(frame) => match frame.into_data() {
+                    Ok(data) => data,
+                    Err(_) => continue,
+                },
+                Err(e) => return Err(Exchanged::Failed(Failed::Answer(self.body_failed(&*e)))),
+            };
+            out.clear();
+            encode_body(&mut out, framing, &data);
+            conn.write(&out)
+                .await
+                .map_err(|e| Exchanged::Failed(self.node_failed(&upstream, &e.into())))?;
+        }
+        if framing == RequestBody::Chunked {
+            conn.write(wire::LAST_CHUNK)
+                .await
+                .map_err(|e| Exchanged::Failed(self.node_failed(&upstream, &e.into())))?;
+        }
+        Ok(())
+    }
+
+    /// The client's body failed: over the limit (413), or cut off.
+    fn body_failed(&self, e: &(dyn std::error::Error + 'static)) -> Response<Body> {
+        if limits::is_body_too_large(e) {
+            self.state.metrics.rejected("body_too_large");
+            return too_large(self.max_body);
+        }
+        body::error(
+            StatusCode::BAD_REQUEST,
+            "body_failed",
+            format!("the request body could not be read: {e}"),
+            json!({}),
+        )
+    }
+
+    fn node_failed(&self, upstream: &Upstream, e: &NodeError) -> Failed {
+        upstream.metrics.upstream_errors.inc();
+        tracing::warn!(node = %upstream.name, error = %e, "node failed the request");
+        Failed::Answer(bad_gateway(
+            upstream,
+            format!("{} failed the request: {e}", upstream.name),
+        ))
+    }
+
+    /// The node's response, with hop-by-hop headers dropped, the node named,
+    /// and its body watched for a handshake or close packet.
+    fn respond(
+        &self,
+        upstream: &Arc<Upstream>,
+        query: &EngineQuery,
+        method: &Method,
+        conn: NodeConn,
+        head: ResponseHead,
+    ) -> Response<Body> {
+        let pins = &self.state.pins;
+        let body = NodeBody::new(conn, &head, self.reuse.clone());
+        let ResponseHead {
+            status,
+            mut headers,
+            ..
+        } = head;
+        rewrite_response(&mut headers, &upstream.name);
+        let body = if query.is_polling_handshake(method) && status == StatusCode::OK {
+            let observer = HandshakeObserver {
+                pins: pins.clone(),
+                upstream: upstream.clone(),
+            };
+            Observed::new(body, observer).boxed_unsync()
+        } else if let Some(sid) = &query.sid {
+            if status == StatusCode::BAD_REQUEST {
+                // The node does not know the session (any more): stop pinning it.
+                pins.forget(sid);
+            } else {
+                pins.touch(sid);
+            }
+            if *method == Method::GET {
+                let observer = CloseObserver {
+                    pins: pins.clone(),
+                    sid: sid.clone(),
+                };
+                Observed::new(body, observer).boxed_unsync()
+            } else {
+                body.boxed_unsync()
+            }
+        } else {
+            body.boxed_unsync()
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        response
+    }
+
+    /// Answers `101` and relays the two connections until either side closes.
+    fn relay(
+        &self,
+        upstream: &Arc<Upstream>,
+        query: &EngineQuery,
+        client: OnUpgrade,
+        conn: NodeConn,
+        head: ResponseHead,
+    ) -> Response<Body> {
+        let mut to_client = Response::new(body::empty());
+        *to_client.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        *to_client.headers_mut() = head.headers;
+        if let Ok(name) = HeaderValue::from_str(&upstream.name) {
+            // Upgrade and Connection stay: they are the 101's meaning.
+            to_client.headers_mut().insert(NODE_HEADER, name);
+        }
+        let state = self.state.clone();
+        let upstream = upstream.clone();
+        let sid = query.sid.clone();
+        upstream.metrics.websockets.inc();
+        match &sid {
+            Some(sid) => state.pins.websocket(sid, true),
+            None => {
+                upstream.metrics.handshakes.inc();
+            }
+        }
+        let flush = sid.as_deref().map(|sid| state.order.relay(sid));
+        let (node, early) = conn.into_parts();
+        state.tasks.clone().spawn(async move {
+            let relayed = async {
+                let client = client.await?;
+                let copied = relay::run(TokioIo::new(client), node, early, flush).await?;
+                Ok::<_, crate::body::BoxError>(copied)
+            };
+            tokio::select! {
+                result = relayed => match result {
+                    Ok((up, down)) => tracing::debug!(node = %upstream.name, up, down, "websocket closed"),
+                    Err(e) => tracing::debug!(node = %upstream.name, error = %e, "websocket ended"),
+                },
+                () = state.relays.cancelled() => tracing::debug!(node = %upstream.name, "websocket cut at shutdown"),
+            }
+            upstream.metrics.websockets.dec();
+            if let Some(sid) = sid {
+                // The websocket carried the session; its end is the session's end.
+                state.pins.websocket(&sid, false);
+                state.pins.forget(&sid);
+            }
+        });
+        to_client
+    }
+}
+
+/// An attempt's result before the response head arrived.
+enum Exchanged {
+    /// The reused connection was closed by the node while idle.
+    Stale,
+    Failed(Failed),
+}
+
+fn encode_body(out: &mut Vec<u8>, framing: RequestBody, data: &[u8]) {
+    match framing {
+        RequestBody::Chunked => wire::encode_chunk(out, data),
+        _ => out.extend_from_slice(data),
+    }
 }
 
 /// Every candidate refused the connection: no node can take the client now.
-pub fn unreachable(state: &State, last_error: String) -> Response<Body> {
+fn unreachable(state: &State, errors: &[String]) -> Response<Body> {
     state.metrics.rejected("no_healthy_node");
     body::error(
         StatusCode::SERVICE_UNAVAILABLE,
         "no_healthy_node",
-        format!("no node accepted the connection; last: {last_error}"),
+        format!("no node accepted the connection: {}", errors.join("; ")),
         json!({}),
     )
-}
-
-/// The node's response, with hop-by-hop headers dropped, the node named, and
-/// its body watched for a handshake or close packet.
-fn respond(
-    state: &Arc<State>,
-    upstream: &Arc<Upstream>,
-    query: &EngineQuery,
-    method: &Method,
-    res: Response<Incoming>,
-) -> Response<Body> {
-    let (mut parts, body) = res.into_parts();
-    rewrite_response(&mut parts.headers, &upstream.name);
-    let body = if query.is_polling_handshake(method) && parts.status == StatusCode::OK {
-        let observer = HandshakeObserver {
-            pins: state.pins.clone(),
-            upstream: upstream.clone(),
-        };
-        Observed::new(body, observer)
-            .map_err(Into::into)
-            .boxed_unsync()
-    } else if let Some(sid) = &query.sid {
-        if parts.status == StatusCode::BAD_REQUEST {
-            // The node does not know the session (any more): stop pinning it.
-            state.pins.forget(sid);
-        } else {
-            state.pins.touch(sid);
-        }
-        if *method == Method::GET {
-            let observer = CloseObserver {
-                pins: state.pins.clone(),
-                sid: sid.clone(),
-            };
-            Observed::new(body, observer)
-                .map_err(Into::into)
-                .boxed_unsync()
-        } else {
-            body.map_err(Into::into).boxed_unsync()
-        }
-    } else {
-        body.map_err(Into::into).boxed_unsync()
-    };
-    Response::from_parts(parts, body)
-}
-
-/// `http://<node addr><path and query of the request>`.
-pub fn upstream_uri(upstream: &Upstream, uri: &Uri) -> Uri {
-    let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    Uri::builder()
-        .scheme("http")
-        .authority(upstream.authority().clone())
-        .path_and_query(path)
-        .build()
-        .unwrap_or_else(|_| Uri::from_static("/"))
 }
 
 pub fn bad_gateway(upstream: &Upstream, message: String) -> Response<Body> {
@@ -256,4 +548,36 @@ fn too_large(max: u64) -> Response<Body> {
         format!("request bodies are limited to {max} bytes"),
         json!({}),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(headers: &[(&'static str, &'static str)]) -> Request<()> {
+        let mut r = Request::get("/socket.io/?EIO=4&transport=websocket");
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.body(()).unwrap()
+    }
+
+    #[test]
+    fn an_upgrade_needs_both_headers() {
+        assert!(is_upgrade(&req(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket")
+        ])));
+        assert!(is_upgrade(&req(&[
+            ("connection", "close"),
+            ("connection", "upgrade"),
+            ("upgrade", "h2c")
+        ])));
+        assert!(!is_upgrade(&req(&[("upgrade", "websocket")])));
+        assert!(!is_upgrade(&req(&[("connection", "upgrade")])));
+        assert!(!is_upgrade(&req(&[
+            ("connection", "upgraded"),
+            ("upgrade", "websocket")
+        ])));
+    }
 }

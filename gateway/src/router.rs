@@ -4,6 +4,12 @@
 //! else is placed by its client key on the rendezvous ranking of the current
 //! config, skipping nodes that are down: their clients go to their next
 //! choice and come back when the node recovers.
+//!
+//! When fewer than `health.panic_threshold` percent of the nodes pass their
+//! checks, the gateway *fails open* (Envoy's panic mode): it places by the
+//! ranking of every node that has not refused a connection, as if all were
+//! healthy. A pool whose checks all fail at once more likely has a wrong
+//! check than no live node, and refusing everyone would make that an outage.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -30,6 +36,8 @@ pub enum Reason {
     FirstChoice,
     /// The nodes ranking higher are down.
     Failover { down: Vec<String> },
+    /// Too few nodes pass their checks: placed on every node not ejected.
+    FailOpen { healthy: usize, total: usize },
     /// Every node of the config is down.
     NoHealthyNode { down: Vec<String> },
 }
@@ -46,6 +54,11 @@ impl fmt::Display for Reason {
                 "failover: choice {} for the client key, because {} is down",
                 down.len() + 1,
                 down.join(", ")
+            ),
+            Reason::FailOpen { healthy, total } => write!(
+                f,
+                "fail open: only {healthy} of {total} nodes pass health checks, \
+                 so the client is placed as if all did"
             ),
             Reason::NoHealthyNode { down } => {
                 write!(f, "no healthy node: {} down", down.join(", "))
@@ -72,6 +85,15 @@ pub fn client_key(snapshot: &Snapshot, ip: IpAddr) -> ClientKey {
     ClientKey::new(ip, snapshot.config.ipv4_prefix, snapshot.config.ipv6_prefix)
 }
 
+/// Whether the gateway fails open for `snapshot`: `Some((healthy, total))`
+/// when fewer than `health.panic_threshold` percent of the nodes pass.
+pub fn fail_open(snapshot: &Snapshot) -> Option<(usize, usize)> {
+    let threshold = usize::from(snapshot.config.health.panic_threshold);
+    let total = snapshot.nodes.len();
+    let healthy = snapshot.nodes.iter().filter(|n| n.is_healthy()).count();
+    (threshold > 0 && healthy * 100 < threshold * total).then_some((healthy, total))
+}
+
 /// Routes a request from `ip`, carrying `sid` if any.
 pub fn route(snapshot: &Snapshot, pins: &Pins, ip: IpAddr, sid: Option<&str>) -> Route {
     let key = client_key(snapshot, ip);
@@ -83,6 +105,15 @@ pub fn route(snapshot: &Snapshot, pins: &Pins, ip: IpAddr, sid: Option<&str>) ->
         };
     }
     let ranked = ranking(snapshot, &key);
+    if let Some((healthy, total)) = fail_open(snapshot) {
+        let live: Vec<Arc<Upstream>> = ranked.iter().filter(|n| !n.is_ejected()).cloned().collect();
+        return Route {
+            key,
+            // Every node refused a connection: try them all once more.
+            candidates: if live.is_empty() { ranked } else { live },
+            reason: Reason::FailOpen { healthy, total },
+        };
+    }
     let down: Vec<String> = ranked
         .iter()
         .take_while(|n| !n.is_healthy())
@@ -148,8 +179,51 @@ mod tests {
     }
 
     #[test]
-    fn no_healthy_node_gives_no_candidate_and_says_why() {
+    fn too_few_passing_nodes_fail_open_but_skip_ejected_ones() {
         let snap = snapshot(32);
+        let ip = "127.0.0.2".parse().unwrap();
+        for n in &snap.nodes[..2] {
+            for _ in 0..2 {
+                n.observe(false, 2, 2);
+            }
+        }
+        assert_eq!(fail_open(&snap), Some((1, 3)));
+        let r = route(&snap, &Pins::new(), ip, None);
+        assert_eq!(
+            names(&r),
+            ["node-b", "node-a", "node-c"],
+            "the whole ranking"
+        );
+        assert_eq!(
+            r.reason.to_string(),
+            "fail open: only 1 of 3 nodes pass health checks, so the client is placed as if all did"
+        );
+        snap.nodes[1].eject();
+        assert_eq!(
+            names(&route(&snap, &Pins::new(), ip, None)),
+            ["node-a", "node-c"]
+        );
+    }
+
+    #[test]
+    fn one_node_down_of_three_does_not_fail_open_and_zero_turns_it_off() {
+        let snap = snapshot(32);
+        snap.nodes[0].eject();
+        assert_eq!(fail_open(&snap), None);
+        let text = "[health]\npanic_threshold = 0\n[[nodes]]\nname = \"a\"\naddr = \"h:1\"\n";
+        let config = Arc::new(stickyio_shared::config::parse(text, "t").unwrap());
+        let snap = Registry::default().initial(config, &Metrics::default());
+        snap.nodes[0].eject();
+        assert_eq!(fail_open(&snap), None);
+        let r = route(&snap, &Pins::new(), "10.0.0.1".parse().unwrap(), None);
+        assert!(r.node().is_none());
+    }
+
+    #[test]
+    fn no_healthy_node_gives_no_candidate_and_says_why() {
+        let text = "[health]\npanic_threshold = 0\n[[nodes]]\nname = \"node-a\"\naddr = \"h:1\"\n[[nodes]]\nname = \"node-b\"\naddr = \"h:2\"\n[[nodes]]\nname = \"node-c\"\naddr = \"h:3\"\n";
+        let config = Arc::new(stickyio_shared::config::parse(text, "t").unwrap());
+        let snap = Registry::default().initial(config, &Metrics::default());
         for n in &snap.nodes {
             n.eject();
         }

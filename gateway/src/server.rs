@@ -1,5 +1,6 @@
 //! Accept loops of the public and admin listeners, and graceful shutdown of
-//! their connections.
+//! their connections. Public connections are served on the
+//! [`crate::workers`], admin ones where they are accepted.
 //!
 //! On shutdown the loops stop accepting and every connection is asked to
 //! finish its in-flight request and close (hyper's graceful shutdown).
@@ -21,9 +22,13 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::admin;
 use crate::limits;
+use crate::node_conn::Reuse;
 use crate::proxy::{self, Conn};
 use crate::state::State;
 use stickyio_shared::connection_limit::{ConnectionLimit, Counted, refuse_busy};
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::workers::{Serve, Workers};
 
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop
 /// does not spin while the condition lasts.
@@ -51,59 +56,82 @@ where
     }
 }
 
-/// The client-facing listener.
+/// The client-facing listener: accepts here, serves on the [`Workers`].
 pub async fn serve_public(
     state: Arc<State>,
     listener: TcpListener,
     limit: ConnectionLimit,
     tls: Option<TlsAcceptor>,
+    workers: Workers,
 ) {
-    let loop_state = state.clone();
-    accept_loop(loop_state, listener, move |stream, peer| {
-        let state = state.clone();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = state.shutdown.cancelled() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
         let Some(permit) = limit.try_acquire() else {
             state.metrics.rejected("connection_limit");
             tracing::warn!(%peer, "connection refused: at the connection limit");
-            return refuse_busy(stream, "gateway").boxed();
+            state.tasks.spawn(refuse_busy(stream, "gateway"));
+            continue;
         };
-        let _ = stream.set_nodelay(true);
-        let limits = state.snapshot().config.limits.clone();
-        let builder = limits::http1_builder(&limits);
-        // The permit goes with the socket, so a websocket keeps it after
-        // hyper hands the connection over to the relay.
-        let stream = Counted::new(stream, permit);
-        let conn = Conn {
-            peer,
-            tls: tls.is_some(),
-        };
-        let tls = tls.clone();
-        async move {
-            let open = state.metrics.connections().clone();
-            open.inc();
-            let handler_state = state.clone();
-            let service = service_fn(move |req| proxy::handle(handler_state.clone(), conn, req));
-            match tls {
-                None => drive(&state, &builder, stream, service, peer).await,
-                Some(acceptor) => {
-                    let handshake = acceptor.accept(stream);
-                    match tokio::time::timeout(limits.header_read_timeout.get(), handshake).await {
-                        Ok(Ok(stream)) => drive(&state, &builder, stream, service, peer).await,
-                        Ok(Err(e)) => {
-                            state.metrics.rejected("tls_handshake");
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        }
-                        Err(_) => {
-                            state.metrics.rejected("tls_handshake");
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                        }
-                    }
+        let (state, tls) = (state.clone(), tls.clone());
+        let serve: Serve = Box::new(move |stream, peer, permit| {
+            serve_client(state, stream, peer, permit, tls).boxed()
+        });
+        workers.dispatch(stream, peer, permit, serve);
+    }
+}
+
+/// One client connection, on its worker.
+async fn serve_client(
+    state: Arc<State>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    tls: Option<TlsAcceptor>,
+) {
+    let _ = stream.set_nodelay(true);
+    let limits = state.snapshot().config.limits.clone();
+    let builder = limits::http1_builder(&limits);
+    // The permit goes with the socket, so a websocket keeps it after
+    // hyper hands the connection over to the relay.
+    let stream = Counted::new(stream, permit);
+    let conn = Conn {
+        peer,
+        tls: tls.is_some(),
+        reuse: Reuse::default(),
+    };
+    let open = state.metrics.connections().clone();
+    open.inc();
+    let handler_state = state.clone();
+    let service = service_fn(move |req| proxy::handle(handler_state.clone(), conn.clone(), req));
+    match tls {
+        None => drive(&state, &builder, stream, service, peer).await,
+        Some(acceptor) => {
+            let handshake = acceptor.accept(stream);
+            match tokio::time::timeout(limits.header_read_timeout.get(), handshake).await {
+                Ok(Ok(stream)) => drive(&state, &builder, stream, service, peer).await,
+                Ok(Err(e)) => {
+                    state.metrics.rejected("tls_handshake");
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                }
+                Err(_) => {
+                    state.metrics.rejected("tls_handshake");
+                    tracing::debug!(%peer, "TLS handshake timed out");
                 }
             }
-            open.dec();
         }
-        .boxed()
-    })
-    .await;
+    }
+    open.dec();
 }
 
 /// The admin listener.

@@ -1,37 +1,32 @@
 //! What every request handler and background task of one gateway shares:
-//! the current config and nodes, the pins, the metrics and the pooled HTTP
-//! client to the nodes.
+//! the current config and nodes, the pins, the per-session order and the
+//! metrics.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use stickyio_shared::config::gateway::GatewayConfig;
 use stickyio_shared::secret::Secret;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::body::Body;
 use crate::metrics::Metrics;
+use crate::ordering::SessionOrder;
 use crate::pinning::Pins;
 use crate::upstream::{Registry, Snapshot};
 
 /// Longest wait for a TCP connect to a node before it counts as down.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub type NodeClient = Client<HttpConnector, Body>;
-
 pub struct State {
     snapshot: ArcSwap<Snapshot>,
     pub registry: Registry,
     pub pins: Arc<Pins>,
+    /// Requests of one session go to its node in arrival order.
+    pub order: Arc<SessionOrder>,
     pub metrics: Metrics,
-    /// Keep-alive pool to the nodes.
-    pub client: NodeClient,
     /// Where the config came from; `None` when started from a value.
     pub config_path: Option<PathBuf>,
     /// Bearer token of the admin listener, resolved at start.
@@ -55,21 +50,12 @@ impl State {
         let metrics = Metrics::default();
         let registry = Registry::default();
         let snapshot = registry.initial(Arc::new(config), &metrics);
-        let idle = snapshot.config.limits.idle_timeout.get();
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(idle)
-            .build(connector);
         Arc::new(State {
             snapshot: ArcSwap::from_pointee(snapshot),
             registry,
             pins: Arc::new(Pins::new()),
+            order: Arc::new(SessionOrder::default()),
             metrics,
-            client,
             config_path,
             admin_token,
             reload_lock: tokio::sync::Mutex::new(()),

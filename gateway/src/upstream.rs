@@ -1,6 +1,11 @@
 //! The nodes behind the gateway and their live state: health, draining, and
 //! per-node metrics.
 //!
+//! Health has two inputs kept apart: active checks (`rise`/`fall`) and
+//! passive ejection (a failed connect). A node takes new clients only when
+//! both are good; when the gateway fails open it ignores the checks but
+//! still skips ejected nodes, which are known not to accept connections.
+//!
 //! An [`Upstream`] outlives config reloads as long as its name and address
 //! stay the same, so health history and live counts survive an edit. A node
 //! removed from the config becomes *draining*: it leaves placement, but
@@ -10,7 +15,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-use http::uri::Authority;
+use std::net::SocketAddr;
 use stickyio_shared::config::gateway::{GatewayConfig, NodeEntry};
 
 use crate::metrics::{Metrics, NodeMetrics};
@@ -18,13 +23,28 @@ use crate::metrics::{Metrics, NodeMetrics};
 pub struct Upstream {
     pub name: String,
     pub addr: String,
-    authority: Authority,
+    /// `addr` when it is an IP literal: connected to without a DNS lookup.
+    socket: Option<SocketAddr>,
     weight: AtomicU32,
-    healthy: AtomicBool,
+    /// The active checks pass (by `rise`/`fall`).
+    checks_pass: AtomicBool,
+    /// A connect failed since the last passing check.
+    ejected: AtomicBool,
     draining: AtomicBool,
+    last_check: Mutex<Option<CheckResult>>,
     /// Consecutive successful / failed health checks.
     streak: Mutex<Streak>,
     pub metrics: NodeMetrics,
+}
+
+/// The outcome of the latest active check, for `/nodes`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CheckResult {
+    pub ok: bool,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// When, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
 }
 
 #[derive(Default)]
@@ -50,29 +70,51 @@ impl Upstream {
         Arc::new(Upstream {
             name: entry.name.clone(),
             addr: entry.addr.clone(),
-            // Validated as host:port by the config; a bare fallback keeps this total.
-            authority: entry
-                .addr
-                .parse()
-                .unwrap_or_else(|_| Authority::from_static("invalid.invalid:1")),
+            socket: entry.addr.parse().ok(),
             weight: AtomicU32::new(entry.weight),
-            healthy: AtomicBool::new(true),
+            checks_pass: AtomicBool::new(true),
+            ejected: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            last_check: Mutex::new(None),
             streak: Mutex::new(Streak::default()),
             metrics,
         })
     }
 
-    pub fn authority(&self) -> &Authority {
-        &self.authority
+    /// Opens a TCP connection to the node (resolving `addr` if it is a name).
+    pub async fn dial(&self) -> std::io::Result<tokio::net::TcpStream> {
+        match self.socket {
+            Some(addr) => tokio::net::TcpStream::connect(addr).await,
+            None => tokio::net::TcpStream::connect(self.addr.as_str()).await,
+        }
     }
 
     pub fn weight(&self) -> u32 {
         self.weight.load(Ordering::Relaxed)
     }
 
+    /// Takes new clients: checks pass and no connect failed since.
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.checks_pass.load(Ordering::Relaxed) && !self.is_ejected()
+    }
+
+    /// A connect failed since the last passing check.
+    pub fn is_ejected(&self) -> bool {
+        self.ejected.load(Ordering::Relaxed)
+    }
+
+    pub fn last_check(&self) -> Option<CheckResult> {
+        self.last_check
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records an active check; see [`Upstream::observe`].
+    pub fn checked(&self, result: CheckResult, rise: u32, fall: u32) -> Transition {
+        let ok = result.ok;
+        *self.last_check.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+        self.observe(ok, rise, fall)
     }
 
     pub fn is_draining(&self) -> bool {
@@ -84,26 +126,26 @@ impl Upstream {
         self.metrics.sessions.get() > 0 || self.metrics.websockets.get() > 0
     }
 
-    /// One health check result; `rise` successes bring the node back,
-    /// `fall` failures take it out.
+    /// One health check result; `rise` successes bring the node back (and
+    /// end an ejection), `fall` failures take it out.
     pub fn observe(&self, ok: bool, rise: u32, fall: u32) -> Transition {
         let mut streak = self.streak.lock().unwrap_or_else(|p| p.into_inner());
+        let was = self.is_healthy();
         if ok {
             streak.failed = 0;
             streak.ok = streak.ok.saturating_add(1);
-            if !self.is_healthy() && streak.ok >= rise {
-                self.set_healthy(true);
-                return Transition::Up;
+            if streak.ok >= rise {
+                self.checks_pass.store(true, Ordering::Relaxed);
+                self.ejected.store(false, Ordering::Relaxed);
             }
         } else {
             streak.ok = 0;
             streak.failed = streak.failed.saturating_add(1);
-            if self.is_healthy() && streak.failed >= fall {
-                self.set_healthy(false);
-                return Transition::Down;
+            if streak.failed >= fall {
+                self.checks_pass.store(false, Ordering::Relaxed);
             }
         }
-        Transition::None
+        self.transition(was)
     }
 
     /// Passive ejection: a connect error takes the node out at once; active
@@ -111,16 +153,19 @@ impl Upstream {
     pub fn eject(&self) -> Transition {
         let mut streak = self.streak.lock().unwrap_or_else(|p| p.into_inner());
         streak.ok = 0;
-        if self.is_healthy() {
-            self.set_healthy(false);
-            return Transition::Down;
-        }
-        Transition::None
+        let was = self.is_healthy();
+        self.ejected.store(true, Ordering::Relaxed);
+        self.transition(was)
     }
 
-    fn set_healthy(&self, healthy: bool) {
-        self.healthy.store(healthy, Ordering::Relaxed);
-        self.metrics.up.set(i64::from(healthy));
+    fn transition(&self, was: bool) -> Transition {
+        let now = self.is_healthy();
+        self.metrics.up.set(i64::from(now));
+        match (was, now) {
+            (false, true) => Transition::Up,
+            (true, false) => Transition::Down,
+            _ => Transition::None,
+        }
     }
 }
 

@@ -348,11 +348,46 @@ async fn connections_over_the_limit_get_503() {
 
 #[tokio::test]
 async fn no_reachable_node_gives_503_with_a_reason_and_a_failing_node_502() {
+    // By default the gateway fails open: with every check failing it still
+    // tries each node, and says which refused.
     let gw = gateway(
         &[("dead-a", dead_addr().await), ("dead-b", dead_addr().await)],
         "",
     )
     .await;
+    let mut conn = HttpConn::open(Ipv4Addr::new(127, 0, 0, 14), gw.local_addr())
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let reply = conn
+            .get("/socket.io/?EIO=4&transport=polling")
+            .await
+            .unwrap();
+        assert_eq!(
+            reply.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            reply.body
+        );
+        assert_eq!(reply.json()["error"], "no_healthy_node", "{}", reply.body);
+        let message = reply.json()["message"].as_str().unwrap_or("").to_owned();
+        assert!(
+            message.starts_with("no node accepted the connection: cannot connect to dead-")
+                && message.contains("dead-a")
+                && message.contains("dead-b"),
+            "{message}"
+        );
+    }
+    gw.shutdown().await;
+
+    // With fail-open turned off, ejected nodes are not tried at all.
+    let text = gateway_toml(
+        &[("dead-a", dead_addr().await), ("dead-b", dead_addr().await)],
+        "",
+    )
+    .replace("[health]\n", "[health]\npanic_threshold = 0\n");
+    let config: GatewayConfig = stickyio_shared::config::parse(&text, "t.toml").unwrap();
+    let gw = Gateway::start(config).await.unwrap();
     let mut conn = HttpConn::open(Ipv4Addr::new(127, 0, 0, 14), gw.local_addr())
         .await
         .unwrap();
@@ -367,7 +402,6 @@ async fn no_reachable_node_gives_503_with_a_reason_and_a_failing_node_502() {
             "{}",
             reply.body
         );
-        assert_eq!(reply.json()["error"], "no_healthy_node", "{}", reply.body);
     }
     let reply = conn
         .get("/socket.io/?EIO=4&transport=polling")

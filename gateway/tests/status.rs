@@ -23,6 +23,10 @@ async fn status_shows_nodes_counters_and_the_last_reload() {
     let first = status(admin_addr).await;
     assert_eq!(first["last_reload"], Value::Null, "no reload yet");
     assert_eq!(first["health"]["interval_ms"], 100);
+    assert_eq!(
+        first["fail_open"],
+        serde_json::json!({ "active": false, "healthy": null, "total": null, "panic_threshold": 50 })
+    );
     let names: Vec<&str> = first["nodes"]
         .as_array()
         .unwrap()

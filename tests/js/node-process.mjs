@@ -1,7 +1,7 @@
-// Runs real `stickyio-node` and `stickyio-gateway` binaries for the JS
-// tests: each gets a config file, logs JSON, and is ready once it logs its
-// "listening" line, which names the addresses it bound (port 0 picks free
-// ones). Stopped with SIGTERM (SIGKILL if it hangs).
+// Runs a real `stickyio-node` binary for the JS tests (and, through
+// `spawnLogged`, the gateway in gateway-process.mjs): a config file, JSON
+// logs, ready once it logs its "listening" line, which names the addresses
+// it bound (port 0 picks free ones). Stopped with SIGTERM (SIGKILL if it hangs).
 import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -15,15 +15,20 @@ const START_TIMEOUT_MS = 10_000;
 const STOP_TIMEOUT_MS = 15_000;
 
 /**
- * Spawns `name` from the bin dir with `--log-json --config config` and
- * resolves once it logs `ready` (a message); to {child, exited, events, ready},
- * where `events` keeps every JSON log line and `ready` is that line's fields.
+ * Writes `text` as `file` in a fresh temp dir, spawns the binary `name` from
+ * the bin dir with `--log-json --config <that file>`, and resolves once it
+ * logs `ready` (a message), to {config, events, lines, ready, stop}: `events`
+ * keeps every JSON log line, `ready` is that line's fields, and `stop()`
+ * sends SIGTERM, waits, removes the dir and resolves to {code, signal}.
  */
-async function spawnLogged(name, config, ready, env = {}) {
+export async function spawnLogged(name, file, text, ready) {
+  const dir = mkdtempSync(join(tmpdir(), "stickyio-js-"));
+  const config = join(dir, file);
+  writeFileSync(config, text);
   const bin = join(binDir, name);
   const child = spawn(bin, ["--log-json", "--config", config], {
     stdio: ["ignore", "pipe", "inherit"],
-    env: { ...process.env, RUST_LOG: "info", ...env },
+    env: { ...process.env, RUST_LOG: "info" },
   });
   const exited = new Promise((resolve) => child.on("exit", (code, signal) => resolve({ code, signal })));
   const lines = [];
@@ -55,9 +60,20 @@ async function spawnLogged(name, config, ready, env = {}) {
         }
       });
     });
-    return { child, exited, events, lines, ready: fields };
+    return {
+      config,
+      events,
+      lines,
+      ready: fields,
+      async stop() {
+        const result = await stopProcess(child, exited);
+        rmSync(dir, { recursive: true, force: true });
+        return result;
+      },
+    };
   } catch (e) {
     child.kill("SIGKILL");
+    rmSync(dir, { recursive: true, force: true });
     throw e;
   }
 }
@@ -67,40 +83,13 @@ async function spawnLogged(name, config, ready, env = {}) {
  * (top-level keys such as `max_subscriptions = 3`); `listen` its address.
  */
 export async function startNode({ name = "node-js", settings = "", listen = "127.0.0.1:0" } = {}) {
-  const dir = mkdtempSync(join(tmpdir(), "stickyio-js-"));
-  const config = join(dir, "node.toml");
-  writeFileSync(config, `listen = "${listen}"\nname = "${name}"\n${settings}`);
-  let proc;
-  try {
-    proc = await spawnLogged("stickyio-node", config, "listening");
-  } catch (e) {
-    rmSync(dir, { recursive: true, force: true });
-    throw e;
-  }
+  const proc = await spawnLogged("stickyio-node", "node.toml", `listen = "${listen}"\nname = "${name}"\n${settings}`, "listening");
   return {
     url: `http://${proc.ready.addr}`,
     addr: proc.ready.addr,
     logs: proc.lines,
     /** SIGTERM, then wait; resolves to {code, signal} of the exit. */
-    async stop() {
-      const result = await stopProcess(proc.child, proc.exited);
-      rmSync(dir, { recursive: true, force: true });
-      return result;
-    },
-  };
-}
-
-/**
- * Starts a gateway from the config file at `config` (it stays watched, so
- * rewriting it reloads). `events` collects its JSON log lines.
- */
-export async function startGateway(config) {
-  const proc = await spawnLogged("stickyio-gateway", config, "gateway listening", { RUST_LOG: "info" });
-  return {
-    url: `http://${proc.ready.local_addr}`,
-    admin: `http://${proc.ready.admin_addr}`,
-    events: proc.events,
-    stop: () => stopProcess(proc.child, proc.exited),
+    stop: proc.stop,
   };
 }
 

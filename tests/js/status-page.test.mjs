@@ -1,20 +1,22 @@
 // The gateway's status page in a real browser (Debian's Chromium, driven by
 // playwright-core), against real `stickyio-gateway` and `stickyio-node`
 // processes: it asks for the admin token and keeps it out of the URL, shows
-// the three nodes, shows a stopped node down within its health checks and
-// back up once restarted, explains a route, and shows a refused reload with
+// the three nodes, shows a stopped node down within its health checks (with
+// the check's error) and back up once restarted, shows fail-open while two
+// of three are down, explains a route, and shows a refused reload with
 // its file:line:column. The gateway's log lines for those events are checked
 // too, and the counts of live websockets and request rates. A screenshot is
 // kept in artifacts/ (docs/status-page.png is one).
 import { after, before, it } from "node:test";
 import assert from "node:assert/strict";
-import { mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 import { io } from "socket.io-client";
-import { startGateway, startNode } from "./node-process.mjs";
+import { gatewayToml, startGateway } from "./gateway-process.mjs";
+import { startNode } from "./node-process.mjs";
 
 const root = fileURLToPath(new URL("../..", import.meta.url));
 const artifacts = join(root, "artifacts");
@@ -33,25 +35,17 @@ const NAMES = ["node-a", "node-b", "node-c"];
 // Clients below are placed by X-Forwarded-For, as behind a load balancer.
 const TRUST = 'trusted_proxies = ["127.0.0.1/32"]';
 
-let dir;
 let nodes = {};
 let gateway;
 let context;
 let profileDir;
 let page;
 
-function gatewayToml(nodeEntries, extra = "") {
-  let text = `listen = "127.0.0.1:0"\nadmin = "127.0.0.1:0"\nadmin_token_file = "admin.token"\n${extra}\n` +
+/** The gateway's config: a token, trusted loopback, fast checks, `names`' nodes. */
+function config(names) {
+  const extra = `admin_token = "${TOKEN}"\n${TRUST}\n` +
     `[health]\ninterval = "${INTERVAL_MS}ms"\ntimeout = "500ms"\nrise = ${RISE}\nfall = ${FALL}\n`;
-  for (const [name, addr] of nodeEntries) text += `\n[[nodes]]\nname = "${name}"\naddr = "${addr}"\n`;
-  return text;
-}
-
-/** Rewrites gateway.toml as editors do (write elsewhere, rename over). */
-function writeConfig(text) {
-  writeFileSync(join(dir, "gateway.toml.tmp"), text);
-  // A rename is atomic, so the watcher never reads half a file.
-  renameSync(join(dir, "gateway.toml.tmp"), join(dir, "gateway.toml"));
+  return gatewayToml(names.map((n) => [n, nodes[n].addr]), extra);
 }
 
 function health(name) {
@@ -70,11 +64,8 @@ async function logged(test, ms = WAIT_MS) {
 }
 
 before(async () => {
-  dir = mkdtempSync(join(tmpdir(), "stickyio-status-page-"));
   for (const name of NAMES) nodes[name] = await startNode({ name });
-  writeFileSync(join(dir, "admin.token"), TOKEN + "\n");
-  writeFileSync(join(dir, "gateway.toml"), gatewayToml(NAMES.map((n) => [n, nodes[n].addr]), TRUST));
-  gateway = await startGateway(join(dir, "gateway.toml"));
+  gateway = await startGateway(config(NAMES));
   profileDir = mkdtempSync(join(tmpdir(), "stickyio-chromium-profile-"));
   context = await chromium.launchPersistentContext(profileDir, {
     executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS, timeout: WAIT_MS,
@@ -87,7 +78,6 @@ after(async () => {
   await context?.close();
   const exit = await gateway?.stop();
   for (const node of Object.values(nodes)) await node.stop();
-  rmSync(dir, { recursive: true, force: true });
   rmSync(profileDir, { recursive: true, force: true });
   assert.deepEqual(exit, { code: 0, signal: null });
 });
@@ -112,19 +102,37 @@ it("the status page follows nodes going down and up, routes and reloads", async 
   assert.ok(gateway.events.every((e) => !JSON.stringify(e).includes(TOKEN)));
   assert.equal(await page.evaluate(() => sessionStorage.getItem("stickyio-admin-token")), TOKEN);
 
-  // Stop node-b: down within its checks; restart it on its address: up again.
-  const addrB = nodes["node-b"].addr;
+  // Stop node-b: down within its checks, with the check's error.
+  await page.locator("#fail-open", { hasText: "inactive" }).waitFor({ timeout: WAIT_MS });
+  const addrs = Object.fromEntries(NAMES.map((n) => [n, nodes[n].addr]));
   await nodes["node-b"].stop();
   let started = Date.now();
   await health("node-b").filter({ hasText: /^down$/ }).waitFor({ timeout: DEADLINE_MS });
   const downAfter = Date.now() - started;
   assert.equal(await health("node-a").textContent(), "up");
   assert.match(await page.textContent("#state"), /2 of 3 nodes up/);
-  nodes["node-b"] = await startNode({ name: "node-b", listen: addrB });
+  assert.match(await page.locator('#nodes tr[data-node="node-b"] td.check').getAttribute("class"), /error/);
+  assert.ok((await page.textContent('#nodes tr[data-node="node-b"] td.check')).length > 10);
+  const down = await logged((f) => f.message === "node is down: health checks fail" && f.node === "node-b");
+  assert.equal(down.addr, addrs["node-b"]);
+  assert.equal(typeof down.error, "string");
+  assert.equal(await page.textContent("#fail-open").then((t) => t.startsWith("inactive")), true, "2 of 3 pass");
+
+  // Stop node-c too: 1 of 3 pass, below the 50% threshold: the page shows fail-open.
+  await nodes["node-c"].stop();
+  await page.locator("#fail-open", { hasText: "ACTIVE: only 1 of 3 nodes" }).waitFor({ timeout: DEADLINE_MS });
+  const open = await logged((f) => f.message?.startsWith("gateway fails open"));
+  assert.deepEqual([open.healthy, open.total], [1, 3]);
+
+  // Restart both on their addresses: up again, and fail-open ends.
+  for (const name of ["node-b", "node-c"]) nodes[name] = await startNode({ name, listen: addrs[name] });
   started = Date.now();
-  await health("node-b").filter({ hasText: /^up$/ }).waitFor({ timeout: DEADLINE_MS });
+  for (const name of ["node-b", "node-c"]) await health(name).filter({ hasText: /^up$/ }).waitFor({ timeout: DEADLINE_MS });
   const upAfter = Date.now() - started;
   assert.ok(downAfter <= DEADLINE_MS && upAfter <= DEADLINE_MS, `${downAfter} ${upAfter}`);
+  await page.locator("#fail-open", { hasText: "inactive" }).waitFor({ timeout: DEADLINE_MS });
+  await logged((f) => f.message?.startsWith("gateway stops failing open"));
+  await logged((f) => f.message === "node is up: health checks pass" && f.node === "node-b");
 
   // The route explainer: the node /route names, and why.
   await page.fill("#route-input", "203.0.113.9");
@@ -138,10 +146,9 @@ it("the status page follows nodes going down and up, routes and reloads", async 
   await page.locator("#route-result", { hasText: "no live session has this sid" }).waitFor({ timeout: WAIT_MS });
 
   // A bad edit: refused, shown with file:line:column, logged with the same fields.
-  const good = gatewayToml(NAMES.map((n) => [n, nodes[n].addr]), TRUST);
-  const bad = good.replace(`fall = ${FALL}`, 'fall = "often"');
+  const bad = config(NAMES).replace(`fall = ${FALL}`, 'fall = "often"');
   const line = bad.split("\n").findIndex((l) => l.startsWith("fall")) + 1;
-  writeConfig(bad);
+  gateway.rewrite(bad);
   const where = `gateway.toml:${line}:8`;
   await page.locator("#reload-error", { hasText: where }).waitFor({ timeout: WAIT_MS });
   assert.match(await page.textContent("#reload-verdict"), /refused/);
@@ -176,7 +183,7 @@ it("the status page follows nodes going down and up, routes and reloads", async 
   for (const s of sockets) s.disconnect();
 
   // A good edit that removes node-c: applied, logged, and node-c drains.
-  writeConfig(gatewayToml(NAMES.filter((n) => n !== "node-c").map((n) => [n, nodes[n].addr]), TRUST));
+  gateway.rewrite(config(NAMES.filter((n) => n !== "node-c")));
   await page.locator("#reload", { hasText: "removed: node-c" }).waitFor({ timeout: WAIT_MS });
   const applied = await logged((f) => f.message === "config reloaded");
   assert.equal(applied.ok, true);

@@ -46,6 +46,11 @@ pub struct GatewayConfig {
     /// Off by default: such a config is refused.
     #[serde(default)]
     pub allow_open_admin: bool,
+    /// Threads serving client connections (0: one per core). Each client
+    /// address is served by one of them, which keeps a session's requests
+    /// in order. Read at start only.
+    #[serde(default)]
+    pub workers: usize,
     #[serde(default)]
     pub health: HealthConfig,
     #[serde(default)]
@@ -65,13 +70,24 @@ pub struct TlsConfig {
     pub key_file: PathBuf,
 }
 
-/// Active health checks: `GET path` every `interval`; `fall` failures in a
-/// row take a node out of placement, `rise` successes bring it back.
+/// Active health checks every `interval`; `fall` failures in a row take a
+/// node out of placement, `rise` successes bring it back.
+///
+/// The defaults pass for any server that is up and speaks HTTP (a stock
+/// Socket.IO app answers 404 on `/healthz`, and that passes): a check is
+/// there to find dead nodes, not to judge an app's routes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthConfig {
+    /// `http`: `GET path`, passing on a status in `expect_status`;
+    /// `tcp`: a TCP connect.
+    #[serde(default)]
+    pub check: CheckKind,
     #[serde(default = "defaults::health_path")]
     pub path: String,
+    /// Statuses that pass an `http` check: codes and ranges, comma separated.
+    #[serde(default = "defaults::expect_status")]
+    pub expect_status: StatusRanges,
     #[serde(default = "defaults::health_interval")]
     pub interval: Duration,
     /// How long one check may take before it counts as a failure.
@@ -81,6 +97,78 @@ pub struct HealthConfig {
     pub rise: u32,
     #[serde(default = "defaults::fall")]
     pub fall: u32,
+    /// Fail open: when fewer than this percentage of the nodes pass their
+    /// checks, the gateway places clients on every node anyway (those that
+    /// refuse connections still get skipped). Checks that fail everywhere at
+    /// once are more likely wrong than the whole pool dead. 0 turns it off.
+    #[serde(default = "defaults::panic_threshold")]
+    pub panic_threshold: u8,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    #[default]
+    Http,
+    Tcp,
+}
+
+/// HTTP statuses as inclusive ranges, written `"200-399,404"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct StatusRanges(Vec<(u16, u16)>);
+
+impl StatusRanges {
+    pub fn contains(&self, status: u16) -> bool {
+        self.0.iter().any(|(lo, hi)| (*lo..=*hi).contains(&status))
+    }
+}
+
+impl TryFrom<String> for StatusRanges {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let code = |part: &str| {
+            part.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|c| (100..=599).contains(c))
+                .ok_or_else(|| {
+                    format!("{part:?} is not an HTTP status (100 to 599); write codes and ranges like \"200-399,404\"")
+                })
+        };
+        let mut ranges = Vec::new();
+        for part in text.split(',') {
+            let range = match part.split_once('-') {
+                Some((lo, hi)) => (code(lo)?, code(hi)?),
+                None => (code(part)?, code(part)?),
+            };
+            if range.0 > range.1 {
+                return Err(format!(
+                    "{part:?} is an empty range: its start is above its end"
+                ));
+            }
+            ranges.push(range);
+        }
+        Ok(StatusRanges(ranges))
+    }
+}
+
+impl From<StatusRanges> for String {
+    fn from(ranges: StatusRanges) -> String {
+        let parts: Vec<String> = ranges
+            .0
+            .iter()
+            .map(|(lo, hi)| {
+                if lo == hi {
+                    lo.to_string()
+                } else {
+                    format!("{lo}-{hi}")
+                }
+            })
+            .collect();
+        parts.join(",")
+    }
 }
 
 /// Protection of the public listener.
@@ -128,11 +216,14 @@ pub struct NodeEntry {
 impl Default for HealthConfig {
     fn default() -> Self {
         HealthConfig {
+            check: CheckKind::default(),
             path: defaults::health_path(),
+            expect_status: defaults::expect_status(),
             interval: defaults::health_interval(),
             timeout: defaults::health_timeout(),
             rise: defaults::rise(),
             fall: defaults::fall(),
+            panic_threshold: defaults::panic_threshold(),
         }
     }
 }
@@ -169,6 +260,13 @@ mod defaults {
     }
     pub fn health_path() -> String {
         "/healthz".to_owned()
+    }
+    pub fn expect_status() -> super::StatusRanges {
+        super::StatusRanges(vec![(100, 499)])
+    }
+    /// Envoy's panic threshold.
+    pub fn panic_threshold() -> u8 {
+        50
     }
     pub fn health_interval() -> Duration {
         Duration::from_secs(2)
@@ -368,6 +466,12 @@ impl HealthConfig {
         }
         if self.fall == 0 {
             return Err(Violation::new("health.fall", "must be at least 1"));
+        }
+        if self.panic_threshold > 100 {
+            return Err(Violation::new(
+                "health.panic_threshold",
+                "is a percentage: 0 (never fail open) to 100",
+            ));
         }
         Ok(())
     }
