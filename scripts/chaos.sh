@@ -9,6 +9,7 @@
 #
 #   scripts/chaos.sh
 #   STICKYIO_CHAOS_CLIENTS=300 STICKYIO_CHAOS_FREEZE_SECS=10 scripts/chaos.sh
+#   STICKYIO_CHAOS_FAIL_OPEN=1 scripts/chaos.sh    # every health check fails: the gateway fails open
 #
 # Bounded: every wait in the scenario has a deadline; a run takes about
 # 1-2 minutes after the build. The same scenario runs small in

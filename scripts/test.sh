@@ -47,6 +47,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "Rust tests"
 cargo build --workspace --bins
 cargo test --workspace
+# The chaos scenario once more with every health check failing: the gateway
+# fails open for the whole run.
+STICKYIO_CHAOS_FAIL_OPEN=1 cargo test --test chaos
 
 step "JS tests (official socket.io-client, and the demo page in Chromium)"
 (cd tests/js && STICKYIO_BIN_DIR="$bin_dir" node --test --test-concurrency=1 ./*.test.mjs)

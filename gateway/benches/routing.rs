@@ -8,6 +8,10 @@
 //!   an established polling session.
 //! - `config_swap`: `reload::apply` of a changed config (node registry diff
 //!   and the atomic snapshot store), what a reload costs the serving path.
+//! - `session_order`: a request's turn in its session's line
+//!   (`ordering::SessionOrder`) when no other request of the session is in
+//!   flight, the common case: what per-session order costs every request
+//!   with a `sid`.
 //!
 //! Run with `cargo bench -p stickyio-gateway --bench routing`.
 
@@ -121,5 +125,25 @@ fn config_swap(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, rank, route, config_swap);
+fn session_order(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let order = Arc::new(stickyio_gateway::ordering::SessionOrder::default());
+    let sids: Vec<String> = (0..1024).map(|i| format!("sid-{i:016x}")).collect();
+    let mut i = 0;
+    c.bench_function("session_order/lone_request", |b| {
+        b.iter(|| {
+            i = (i + 1) % sids.len();
+            let turn = runtime.block_on(order.enter(black_box(&sids[i])));
+            turn.end();
+        })
+    });
+    // What `block_on` itself costs, to subtract from the line above.
+    c.bench_function("session_order/block_on_alone", |b| {
+        b.iter(|| runtime.block_on(async { black_box(&sids[0]).len() }))
+    });
+}
+
+criterion_group!(benches, rank, route, config_swap, session_order);
 criterion_main!(benches);

@@ -30,7 +30,11 @@ pub async fn run(state: Arc<State>) {
         let mut targets = snapshot.nodes.clone();
         targets.extend(state.registry.draining());
         let results = join_all(targets.iter().map(|u| check(u, &health))).await;
+        let now = std::time::Instant::now();
         for (upstream, result) in targets.iter().zip(results) {
+            if upstream.end_ejection(now, health.ejection_time.get()) == Transition::Up {
+                log_transition(upstream, true, None);
+            }
             let error = result.error.clone();
             match upstream.checked(result, health.rise, health.fall) {
                 Transition::Up => log_transition(upstream, true, error.as_deref()),

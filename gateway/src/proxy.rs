@@ -92,6 +92,8 @@ pub async fn handle(
         peer_trusted,
         max_body,
         idle: config.limits.idle_timeout.get(),
+        handshake: query.engine_io && query.sid.is_none(),
+        handshake_timeout: config.limits.handshake_timeout.get(),
     };
     let pinned = route.reason == Reason::Pinned;
     Ok(exchange
@@ -119,6 +121,9 @@ struct Exchange<'a> {
     peer_trusted: bool,
     max_body: u64,
     idle: Duration,
+    /// An Engine.IO handshake: answered at once by a working node.
+    handshake: bool,
+    handshake_timeout: Duration,
 }
 
 /// Why one attempt at a node failed.
@@ -206,15 +211,13 @@ impl Exchange<'_> {
         let bodyless = body.is_none() && framing == RequestBody::None;
         for upstream in candidates {
             let retryable = bodyless && !pinned;
+            let outgoing = Outgoing {
+                method: &parts.method,
+                head: &head,
+                framing,
+            };
             match self
-                .attempt(
-                    upstream,
-                    &parts.method,
-                    &head,
-                    body.take(),
-                    framing,
-                    &mut turn,
-                )
+                .attempt(upstream, &outgoing, body.take(), &mut turn, retryable)
                 .await
             {
                 Ok((conn, response)) => {
@@ -261,23 +264,27 @@ impl Exchange<'_> {
     async fn attempt(
         &self,
         upstream: &Arc<Upstream>,
-        method: &Method,
-        head: &[u8],
+        outgoing: &Outgoing<'_>,
         mut body: Option<Body>,
-        framing: RequestBody,
         turn: &mut Option<Turn>,
+        retryable: bool,
     ) -> Result<(NodeConn, ResponseHead), Failed> {
         upstream.metrics.requests.inc();
+        // A handshake left unanswered goes to the next choice: the node
+        // accepts connections but does not work (frozen, or stuck).
+        let redispatch = retryable && self.handshake;
+        let limit = if redispatch {
+            self.handshake_timeout
+        } else {
+            self.idle
+        };
         let mut conn = match self.reuse.take(upstream) {
             Some(conn) => conn,
             None => self.connect(upstream).await?,
         };
-        let sent = tokio::time::timeout(self.idle, async {
+        let sent = tokio::time::timeout(limit, async {
             loop {
-                match self
-                    .exchange(&mut conn, method, head, &mut body, framing, turn)
-                    .await
-                {
+                match self.exchange(&mut conn, outgoing, &mut body, turn).await {
                     // A kept-alive connection the node closed while idle:
                     // nothing of this request was taken, so send it afresh.
                     Err(Exchanged::Stale) if conn.reused => {
@@ -295,12 +302,22 @@ impl Exchange<'_> {
         match sent {
             Ok(Ok(response)) => Ok((conn, response)),
             Ok(Err(failed)) => Err(failed),
+            Err(_) if redispatch => {
+                upstream.metrics.upstream_errors.inc();
+                if upstream.eject() == Transition::Down {
+                    tracing::warn!(node = %upstream.name, waited = ?limit, "node ejected: handshake unanswered");
+                }
+                Err(Failed::Connect(format!(
+                    "{} ({}) did not answer the handshake within {limit:?}",
+                    upstream.name, upstream.addr
+                )))
+            }
             Err(_) => {
                 upstream.metrics.upstream_errors.inc();
                 Err(Failed::Answer(body::error(
                     StatusCode::GATEWAY_TIMEOUT,
                     "node_timeout",
-                    format!("{} did not answer within {:?}", upstream.name, self.idle),
+                    format!("{} did not answer within {limit:?}", upstream.name),
                     json!({ "node": upstream.name }),
                 )))
             }
@@ -325,15 +342,13 @@ impl Exchange<'_> {
     async fn exchange(
         &self,
         conn: &mut NodeConn,
-        method: &Method,
-        head: &[u8],
+        outgoing: &Outgoing<'_>,
         body: &mut Option<Body>,
-        framing: RequestBody,
         turn: &mut Option<Turn>,
     ) -> Result<ResponseHead, Exchanged> {
         let stale = conn.reused && body.is_none();
         let upstream = conn.node.clone();
-        if let Err(e) = conn.write(head).await {
+        if let Err(e) = conn.write(outgoing.head).await {
             return Err(if stale {
                 Exchanged::Stale
             } else {
@@ -344,9 +359,9 @@ impl Exchange<'_> {
             turn.end();
         }
         if let Some(body) = body.take() {
-            self.send_body(conn, body, framing).await?;
+            self.send_body(conn, body, outgoing.framing).await?;
         }
-        match conn.read_head(method).await {
+        match conn.read_head(outgoing.method).await {
             Ok(head) => Ok(head),
             Err(NodeError::Closed | NodeError::Io(_)) if stale => Err(Exchanged::Stale),
             Err(e) => Err(Exchanged::Failed(self.node_failed(&upstream, &e))),
@@ -505,6 +520,14 @@ impl Exchange<'_> {
         });
         to_client
     }
+}
+
+/// A request as it goes to any node: its head (with what was already read
+/// of the body) and how the rest of the body is framed.
+struct Outgoing<'a> {
+    method: &'a Method,
+    head: &'a [u8],
+    framing: RequestBody,
 }
 
 /// An attempt's result before the response head arrived.

@@ -16,6 +16,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use std::net::SocketAddr;
+use std::time::Instant;
 use stickyio_shared::config::gateway::{GatewayConfig, NodeEntry};
 
 use crate::metrics::{Metrics, NodeMetrics};
@@ -51,6 +52,8 @@ pub struct CheckResult {
 struct Streak {
     ok: u32,
     failed: u32,
+    /// When the current ejection began.
+    ejected_at: Option<Instant>,
 }
 
 /// What a health observation changed, for the log.
@@ -137,6 +140,7 @@ impl Upstream {
             if streak.ok >= rise {
                 self.checks_pass.store(true, Ordering::Relaxed);
                 self.ejected.store(false, Ordering::Relaxed);
+                streak.ejected_at = None;
             }
         } else {
             streak.ok = 0;
@@ -148,14 +152,29 @@ impl Upstream {
         self.transition(was)
     }
 
-    /// Passive ejection: a connect error takes the node out at once; active
-    /// checks bring it back after `rise` successes.
+    /// Passive ejection: a connect error takes the node out at once; `rise`
+    /// passing checks, or [`Upstream::end_ejection`], bring it back.
     pub fn eject(&self) -> Transition {
         let mut streak = self.streak.lock().unwrap_or_else(|p| p.into_inner());
         streak.ok = 0;
+        streak.ejected_at.get_or_insert_with(Instant::now);
         let was = self.is_healthy();
         self.ejected.store(true, Ordering::Relaxed);
         self.transition(was)
+    }
+
+    /// Ends an ejection older than `ejection_time` at `now`.
+    pub fn end_ejection(&self, now: Instant, ejection_time: std::time::Duration) -> Transition {
+        let mut streak = self.streak.lock().unwrap_or_else(|p| p.into_inner());
+        match streak.ejected_at {
+            Some(at) if now.saturating_duration_since(at) >= ejection_time => {
+                streak.ejected_at = None;
+                let was = self.is_healthy();
+                self.ejected.store(false, Ordering::Relaxed);
+                self.transition(was)
+            }
+            _ => Transition::None,
+        }
     }
 
     fn transition(&self, was: bool) -> Transition {
@@ -355,5 +374,22 @@ mod tests {
         assert_eq!(a.observe(true, 2, 2), Transition::Up);
         assert_eq!(a.eject(), Transition::Down);
         assert_eq!(a.eject(), Transition::None);
+    }
+
+    #[test]
+    fn an_ejection_ends_after_its_time_even_while_checks_fail() {
+        let metrics = Metrics::default();
+        let snap = Registry::default().initial(config(&[("a", "h:1", 1)]), &metrics);
+        let a = &snap.nodes[0];
+        let ten = std::time::Duration::from_secs(10);
+        a.eject();
+        let start = Instant::now();
+        assert_eq!(
+            a.end_ejection(start + std::time::Duration::from_secs(9), ten),
+            Transition::None
+        );
+        assert!(a.is_ejected());
+        assert_eq!(a.end_ejection(start + ten + ten, ten), Transition::Up);
+        assert!(!a.is_ejected() && a.is_healthy());
     }
 }

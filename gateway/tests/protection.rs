@@ -530,3 +530,49 @@ async fn shutdown_finishes_in_flight_requests_and_stops_accepting() {
         "no longer accepting"
     );
 }
+
+#[tokio::test]
+async fn an_unanswered_handshake_goes_to_the_next_node_and_other_requests_wait() {
+    // A node that accepts connections and never answers: a frozen process.
+    let frozen = mute_backend(Duration::from_secs(30)).await;
+    let names = ["frozen", "echo"];
+    let gw = gateway(
+        &[("frozen", frozen), ("echo", echo_backend("echo").await)],
+        "[limits]\nhandshake_timeout = \"1s\"\nidle_timeout = \"3s\"\n",
+    )
+    .await;
+    let ip = (1..=250)
+        .map(|i| Ipv4Addr::new(127, 0, 3, i))
+        .find(|ip| ranking(*ip, &names)[0] == "frozen")
+        .expect("an address ranking the frozen node first");
+    let mut conn = HttpConn::open(ip, gw.local_addr()).await.unwrap();
+    let started = std::time::Instant::now();
+    let reply = conn
+        .get("/socket.io/?EIO=4&transport=polling")
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.node.as_deref(), Some("echo"));
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    let nodes = nodes_json(gw.admin_addr()).await;
+    assert_eq!(nodes[0]["name"], "frozen");
+    assert_eq!(nodes[0]["ejected"], true, "{nodes:?}");
+
+    // A request that is not a handshake may take long by design (an app
+    // route): it waits for the idle timeout and is not sent twice.
+    let gw2 = gateway(
+        &[("frozen", frozen)],
+        "[limits]\nhandshake_timeout = \"1s\"\nidle_timeout = \"2s\"\n",
+    )
+    .await;
+    let mut conn = HttpConn::open(ip, gw2.local_addr()).await.unwrap();
+    let reply = conn.get("/api/slow-report").await.unwrap();
+    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT, "{}", reply.body);
+    assert_eq!(reply.json()["error"], "node_timeout");
+    gw.shutdown().await;
+    gw2.shutdown().await;
+}

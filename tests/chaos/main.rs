@@ -29,7 +29,8 @@ use std::time::{Duration, Instant};
 
 use client::{LoadClient, Record};
 use processes::{
-    Cluster, HEALTH_FALL, HEALTH_INTERVAL, HEALTH_TIMEOUT, ping_interval, ping_timeout,
+    Cluster, HEALTH_FALL, HEALTH_INTERVAL, HEALTH_TIMEOUT, fail_open, metric, ping_interval,
+    ping_timeout,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -363,4 +364,17 @@ async fn chaos_under_load() {
         (15, 5),
         "20 reloads, 5 of them invalid"
     );
+    if fail_open() {
+        let open = metric(cluster.admin_addr, "stickyio_gateway_fail_open ").await;
+        let placed = metric(
+            cluster.admin_addr,
+            "stickyio_gateway_fail_open_requests_total",
+        )
+        .await;
+        println!(
+            "failing open: stickyio_gateway_fail_open={open} requests placed while failing open={placed}"
+        );
+        assert_eq!(open, 1.0, "the run was meant to fail open throughout");
+        assert!(placed > 0.0, "no request was placed while failing open");
+    }
 }

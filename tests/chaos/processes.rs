@@ -38,6 +38,14 @@ fn env_millis(name: &str, default: u64) -> Duration {
 pub const HEALTH_INTERVAL: Duration = Duration::from_millis(200);
 pub const HEALTH_TIMEOUT: Duration = Duration::from_millis(300);
 pub const HEALTH_FALL: u32 = 2;
+
+/// `STICKYIO_CHAOS_FAIL_OPEN=1`: every health check fails (a path the nodes
+/// answer 404, and only 2xx passes), so the gateway fails open for the whole
+/// run and only passive ejection and the handshake timeout steer clients
+/// away from a failed node.
+pub fn fail_open() -> bool {
+    std::env::var("STICKYIO_CHAOS_FAIL_OPEN").is_ok_and(|v| v == "1")
+}
 const SECRET: &str = "chaos-mesh-secret";
 const START_WAIT: Duration = Duration::from_secs(20);
 
@@ -169,11 +177,20 @@ impl Cluster {
             node.spawn();
             nodes.push(node);
         }
+        let failing_checks = if fail_open() {
+            "path = \"/chaos-no-such-path\"\nexpect_status = \"200-299\"\n"
+        } else {
+            ""
+        };
+        // A handshake left unanswered (the frozen node) moves on after what
+        // the checks would take to find the node down.
+        let handshake = HEALTH_FALL * (HEALTH_INTERVAL + HEALTH_TIMEOUT);
         let mut gateway_text = format!(
-            "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[health]\ninterval = \"{}ms\"\ntimeout = \"{}ms\"\nrise = 2\nfall = {HEALTH_FALL}\n\
-             [limits]\nidle_timeout = \"5s\"\nmax_headers = 100\n",
+            "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[health]\ninterval = \"{}ms\"\ntimeout = \"{}ms\"\nrise = 2\nfall = {HEALTH_FALL}\n{failing_checks}\
+             [limits]\nidle_timeout = \"5s\"\nmax_headers = 100\nhandshake_timeout = \"{}ms\"\n",
             HEALTH_INTERVAL.as_millis(),
-            HEALTH_TIMEOUT.as_millis()
+            HEALTH_TIMEOUT.as_millis(),
+            handshake.as_millis()
         );
         for node in &nodes {
             gateway_text.push_str(&format!(

@@ -8,34 +8,12 @@
 // lost ack).
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import http from "node:http";
-import { createInterface } from "node:readline";
-import { fileURLToPath } from "node:url";
 import { io } from "socket.io-client";
-import { stopProcess } from "./node-process.mjs";
 import { gatewayToml, startGateway } from "./gateway-process.mjs";
+import { startStock } from "./stock-process.mjs";
 
 const WAIT_MS = 10_000;
-const serverScript = fileURLToPath(new URL("./stock-server.mjs", import.meta.url));
-
-/** Starts `node stock-server.mjs name`; resolves once it listens. */
-async function startStock(name) {
-  const child = spawn(process.execPath, [serverScript, name], { stdio: ["ignore", "pipe", "inherit"] });
-  const exited = new Promise((resolve) => child.on("exit", (code, signal) => resolve({ code, signal })));
-  const port = await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${name} did not listen within ${WAIT_MS} ms`)), WAIT_MS);
-    createInterface({ input: child.stdout }).on("line", (line) => {
-      const m = line.match(/^listening (\d+)$/);
-      if (m) {
-        clearTimeout(timer);
-        resolve(Number(m[1]));
-      }
-    });
-  });
-  return { name, addr: `127.0.0.1:${port}`, stop: () => stopProcess(child, exited) };
-}
-
 async function adminJson(gateway, path) {
   const res = await fetch(`${gateway.admin}${path}`);
   assert.equal(res.status, 200, path);

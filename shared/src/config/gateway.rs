@@ -103,6 +103,11 @@ pub struct HealthConfig {
     /// once are more likely wrong than the whole pool dead. 0 turns it off.
     #[serde(default = "defaults::panic_threshold")]
     pub panic_threshold: u8,
+    /// How long a node that refused a connection (or left a handshake
+    /// unanswered) stays out, unless `rise` passing checks end it sooner.
+    /// Bounded so a node comes back even while checks fail everywhere.
+    #[serde(default = "defaults::ejection_time")]
+    pub ejection_time: Duration,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,6 +200,11 @@ pub struct LimitsConfig {
     /// `ping_interval + ping_timeout`, the longest a long-poll is held open.
     #[serde(default = "defaults::idle_timeout")]
     pub idle_timeout: Duration,
+    /// Longest wait for a node's answer to an Engine.IO handshake (a request
+    /// with no `sid`). A node that does not answer in time is ejected and the
+    /// handshake goes to the next choice.
+    #[serde(default = "defaults::handshake_timeout")]
+    pub handshake_timeout: Duration,
     /// On shutdown, how long in-flight requests and websockets may finish.
     #[serde(default = "defaults::shutdown_timeout")]
     pub shutdown_timeout: Duration,
@@ -224,6 +234,7 @@ impl Default for HealthConfig {
             rise: defaults::rise(),
             fall: defaults::fall(),
             panic_threshold: defaults::panic_threshold(),
+            ejection_time: defaults::ejection_time(),
         }
     }
 }
@@ -237,6 +248,7 @@ impl Default for LimitsConfig {
             max_body_bytes: defaults::max_body_bytes(),
             max_connections: defaults::max_connections(),
             idle_timeout: defaults::idle_timeout(),
+            handshake_timeout: defaults::handshake_timeout(),
             shutdown_timeout: defaults::shutdown_timeout(),
         }
     }
@@ -267,6 +279,15 @@ mod defaults {
     /// Envoy's panic threshold.
     pub fn panic_threshold() -> u8 {
         50
+    }
+    /// Envoy's base ejection time.
+    pub fn ejection_time() -> Duration {
+        Duration::from_secs(30)
+    }
+    /// An Engine.IO server answers a handshake at once; one that does not
+    /// within this is stuck (a frozen process still accepts connections).
+    pub fn handshake_timeout() -> Duration {
+        Duration::from_secs(5)
     }
     pub fn health_interval() -> Duration {
         Duration::from_secs(2)
@@ -467,6 +488,12 @@ impl HealthConfig {
         if self.fall == 0 {
             return Err(Violation::new("health.fall", "must be at least 1"));
         }
+        if self.ejection_time.get().is_zero() {
+            return Err(Violation::new(
+                "health.ejection_time",
+                "must be greater than 0",
+            ));
+        }
         if self.panic_threshold > 100 {
             return Err(Violation::new(
                 "health.panic_threshold",
@@ -510,6 +537,12 @@ impl LimitsConfig {
             return Err(Violation::new(
                 "limits.idle_timeout",
                 "must be at least 1s, and above the nodes' ping_interval + ping_timeout",
+            ));
+        }
+        if self.handshake_timeout.get().is_zero() {
+            return Err(Violation::new(
+                "limits.handshake_timeout",
+                "must be greater than 0",
             ));
         }
         Ok(())
