@@ -17,12 +17,14 @@ need() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$2" >/dev/null
 }
 
-step "Debian packages: chromium (browser test), redis-server (Redis backend tests), valgrind (constant-time test)"
+step "Debian packages: chromium (browser tests), redis-server (Redis backend tests), valgrind (constant-time test), prometheus (promtool for the alert rules)"
 need chromium chromium
 need redis-server redis-server
 need valgrind valgrind
+need promtool prometheus
 chromium --version
 redis-server --version
+promtool --version | head -1
 
 step "npm packages for the JS tests (official socket.io-client, playwright-core)"
 (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
@@ -52,5 +54,5 @@ STICKYIO_CHAOS_FAIL_OPEN=1 cargo test --test chaos
 step "JS tests (official socket.io-client, and the demo page in Chromium)"
 (cd tests/js && STICKYIO_BIN_DIR="$bin_dir" node --test --test-concurrency=1 ./*.test.mjs)
 
-step "Python tests (python-socketio, polling only)"
+step "Python tests (python-socketio over polling, websocket and upgrade; a node restart)"
 STICKYIO_BIN_DIR="$bin_dir" $venv/bin/python -m pytest -q tests/python

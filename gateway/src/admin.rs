@@ -1,10 +1,12 @@
-//! The admin listener (loopback by default): `/healthz`, `/metrics`,
-//! `/nodes`, `/route?ip=…[&sid=…]` and `POST /reload`.
+//! The admin listener (loopback by default): the status page `/`, `/healthz`,
+//! `/metrics`, `/nodes`, `/status`, `/route?ip=…&sid=…` and `POST /reload`.
 //!
 //! Kept apart from the public listener so operators' endpoints are never
 //! reachable through the client-facing port. With an admin token set, every
 //! endpoint but `/healthz` (which tells nothing, and serves liveness probes)
-//! needs `Authorization: Bearer <token>`, compared in constant time.
+//! and `/` (the page holds no data; it asks for the token and sends it on
+//! each fetch) needs `Authorization: Bearer <token>`, compared in constant
+//! time.
 
 use std::convert::Infallible;
 use std::net::IpAddr;
@@ -19,34 +21,39 @@ use crate::body::{self, Body};
 use crate::reload::{self, ReloadError};
 use crate::router;
 use crate::state::State;
+use crate::status_page;
 use crate::upstream::Upstream;
 
 pub async fn handle(
     state: Arc<State>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    if req.uri().path() != "/healthz"
+    if !matches!(req.uri().path(), "/healthz" | "/")
         && let Some(refusal) = unauthorized(&state, &req)
     {
         return Ok(refusal);
     }
     let res = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/") => status_page::page(),
         (&Method::GET, "/healthz") => body::json(StatusCode::OK, &json!({ "status": "ok" })),
         (&Method::GET, "/metrics") => metrics(&state),
         (&Method::GET, "/nodes") => body::json(StatusCode::OK, &nodes(&state)),
+        (&Method::GET, "/status") => body::json(StatusCode::OK, &status(&state)),
         (&Method::GET, "/route") => route(&state, req.uri().query().unwrap_or("")),
         (&Method::POST, "/reload") => reload(&state).await,
-        (_, "/healthz" | "/metrics" | "/nodes" | "/route" | "/reload") => body::error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            format!("{} is not allowed on {}", req.method(), req.uri().path()),
-            json!({}),
-        ),
+        (_, "/" | "/healthz" | "/metrics" | "/nodes" | "/status" | "/route" | "/reload") => {
+            body::error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{} is not allowed on {}", req.method(), req.uri().path()),
+                json!({}),
+            )
+        }
         (_, path) => body::error(
             StatusCode::NOT_FOUND,
             "not_found",
             format!(
-                "no admin endpoint {path}; try /healthz, /metrics, /nodes, /route?ip=, POST /reload"
+                "no admin endpoint {path}; try /, /healthz, /metrics, /nodes, /status, /route?ip=, POST /reload"
             ),
             json!({}),
         ),
@@ -99,6 +106,9 @@ fn node_json(node: &Upstream) -> Value {
         "websockets": node.metrics.websockets.get(),
         "ejected": node.is_ejected(),
         "last_check": node.last_check(),
+        // Totals: the status page turns them into rates between two polls.
+        "requests": node.metrics.requests.get(),
+        "upstream_errors": node.metrics.upstream_errors.get(),
     })
 }
 
@@ -116,6 +126,29 @@ fn nodes(state: &State) -> Value {
     )
 }
 
+/// What the status page polls: the nodes, fail-open, the last reload, the checks.
+fn status(state: &State) -> Value {
+    let snapshot = state.snapshot();
+    let open = router::fail_open(&snapshot);
+    json!({
+        "nodes": nodes(state),
+        "fail_open": {
+            "active": open.is_some(),
+            "healthy": open.map(|(healthy, _)| healthy),
+            "total": open.map(|(_, total)| total),
+            "panic_threshold": snapshot.config.health.panic_threshold,
+        },
+        "last_reload": state.metrics.reloads.get(),
+        "health": {
+            "path": snapshot.config.health.path,
+            "interval_ms": u64::try_from(snapshot.config.health.interval.get().as_millis()).unwrap_or(u64::MAX),
+            "rise": snapshot.config.health.rise,
+            "fall": snapshot.config.health.fall,
+        },
+    })
+}
+
+/// Which node a client gets and why; with only a `sid`, that session's node.
 fn route(state: &State, query: &str) -> Response<Body> {
     let param = |name: &str| {
         query
@@ -125,7 +158,7 @@ fn route(state: &State, query: &str) -> Response<Body> {
             .map(|(_, v)| v.replace("%3A", ":").replace("%3a", ":"))
     };
     if let Some(sid) = param("sid") {
-        return body::json(StatusCode::OK, &explain_sid(state, &sid));
+        return explain_sid(state, &sid);
     }
     let Some(raw) = param("ip") else {
         return body::error(
@@ -161,23 +194,32 @@ fn route(state: &State, query: &str) -> Response<Body> {
     )
 }
 
-/// Which node a session id's route tag names, and whether the tag verifies.
-fn explain_sid(state: &State, sid: &str) -> Value {
+/// Which node a session id's route tag names; a sid the proxy would
+/// refuse gets the same 400 and reason.
+fn explain_sid(state: &State, sid: &str) -> Response<Body> {
     match state.route_keys.open(sid) {
         Ok(tagged) => {
             let snapshot = state.snapshot();
             let listed = snapshot.nodes.iter().any(|n| n.addr == tagged.addr);
-            json!({
-                "sid": sid,
-                "valid": true,
-                "node": tagged.name,
-                "addr": tagged.addr,
-                "node_sid": tagged.node_sid,
-                "listed": listed,
-                "reason": router::Reason::Session.to_string(),
-            })
+            body::json(
+                StatusCode::OK,
+                &json!({
+                    "sid": sid,
+                    "valid": true,
+                    "node": tagged.name,
+                    "addr": tagged.addr,
+                    "node_sid": tagged.node_sid,
+                    "listed": listed,
+                    "reason": router::Reason::Session.to_string(),
+                }),
+            )
         }
-        Err(e) => json!({ "sid": sid, "valid": false, "error": e.to_string() }),
+        Err(e) => body::error(
+            StatusCode::BAD_REQUEST,
+            "invalid_sid",
+            e.to_string(),
+            json!({ "sid": sid, "valid": false }),
+        ),
     }
 }
 

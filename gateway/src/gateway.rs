@@ -181,8 +181,12 @@ async fn maintenance(state: Arc<State>) {
         if expired > 0 {
             tracing::debug!(expired, "silent sessions unpinned");
         }
-        for node in state.registry.sweep() {
-            tracing::info!(node = %node, "removed node drained");
+        // Read before the sweep: it forgets the nodes it returns.
+        let draining = state.registry.draining();
+        for name in state.registry.sweep() {
+            if let Some(node) = draining.iter().find(|d| d.name == name) {
+                tracing::info!(node = %node.name, addr = %node.addr, weight = node.weight(), draining = true, sessions = node.metrics.sessions.get(), websockets = node.metrics.websockets.get(), "node drained: its last session ended, it is forgotten");
+            }
         }
     }
 }

@@ -11,7 +11,8 @@
 //!   [`tls`].
 //! - Threads: client connections on single-threaded [`workers`], one per
 //!   client address.
-//! - Operations: [`health_check`], [`reload`], [`admin`], [`metrics`].
+//! - Operations: [`health_check`], [`reload`], [`admin`] (with its
+//!   [`status_page`]), [`metrics`].
 //!
 //! Start one with [`Gateway::start`].
 
@@ -37,6 +38,7 @@ pub mod router;
 pub mod server;
 pub mod sniff;
 pub mod state;
+pub mod status_page;
 pub mod tls;
 pub mod upstream;
 pub mod wire;

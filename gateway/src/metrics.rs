@@ -2,13 +2,16 @@
 //!
 //! Each node's counters and gauges are fetched once, when its
 //! [`Upstream`](crate::upstream::Upstream) is created, so the request path
-//! only touches atomics.
+//! only touches atomics. Reload outcomes are here too ([`LastReload`]): they
+//! are exported as series and shown whole on `/status`.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+use crate::reload::LastReload;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct NodeLabel {
@@ -32,6 +35,8 @@ pub struct Metrics {
     connections: Gauge,
     fail_open: Gauge,
     fail_open_requests: Counter,
+    /// Outcomes of config reloads, the last one whole.
+    pub reloads: LastReload,
 }
 
 /// The metric handles of one node.
@@ -99,6 +104,8 @@ impl Default for Metrics {
             "Requests placed while failing open",
             fail_open_requests.clone(),
         );
+        let reloads = LastReload::default();
+        reloads.register(&mut registry);
         Metrics {
             registry,
             fail_open,
@@ -111,6 +118,7 @@ impl Default for Metrics {
             up,
             rejected,
             connections,
+            reloads,
         }
     }
 }

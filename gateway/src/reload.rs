@@ -6,13 +6,21 @@
 //! `file:line:column` and the running config stays. A good one is swapped in
 //! atomically: new handshakes use the new ring at once, pinned sessions keep
 //! their node, and removed nodes drain.
+//!
+//! Every reload, good or bad, logs one line and is kept as the [`LastReload`]
+//! that `/status` shows and `stickyio_gateway_config_*` export, so an operator
+//! sees a refused edit without reading logs.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use notify::event::{AccessKind, EventKind};
 use notify::{RecursiveMode, Watcher};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use serde::Serialize;
 use stickyio_shared::config::ConfigError;
 use stickyio_shared::config::gateway::GatewayConfig;
@@ -41,21 +49,42 @@ pub struct ReloadReport {
     pub restart_needed: Vec<&'static str>,
 }
 
-/// Reads, validates and applies the config file.
+/// Reads, validates and applies the config file, then logs and records the outcome.
 pub async fn reload(state: &State) -> Result<ReloadReport, ReloadError> {
     let path = state.config_path.as_deref().ok_or(ReloadError::NoFile)?;
     let _one_at_a_time = state.reload_lock.lock().await;
-    let config = GatewayConfig::load(path).inspect_err(|e| {
-        tracing::error!(error = %e, "config reload refused; the previous config keeps serving");
-    })?;
-    Ok(apply(state, config))
+    let shown = path.display();
+    match GatewayConfig::load(path) {
+        Ok(config) => {
+            let report = apply(state, config);
+            let changed = report != ReloadReport::default();
+            let (added, removed, reweighted) = (
+                &report.nodes.added,
+                &report.nodes.removed,
+                &report.nodes.reweighted,
+            );
+            if changed {
+                tracing::info!(path = %shown, ok = true, error = "", location = "", ?added, ?removed, ?reweighted, restart_needed = ?report.restart_needed, "config reloaded");
+            } else {
+                tracing::debug!(path = %shown, ok = true, error = "", location = "", ?added, ?removed, ?reweighted, "config reloaded, unchanged");
+            }
+            state.metrics.reloads.record(path, Ok(&report));
+            Ok(report)
+        }
+        Err(e) => {
+            let location = e.location().map(ToString::to_string).unwrap_or_default();
+            let none: &[String] = &[];
+            tracing::error!(path = %shown, ok = false, error = %e, %location, added = ?none, removed = ?none, reweighted = ?none, "config reload refused; the previous config keeps serving");
+            state.metrics.reloads.record(path, Err(&e));
+            Err(e.into())
+        }
+    }
 }
 
 /// Swaps `config` in.
 pub fn apply(state: &State, config: GatewayConfig) -> ReloadReport {
     let old = state.snapshot();
     if config == *old.config {
-        tracing::debug!("config unchanged");
         return ReloadReport::default();
     }
     let mut restart_needed = Vec::new();
@@ -78,18 +107,117 @@ pub fn apply(state: &State, config: GatewayConfig) -> ReloadReport {
     }
     let (snapshot, nodes) = state.registry.next(&old, Arc::new(config), &state.metrics);
     state.store(snapshot);
-    let report = ReloadReport {
+    for node in state
+        .registry
+        .draining()
+        .iter()
+        .filter(|d| nodes.removed.contains(&d.name))
+    {
+        tracing::info!(node = %node.name, addr = %node.addr, weight = node.weight(), draining = true, sessions = node.metrics.sessions.get(), websockets = node.metrics.websockets.get(), "node draining: removed from the config, its live sessions continue");
+    }
+    ReloadReport {
         nodes,
         restart_needed,
-    };
-    tracing::info!(
-        added = ?report.nodes.added,
-        removed = ?report.nodes.removed,
-        reweighted = ?report.nodes.reweighted,
-        restart_needed = ?report.restart_needed,
-        "config reloaded"
-    );
-    report
+    }
+}
+
+/// One reload's outcome, as `/status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReloadRecord {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub path: String,
+    pub ok: bool,
+    /// The refusal, starting with `file:line:column` when there is one.
+    pub error: Option<String>,
+    pub location: Option<String>,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub reweighted: Vec<String>,
+}
+
+/// The reload outcomes of one gateway: counted by result, and the last one
+/// kept whole (a Prometheus label is no place for an error message).
+#[derive(Default)]
+pub struct LastReload {
+    last: Mutex<Option<ReloadRecord>>,
+    reloads: Family<ResultLabel, Counter>,
+    last_ok: Gauge,
+    last_at: Gauge,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, prometheus_client::encoding::EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+impl LastReload {
+    /// Adds the reload series to the gateway's registry.
+    pub fn register(&self, registry: &mut Registry) {
+        // Both results show from the start, at 0, so a rate() has a base.
+        for result in ["ok", "error"] {
+            drop(self.reloads.get_or_create(&ResultLabel { result }));
+        }
+        self.last_ok.set(1);
+        registry.register(
+            "config_reloads",
+            "Config reloads, by result (ok, error)",
+            self.reloads.clone(),
+        );
+        registry.register(
+            "config_last_reload_ok",
+            "1 when the last config reload was applied (or none happened), 0 when it was refused",
+            self.last_ok.clone(),
+        );
+        registry.register(
+            "config_last_reload_timestamp_seconds",
+            "Unix time of the last config reload, 0 before the first",
+            self.last_at.clone(),
+        );
+    }
+
+    pub fn get(&self) -> Option<ReloadRecord> {
+        self.last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn record(&self, path: &Path, outcome: Result<&ReloadReport, &ConfigError>) {
+        let at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let at_ms = u64::try_from(at.as_millis()).unwrap_or(u64::MAX);
+        let path = path.display().to_string();
+        let record = match outcome {
+            Ok(report) => ReloadRecord {
+                at_ms,
+                path,
+                ok: true,
+                error: None,
+                location: None,
+                added: report.nodes.added.clone(),
+                removed: report.nodes.removed.clone(),
+                reweighted: report.nodes.reweighted.clone(),
+            },
+            Err(e) => ReloadRecord {
+                at_ms,
+                path,
+                ok: false,
+                error: Some(e.to_string()),
+                location: e.location().map(ToString::to_string),
+                added: Vec::new(),
+                removed: Vec::new(),
+                reweighted: Vec::new(),
+            },
+        };
+        let result = if record.ok { "ok" } else { "error" };
+        self.reloads.get_or_create(&ResultLabel { result }).inc();
+        self.last_ok.set(i64::from(record.ok));
+        self.last_at
+            .set(i64::try_from(at.as_secs()).unwrap_or(i64::MAX));
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(record);
+    }
 }
 
 /// Watches the config file's directory and reloads after any change in it.

@@ -10,27 +10,14 @@ mod redis_server;
 mod support;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use http::Method;
 use redis_server::RedisServer;
 use serde_json::{Value, json};
 use stickyio_gateway::Gateway;
-use stickyio_node::{Node, RunningNode};
-use stickyio_shared::config::Duration as ConfigDuration;
-use stickyio_shared::config::node::{Backend, NodeConfig};
 use support::*;
 
 const NAMES: [&str; 3] = ["node-a", "node-b", "node-c"];
-
-async fn redis_node(name: &str, redis_url: &str) -> RunningNode {
-    let mut config = NodeConfig::standalone(name, "127.0.0.1:0".parse().unwrap());
-    config.cluster.standalone = false;
-    config.cluster.backend = Backend::Redis;
-    config.cluster.redis_url = Some(redis_url.to_owned());
-    config.cluster.retry_interval = ConfigDuration(Duration::from_millis(500));
-    Node::bind(config).await.expect("node starts")
-}
 
 /// The `message` events and the ack with `ack_id` among polled packets.
 fn sort_packets(

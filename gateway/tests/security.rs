@@ -33,7 +33,7 @@ async fn admin_with(addr: SocketAddr, method: Method, path: &str, auth: Option<&
 }
 
 #[tokio::test]
-async fn the_admin_token_guards_every_endpoint_but_healthz() {
+async fn the_admin_token_guards_every_endpoint_but_healthz_and_the_page() {
     let node = start_node("node-a").await;
     let dir = TempDir::new("admin-token");
     std::fs::write(dir.path("admin.token"), format!("{TOKEN}\n")).unwrap();
@@ -50,9 +50,26 @@ async fn the_admin_token_guards_every_endpoint_but_healthz() {
 
     let health = admin_with(admin_addr, Method::GET, "/healthz", None).await;
     assert_eq!(health.status, StatusCode::OK, "liveness needs no token");
+    // The status page is served to anyone who reaches the listener: it holds
+    // no data, only the script that asks for the token.
+    let page = admin_with(admin_addr, Method::GET, "/", None).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("sessionStorage"), "{}", page.body);
+    assert!(
+        !page.body.contains("node-a"),
+        "the page carries no node data"
+    );
+    assert!(
+        page.headers["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("connect-src 'self'")
+    );
     let bearer = format!("Bearer {TOKEN}");
     for (method, path) in [
         (Method::GET, "/nodes"),
+        (Method::GET, "/status"),
+        (Method::GET, "/route?sid=abc"),
         (Method::GET, "/metrics"),
         (Method::GET, "/route?ip=1.2.3.4"),
         (Method::POST, "/reload"),

@@ -69,6 +69,14 @@ async fn three_hundred_polling_sessions_stick_to_one_node_each() {
         .map(|n| n["sessions"].as_i64().unwrap_or(-1))
         .sum();
     assert_eq!(sessions, 0, "closed sessions are unpinned: {nodes:?}");
+    for node in &cluster.nodes {
+        let text = node_metrics(node).await;
+        assert_eq!(
+            metric_sum(&text, "stickyio_node_session_unknown_total"),
+            0.0,
+            "{text}"
+        );
+    }
     cluster.stop().await;
 }
 
@@ -91,6 +99,15 @@ async fn the_same_sessions_through_round_robin_fail_with_session_id_unknown() {
         failures.iter().all(|e| e.contains("Session ID unknown")),
         "failures should be unknown sessions: {failures:?}"
     );
+    // The nodes count what an operator's alert watches for.
+    let mut unknown = 0.0;
+    for node in &nodes {
+        unknown += metric_sum(
+            &node_metrics(node).await,
+            "stickyio_node_session_unknown_total",
+        );
+    }
+    assert!(unknown >= failures.len() as f64, "{unknown} < {failures:?}");
     for node in nodes {
         let _ = node.shutdown().await;
     }

@@ -36,6 +36,9 @@ pub struct Metrics {
     pub dropped: Counter,
     /// Requests refused, by error code.
     pub rejected: Family<[(&'static str, &'static str); 1], Counter>,
+    /// Engine.IO requests carrying a `sid` answered 400, mostly
+    /// `Session ID unknown`: a request that reached a node without its session.
+    pub session_unknown: Counter,
 }
 
 /// Registers each named field of `metrics` under the field's own name.
@@ -58,6 +61,7 @@ impl Metrics {
             delivered: "Message events handed to sockets, one per message per socket",
             dropped: "Deliveries lost because a socket's send buffer was full or closed",
             rejected: "Topic API requests refused, by error code",
+            session_unknown: "Engine.IO requests with a sid answered 400 (mostly Session ID unknown: routed to a node without that session)",
         });
         // Every code shows from the start, at 0, rather than on first use.
         for code in ErrorCode::ALL {

@@ -74,6 +74,7 @@ pub struct Node {
     service: SocketIoService<Routes>,
     topics: Arc<TopicService>,
     http: Arc<HttpState>,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     background: Vec<JoinHandle<()>>,
 }
@@ -125,7 +126,7 @@ impl Node {
             .ws_max_message_size(usize::try_from(config.max_payload).unwrap_or(usize::MAX))
             .with_state(Api {
                 topics: topics.clone(),
-                metrics,
+                metrics: metrics.clone(),
             })
             .build_with_inner_svc(Routes(http.clone()));
         api::register(&io);
@@ -138,6 +139,7 @@ impl Node {
             service,
             topics,
             http,
+            metrics,
             shutdown: CancellationToken::new(),
             background: Vec::new(),
         })
@@ -201,6 +203,7 @@ impl Node {
             self.service,
             self.io.clone(),
             self.http,
+            self.metrics,
             self.shutdown.clone(),
         ));
         RunningNode {
@@ -275,6 +278,7 @@ async fn serve(
     service: SocketIoService<Routes>,
     io: SocketIo,
     http: Arc<HttpState>,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -302,9 +306,25 @@ async fn serve(
             tokio::spawn(refuse_busy(stream, "node"));
             continue;
         };
-        let service = service.clone();
+        let (service, metrics) = (service.clone(), metrics.clone());
         let deadlined = service_fn(move |req: Request<Incoming>| {
-            service.call(req.map(|body| DeadlineBody::new(body, body_limit)))
+            let carries_sid = req
+                .uri()
+                .query()
+                .is_some_and(|q| q.split('&').any(|pair| pair.starts_with("sid=")));
+            let response = service.call(req.map(|body| DeadlineBody::new(body, body_limit)));
+            let metrics = metrics.clone();
+            async move {
+                let response = response.await;
+                // Engine.IO answers 400 to a sid it does not hold: the
+                // symptom of a request routed to the wrong node.
+                if carries_sid
+                    && matches!(&response, Ok(r) if r.status() == http::StatusCode::BAD_REQUEST)
+                {
+                    metrics.session_unknown.inc();
+                }
+                response
+            }
         });
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(Counted::new(stream, permit)), deadlined)

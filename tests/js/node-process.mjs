@@ -1,6 +1,7 @@
-// Runs a real `stickyio-node` binary for the JS client tests: writes a temp
-// config listening on port 0, waits for the JSON "listening" log line to
-// learn the address, and stops the process with SIGTERM (SIGKILL if it hangs).
+// Runs a real `stickyio-node` binary for the JS tests (and, through
+// `spawnLogged`, the gateway in gateway-process.mjs): a config file, JSON
+// logs, ready once it logs its "listening" line, which names the addresses
+// it bound (port 0 picks free ones). Stopped with SIGTERM (SIGKILL if it hangs).
 import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -14,24 +15,27 @@ const START_TIMEOUT_MS = 10_000;
 const STOP_TIMEOUT_MS = 15_000;
 
 /**
- * Starts a node named `name`; `settings` is extra node.toml text
- * (top-level keys such as `max_subscriptions = 3`).
+ * Writes `text` as `file` in a fresh temp dir, spawns the binary `name` from
+ * the bin dir with `--log-json --config <that file>`, and resolves once it
+ * logs `ready` (a message), to {config, events, lines, ready, stop}: `events`
+ * keeps every JSON log line, `ready` is that line's fields, and `stop()`
+ * sends SIGTERM, waits, removes the dir and resolves to {code, signal}.
  */
-export async function startNode({ name = "node-js", settings = "" } = {}) {
+export async function spawnLogged(name, file, text, ready) {
   const dir = mkdtempSync(join(tmpdir(), "stickyio-js-"));
-  const config = join(dir, "node.toml");
-  writeFileSync(config, `listen = "127.0.0.1:0"\nname = "${name}"\n${settings}`);
-  const bin = join(binDir, "stickyio-node");
+  const config = join(dir, file);
+  writeFileSync(config, text);
+  const bin = join(binDir, name);
   const child = spawn(bin, ["--log-json", "--config", config], {
     stdio: ["ignore", "pipe", "inherit"],
     env: { ...process.env, RUST_LOG: "info" },
   });
   const exited = new Promise((resolve) => child.on("exit", (code, signal) => resolve({ code, signal })));
   const lines = [];
-  let addr;
+  const events = [];
   try {
-    addr = await new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`${bin} did not log "listening" within ${START_TIMEOUT_MS} ms`)), START_TIMEOUT_MS);
+    const fields = await new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`${bin} did not log "${ready}" within ${START_TIMEOUT_MS} ms`)), START_TIMEOUT_MS);
       child.on("error", (e) => {
         clearTimeout(timer);
         reject(new Error(`cannot run ${bin} (build it, or set STICKYIO_BIN_DIR): ${e.message}`));
@@ -49,27 +53,43 @@ export async function startNode({ name = "node-js", settings = "" } = {}) {
         } catch {
           return;
         }
-        if (event.fields?.message === "listening") {
+        events.push(event);
+        if (event.fields?.message === ready) {
           clearTimeout(timer);
-          resolve(event.fields.addr);
+          resolve(event.fields);
         }
       });
     });
+    return {
+      config,
+      events,
+      lines,
+      ready: fields,
+      async stop() {
+        const result = await stopProcess(child, exited);
+        rmSync(dir, { recursive: true, force: true });
+        return result;
+      },
+    };
   } catch (e) {
     child.kill("SIGKILL");
     rmSync(dir, { recursive: true, force: true });
     throw e;
   }
+}
 
+/**
+ * Starts a node named `name`; `settings` is extra node.toml text
+ * (top-level keys such as `max_subscriptions = 3`); `listen` its address.
+ */
+export async function startNode({ name = "node-js", settings = "", listen = "127.0.0.1:0" } = {}) {
+  const proc = await spawnLogged("stickyio-node", "node.toml", `listen = "${listen}"\nname = "${name}"\n${settings}`, "listening");
   return {
-    url: `http://${addr}`,
-    logs: lines,
+    url: `http://${proc.ready.addr}`,
+    addr: proc.ready.addr,
+    logs: proc.lines,
     /** SIGTERM, then wait; resolves to {code, signal} of the exit. */
-    async stop() {
-      const result = await stopProcess(child, exited);
-      rmSync(dir, { recursive: true, force: true });
-      return result;
-    },
+    stop: proc.stop,
   };
 }
 

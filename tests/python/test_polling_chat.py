@@ -7,66 +7,15 @@ a mis-routed poll fails the connect or a call here.
 """
 
 import itertools
-import queue
 import time
-import uuid
 
-import requests
-import socketio
-from requests.adapters import HTTPAdapter
+from sioclient import Client
 
-TIMEOUT = 10
 CLIENTS = 24
 
 
-class SourceAddressAdapter(HTTPAdapter):
-    """Binds every connection of a session to one 127.x.y.z source address."""
-
-    def __init__(self, source, **kwargs):
-        self.source = source
-        super().__init__(**kwargs)
-
-    def init_poolmanager(self, *args, **kwargs):
-        kwargs["source_address"] = (self.source, 0)
-        super().init_poolmanager(*args, **kwargs)
-
-
-class Client:
-    def __init__(self, url, source):
-        session = requests.Session()
-        session.mount("http://", SourceAddressAdapter(source))
-        self.source = source
-        self.inbox = queue.Queue()
-        self.sio = socketio.Client(http_session=session, reconnection=False)
-        self.sio.on("message", self.inbox.put)
-        self.sio.connect(url, transports=["polling"], wait_timeout=TIMEOUT)
-        self.node = self._whoami()
-
-    def call(self, event, data):
-        return self.sio.call(event, data, timeout=TIMEOUT)
-
-    def _whoami(self):
-        """The node serving this session: the origin of its own publish."""
-        topic = f"whoami.{uuid.uuid4().hex}"
-        assert self.call("subscribe", topic) == {"ok": True, "pattern": topic}
-        ack = self.call("publish", {"topic": topic, "content": "ping"})
-        assert ack["ok"] is True, ack
-        msg = self.inbox.get(timeout=TIMEOUT)
-        assert msg["id"] == ack["id"] and msg["topic"] == topic, msg
-        assert self.call("unsubscribe", topic) == {"ok": True, "pattern": topic}
-        return msg["node"]
-
-    def expect_only(self, id_, timeout=TIMEOUT):
-        msg = self.inbox.get(timeout=timeout)
-        assert msg["id"] == id_, msg
-        return msg
-
-    def assert_inbox_empty(self):
-        assert self.inbox.empty(), f"unexpected message: {self.inbox.get_nowait()}"
-
-
 def test_pairs_on_different_nodes_chat_over_polling(gateway_url):
-    clients = [Client(gateway_url, f"127.0.7.{i + 1}") for i in range(CLIENTS)]
+    clients = [Client(gateway_url, source=f"127.0.7.{i + 1}") for i in range(CLIENTS)]
     try:
         by_node = {}
         for c in clients:
@@ -112,7 +61,7 @@ def test_pairs_on_different_nodes_chat_over_polling(gateway_url):
 
 
 def test_errors_come_back_as_acks(gateway_url):
-    c = Client(gateway_url, "127.0.8.1")
+    c = Client(gateway_url, source="127.0.8.1")
     try:
         bad = c.call("subscribe", "news..eu")
         assert bad["ok"] is False and bad["error"]["code"] == "invalid_topic", bad

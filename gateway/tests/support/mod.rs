@@ -62,6 +62,56 @@ pub async fn start_node_at(name: &str, addr: SocketAddr) -> RunningNode {
         .expect("node starts")
 }
 
+/// A node relaying over the Redis at `redis_url`.
+pub async fn redis_node(name: &str, redis_url: &str) -> RunningNode {
+    let mut config = NodeConfig::standalone(name, "127.0.0.1:0".parse().unwrap());
+    config.cluster.standalone = false;
+    config.cluster.backend = stickyio_shared::config::node::Backend::Redis;
+    config.cluster.redis_url = Some(redis_url.to_owned());
+    config.cluster.retry_interval = stickyio_shared::config::Duration(Duration::from_millis(500));
+    Node::bind(config).await.expect("node starts")
+}
+
+/// A loopback port free at the time of asking, for a node that must know
+/// its own URL before it binds.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Nodes named `names` linked in a mesh (plus `absent_peers`, URLs nobody
+/// serves), once every link between them is up.
+pub async fn start_mesh(names: &[&str], absent_peers: &[String]) -> Vec<RunningNode> {
+    let urls: Vec<(SocketAddr, String)> = names
+        .iter()
+        .map(|_| {
+            let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            (addr, format!("http://{addr}"))
+        })
+        .collect();
+    let mut peers: Vec<String> = urls.iter().map(|(_, url)| url.clone()).collect();
+    peers.extend_from_slice(absent_peers);
+    let mut nodes = Vec::new();
+    for (name, (addr, url)) in names.iter().zip(&urls) {
+        let mut config = NodeConfig::standalone(*name, *addr);
+        config.cluster.standalone = false;
+        config.cluster.host = Some(url.clone());
+        config.cluster.cluster_nodes = peers.clone();
+        config.cluster.secret = Some("gateway-tests-mesh-secret-0123456789".into());
+        nodes.push(Node::bind(config).await.expect("mesh node starts"));
+    }
+    for node in &nodes {
+        eventually("every mesh link up", || async {
+            let text = node_metrics(node).await;
+            metric_sum(&text, "stickyio_node_cluster_link_up") >= (names.len() - 1) as f64
+        })
+        .await;
+    }
+    nodes
+}
+
 /// A `gateway.toml` on port 0 with fast health checks.
 pub fn gateway_toml(nodes: &[(&str, SocketAddr)], extra: &str) -> String {
     let mut text = format!(
@@ -96,6 +146,11 @@ impl Cluster {
         for name in names {
             nodes.push(start_node(name).await);
         }
+        Cluster::with_nodes(tag, nodes, extra).await
+    }
+
+    /// A gateway in front of `nodes`.
+    pub async fn with_nodes(tag: &str, nodes: Vec<RunningNode>, extra: &str) -> Cluster {
         let dir = TempDir::new(tag);
         let config = dir.path("gateway.toml");
         std::fs::write(&config, gateway_toml(&node_list(&nodes), extra)).unwrap();
@@ -402,6 +457,28 @@ pub async fn admin(addr: SocketAddr, method: Method, path: &str) -> Reply {
     conn.send(method, path, &[], "")
         .await
         .expect("admin request")
+}
+
+/// A node's Prometheus text. Every test reads node metrics through here, so
+/// moving them to another listener changes only this function.
+pub async fn node_metrics(node: &RunningNode) -> String {
+    let mut conn = HttpConn::open(Ipv4Addr::LOCALHOST, node.local_addr())
+        .await
+        .expect("node connect");
+    let reply = conn.get("/metrics").await.expect("node /metrics");
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    reply.body
+}
+
+/// The sum of every sample of `name` (all label sets) in Prometheus text.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// The gateway's `/nodes`, by name.
