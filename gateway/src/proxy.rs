@@ -24,7 +24,9 @@ use hyper::body::{Body as _, Incoming};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
+use stickyio_shared::connection_limit::Counted;
 use stickyio_shared::placement::canonical_ip;
+use tokio::net::TcpStream;
 
 use crate::body::{self, Body};
 use crate::client_ip::{client_ip, is_trusted};
@@ -395,8 +397,23 @@ impl Exchange<'_> {
         if let Some(turn) = turn.take() {
             turn.end();
         }
-        if let Some(body) = body.take() {
-            self.send_body(conn, body, outgoing.framing).await?;
+        if let Some(body) = body.take()
+            && let Err(cut) = self.send_body(conn, body, outgoing.framing).await
+        {
+            return match cut {
+                BodyCut::Client(answer) => Err(Exchanged::Failed(Failed::Answer(answer))),
+                // A node stops reading a body it refuses (too large, unknown
+                // session) and says why: pass that on.
+                BodyCut::Node(e) => match tokio::time::timeout(
+                    NODE_ANSWER_AFTER_CUT,
+                    conn.read_head(outgoing.method),
+                )
+                .await
+                {
+                    Ok(Ok(head)) => Ok(head),
+                    _ => Err(Exchanged::Failed(self.node_failed(&upstream, &e.into()))),
+                },
+            };
         }
         match conn.read_head(outgoing.method).await {
             Ok(head) => Ok(head),
@@ -410,8 +427,7 @@ impl Exchange<'_> {
         conn: &mut NodeConn,
         mut body: Body,
         framing: RequestBody,
-    ) -> Result<(), Exchanged> {
-        let upstream = conn.node.clone();
+    ) -> Result<(), BodyCut> {
         let mut out = Vec::new();
         while let Some(frame) = body.frame().await {
             let data = match frame {
@@ -419,18 +435,14 @@ impl Exchange<'_> {
                     Ok(data) => data,
                     Err(_) => continue,
                 },
-                Err(e) => return Err(Exchanged::Failed(Failed::Answer(self.body_failed(&*e)))),
+                Err(e) => return Err(BodyCut::Client(self.body_failed(&*e))),
             };
             out.clear();
             encode_body(&mut out, framing, &data);
-            conn.write(&out)
-                .await
-                .map_err(|e| Exchanged::Failed(self.node_failed(&upstream, &e.into())))?;
+            conn.write(&out).await.map_err(BodyCut::Node)?;
         }
         if framing == RequestBody::Chunked {
-            conn.write(wire::LAST_CHUNK)
-                .await
-                .map_err(|e| Exchanged::Failed(self.node_failed(&upstream, &e.into())))?;
+            conn.write(wire::LAST_CHUNK).await.map_err(BodyCut::Node)?;
         }
         Ok(())
     }
@@ -601,7 +613,15 @@ impl Exchange<'_> {
         state.tasks.clone().spawn(async move {
             let relayed = async {
                 let client = client.await?;
-                let copied = relay::run(TokioIo::new(client), node, early, flush, tag).await?;
+                // A plain TCP client gets the readiness-driven relay, which
+                // holds no buffer while the websocket is idle.
+                let copied = match client.downcast::<TokioIo<Counted<TcpStream>>>() {
+                    Ok(parts) => {
+                        let socket = parts.io.inner().get_ref();
+                        relay::run_sockets(socket, &parts.read_buf, node, early, flush, tag).await?
+                    }
+                    Err(client) => relay::run(TokioIo::new(client), node, early, flush, tag).await?,
+                };
                 Ok::<_, crate::body::BoxError>(copied)
             };
             tokio::select! {
@@ -634,6 +654,18 @@ struct Outgoing<'a> {
     head: &'a [u8],
     framing: RequestBody,
 }
+
+/// Why a request body stopped on its way to the node.
+enum BodyCut {
+    /// The client's side failed (over the limit, or cut off): this answer.
+    Client(Response<Body>),
+    /// The node stopped taking it.
+    Node(std::io::Error),
+}
+
+/// How long the gateway waits for a node's answer once it stopped taking a
+/// request body.
+const NODE_ANSWER_AFTER_CUT: Duration = Duration::from_secs(1);
 
 /// An attempt's result before the response head arrived.
 enum Exchanged {

@@ -10,6 +10,12 @@
 //! On a websocket-only session the node's first frame is its open packet;
 //! the relay can rewrite its sid ([`crate::open_packet`]) before anything
 //! else goes down.
+//!
+//! Two loops, one contract. [`run_sockets`] (a plain TCP client, the usual
+//! case) waits for readiness and reads into one buffer per worker thread, so
+//! an idle websocket holds no buffer at all: bytes of its own only while a
+//! slow side has not taken what was read for it. [`run`] serves any stream
+//! (TLS) with a buffer per direction, as `copy_bidirectional` would.
 
 use std::io;
 
@@ -134,6 +140,188 @@ where
                 }
             }
         }
+    }
+}
+
+/// Largest read of the socket loop: the worker thread's one buffer.
+const SHARED_BUFFER: usize = 16 * 1024;
+
+thread_local! {
+    /// Every relay of a worker reads into this: a worker runs one task at a
+    /// time, and a read is written on (or kept) before the task yields.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; SHARED_BUFFER]);
+}
+
+/// One direction of [`run_sockets`].
+#[derive(Default)]
+struct Direction {
+    /// Read but not yet taken by the other side: empty while it keeps up.
+    pending: Vec<u8>,
+    /// The source has ended and the destination's write side is shut.
+    done: bool,
+    sent: u64,
+}
+
+impl Direction {
+    /// Reads what `from` has and writes what `to` takes now; keeps the rest.
+    /// `Ok(false)` at end of stream.
+    fn pass(&mut self, from: &TcpStream, to: &TcpStream) -> io::Result<bool> {
+        SCRATCH.with(|scratch| {
+            let mut buf = scratch.borrow_mut();
+            let n = match from.try_read(&mut buf) {
+                Ok(0) => return Ok(false),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+                Err(e) => return Err(e),
+            };
+            let written = match to.try_write(&buf[..n]) {
+                Ok(w) => w,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(e) => return Err(e),
+            };
+            self.sent += written as u64;
+            self.pending.extend_from_slice(&buf[written..n]);
+            Ok(true)
+        })
+    }
+
+    /// Writes what is pending once `to` is writable.
+    async fn drain(&mut self, to: &TcpStream) -> io::Result<()> {
+        while !self.pending.is_empty() {
+            to.writable().await?;
+            match to.try_write(&self.pending) {
+                Ok(w) => {
+                    self.pending.drain(..w);
+                    self.sent += w as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // Gives the memory back: an idle relay keeps no buffer.
+        self.pending = Vec::new();
+        Ok(())
+    }
+}
+
+/// [`run`] for a plain TCP client: readiness-driven, see the module doc.
+/// `client_early` is what hyper had read past the upgrade request.
+pub async fn run_sockets(
+    client: &TcpStream,
+    client_early: &[u8],
+    node: TcpStream,
+    early: BytesMut,
+    flush: Option<RelayHandle>,
+    tag: Option<TagSid>,
+) -> io::Result<(u64, u64)> {
+    let (mut up, mut down) = (Direction::default(), Direction::default());
+    up.pending.extend_from_slice(client_early);
+    down.pending.extend_from_slice(&early);
+    drop(early);
+    if let Some(tag) = tag {
+        let mut pending = BytesMut::from(&down.pending[..]);
+        down.sent += tag_first_frame_sockets(&node, client, &mut pending, tag).await?;
+        down.pending = pending.to_vec();
+    }
+    let mut flush = flush;
+    while !(up.done && down.done) {
+        let requests = async {
+            match flush.as_mut() {
+                Some(handle) => handle.requests.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            Some(ack) = requests => {
+                up.drain(&node).await?;
+                // Bounded, as in `drain`: a client streaming faster than the
+                // node takes it must not hold the flushing request forever.
+                for _ in 0..64 {
+                    if up.done {
+                        break;
+                    }
+                    let before = up.sent;
+                    if !up.pass(client, &node)? {
+                        up.done = true;
+                        let _ = node.shutdown_write();
+                        break;
+                    }
+                    if up.sent == before && up.pending.is_empty() {
+                        // Nothing was waiting: everything sent is passed on.
+                        break;
+                    }
+                    up.drain(&node).await?;
+                }
+                let _ = ack.send(());
+            }
+            result = up.drain(&node), if !up.pending.is_empty() => result?,
+            result = down.drain(client), if !down.pending.is_empty() => result?,
+            ready = client.readable(), if !up.done && up.pending.is_empty() => {
+                ready?;
+                if !up.pass(client, &node)? {
+                    up.done = true;
+                    let _ = node.shutdown_write();
+                }
+            }
+            ready = node.readable(), if !down.done && down.pending.is_empty() => {
+                ready?;
+                if !down.pass(&node, client)? {
+                    down.done = true;
+                    let _ = client.shutdown_write();
+                }
+            }
+        }
+    }
+    Ok((up.sent, down.sent))
+}
+
+/// [`tag_first_frame`] on sockets.
+async fn tag_first_frame_sockets(
+    node: &TcpStream,
+    client: &TcpStream,
+    pending: &mut BytesMut,
+    tag: TagSid,
+) -> io::Result<u64> {
+    let mut tag = Some(tag);
+    loop {
+        let step = open_packet::rewrite_first_frame(pending, MAX_FIRST_FRAME, |sid| {
+            tag.take().map_or_else(|| sid.to_owned(), |tag| tag(sid))
+        });
+        match step {
+            FirstFrame::Open(open, used) => {
+                let _ = pending.split_to(used);
+                let mut out = Direction {
+                    pending: open.bytes,
+                    ..Direction::default()
+                };
+                out.drain(client).await?;
+                return Ok(out.sent);
+            }
+            FirstFrame::Other => return Ok(0),
+            FirstFrame::NeedMore => {
+                pending.reserve(BUFFER);
+                node.readable().await?;
+                match node.try_read_buf(pending) {
+                    Ok(0) => return Ok(0),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+}
+
+/// Shuts the write half of a socket (a `&TcpStream` has no `AsyncWrite`
+/// shutdown of its own).
+trait ShutdownWrite {
+    fn shutdown_write(&self) -> io::Result<()>;
+}
+
+impl ShutdownWrite for TcpStream {
+    fn shutdown_write(&self) -> io::Result<()> {
+        socket2::SockRef::from(self).shutdown(std::net::Shutdown::Write)
     }
 }
 

@@ -45,6 +45,11 @@ impl<S> Counted<S> {
             _permit: permit,
         }
     }
+
+    /// The connection itself (for readiness-driven I/O on a socket).
+    pub fn get_ref(&self) -> &S {
+        &self.io
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
