@@ -80,7 +80,7 @@ impl Default for Metrics {
         );
         registry.register(
             "pinned_sessions",
-            "Sessions pinned, by node",
+            "Sessions opened through this gateway and still open, by node",
             sessions.clone(),
         );
         registry.register("node_up", "1 when the node takes new clients", up.clone());
