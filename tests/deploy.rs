@@ -145,3 +145,127 @@ fn kubernetes_configs_are_files_the_test_checks() {
         );
     }
 }
+
+/// The top-level entries of a compose file's `services:`, each with its
+/// lines, and the `x-…` extension blocks by their anchor line.
+fn compose_blocks(text: &str) -> Vec<(String, String)> {
+    let mut blocks: Vec<(String, String)> = Vec::new();
+    let mut in_services = false;
+    for line in text.lines() {
+        let top_level = !line.starts_with(' ') && !line.starts_with('#') && !line.is_empty();
+        if top_level {
+            in_services = line == "services:";
+            if line.starts_with("x-") {
+                blocks.push((line.to_owned(), String::new()));
+            }
+            continue;
+        }
+        let service = in_services
+            && line.starts_with("  ")
+            && !line.starts_with("   ")
+            && line.trim_end().ends_with(':');
+        if service {
+            blocks.push((line.trim().trim_end_matches(':').to_owned(), String::new()));
+        } else if let Some((_, body)) = blocks.last_mut() {
+            body.push_str(line);
+            body.push('\n');
+        }
+    }
+    blocks
+}
+
+/// Both compose files run two gateways on their own host ports that mount
+/// every file the shared gateway.toml reads, the route key among them.
+#[test]
+fn compose_runs_two_gateway_replicas_with_one_route_key() {
+    let container = deploy_dir().join("container");
+    let effective = check(&container.join("gateway.toml")).unwrap();
+    let wanted: Vec<&str> = effective
+        .lines()
+        .filter(|l| {
+            l.split('=')
+                .next()
+                .is_some_and(|k| k.trim().ends_with("_file"))
+        })
+        .filter_map(|l| l.split('"').nth(1))
+        .collect();
+    assert!(
+        wanted.contains(&"/etc/stickyio/route.key"),
+        "the replicas read one route key: {effective}"
+    );
+    for file in ["compose.yaml", "compose.redis.yaml"] {
+        let text = std::fs::read_to_string(container.join(file)).unwrap();
+        let blocks = compose_blocks(&text);
+        let gateways: Vec<&(String, String)> = blocks
+            .iter()
+            .filter(|(name, _)| name.starts_with("gateway"))
+            .collect();
+        let names: Vec<&str> = gateways.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["gateway-1", "gateway-2"], "{file}");
+        let shared = blocks
+            .iter()
+            .find(|(name, _)| name == "x-gateway: &gateway")
+            .map(|(_, body)| body.as_str())
+            .unwrap_or_else(|| panic!("{file} has no x-gateway block"));
+        for path in &wanted {
+            assert!(
+                shared.contains(&format!(":{path}:ro")),
+                "{file}: the gateways mount {path}"
+            );
+        }
+        let mut host_ports = Vec::new();
+        for (name, body) in &gateways {
+            assert!(body.contains("<<: *gateway"), "{file}: {name} is a replica");
+            host_ports.extend(
+                body.lines()
+                    .filter_map(|l| l.trim().strip_prefix("- \""))
+                    .filter_map(|l| l.strip_suffix(":8080\""))
+                    .map(str::to_owned),
+            );
+        }
+        assert_eq!(host_ports, ["8080", "8081"], "{file}");
+    }
+}
+
+/// Both kustomizations run two gateway replicas that take the route key
+/// from one generated Secret, whose source file git ignores.
+#[test]
+fn kubernetes_runs_two_gateway_replicas_keyed_from_a_secret() {
+    let ignored = std::fs::read_to_string(deploy_dir().join("../.gitignore")).unwrap();
+    for dir in ["kubernetes", "kubernetes-redis"] {
+        let dir_path = deploy_dir().join(dir);
+        let gateway = std::fs::read_to_string(dir_path.join("gateway.yaml")).unwrap();
+        let deployment = gateway.split("\n---").next().unwrap_or_default();
+        assert!(deployment.contains("kind: Deployment"), "{dir}");
+        assert!(
+            deployment.contains("\n  replicas: 2\n"),
+            "{dir}: two replicas"
+        );
+        let env: Vec<&str> = deployment.lines().map(str::trim).collect();
+        let at = env
+            .iter()
+            .position(|l| *l == "- name: STICKYIO_ROUTE_KEY")
+            .unwrap_or_else(|| panic!("{dir}: the gateway reads STICKYIO_ROUTE_KEY"));
+        assert_eq!(
+            env.get(at + 1).copied(),
+            Some("valueFrom: {secretKeyRef: {name: stickyio-route-key, key: route_key}}"),
+            "{dir}"
+        );
+        let kustomization = std::fs::read_to_string(dir_path.join("kustomization.yaml")).unwrap();
+        let generator = kustomization
+            .split("secretGenerator:")
+            .nth(1)
+            .unwrap_or_default();
+        assert!(
+            generator
+                .contains("- name: stickyio-route-key\n    files:\n      - route_key=route.key"),
+            "{dir}: the Secret comes from route.key\n{kustomization}"
+        );
+        assert!(
+            ignored
+                .lines()
+                .any(|l| l == format!("/deploy/{dir}/route.key")),
+            "{dir}/route.key is git-ignored"
+        );
+    }
+}

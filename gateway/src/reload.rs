@@ -105,6 +105,21 @@ pub fn apply(state: &State, config: GatewayConfig) -> ReloadReport {
     if config.tls != old.config.tls {
         restart_needed.push("tls");
     }
+    // The keys are read once, into the state's `RouteKeys`: a rotation is a
+    // rolling restart (README, "Running replicas").
+    if (
+        &config.route_key,
+        &config.route_key_file,
+        &config.route_key_previous,
+        &config.route_key_previous_file,
+    ) != (
+        &old.config.route_key,
+        &old.config.route_key_file,
+        &old.config.route_key_previous,
+        &old.config.route_key_previous_file,
+    ) {
+        restart_needed.push("route_key");
+    }
     let (snapshot, nodes) = state.registry.next(&old, Arc::new(config), &state.metrics);
     state.store(snapshot);
     for node in state
@@ -287,4 +302,35 @@ pub fn on_sighup(state: Arc<State>) {
     }
     #[cfg(not(unix))]
     drop(state);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route_tag::RouteKeys;
+
+    fn config(extra: &str) -> GatewayConfig {
+        let text = format!("{extra}\n[[nodes]]\nname = \"a\"\naddr = \"127.0.0.1:3001\"\n");
+        stickyio_shared::config::parse(&text, "gateway.toml").expect("valid config")
+    }
+
+    #[test]
+    fn a_changed_route_key_needs_a_restart() {
+        let state = State::new(config(""), None, None, RouteKeys::new(b"k", None));
+        let keyed = config("route_key = \"0123456789abcdef0123\"");
+        assert_eq!(
+            apply(&state, keyed.clone()).restart_needed,
+            vec!["route_key"]
+        );
+        let rotating = config(
+            "route_key = \"0123456789abcdef0123\"\nroute_key_previous = \"fedcba9876543210fedc\"",
+        );
+        assert_eq!(apply(&state, rotating).restart_needed, vec!["route_key"]);
+        assert_eq!(apply(&state, keyed).restart_needed, vec!["route_key"]);
+        assert!(
+            apply(&state, config("route_key = \"0123456789abcdef0123\""))
+                .restart_needed
+                .is_empty()
+        );
+    }
 }

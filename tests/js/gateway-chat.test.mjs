@@ -9,6 +9,7 @@ import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import http from "node:http";
 import { io } from "socket.io-client";
+import { connected } from "./connected.mjs";
 import { Inbox } from "./inbox.mjs";
 import { startLauncher } from "./launcher-process.mjs";
 
@@ -22,17 +23,7 @@ async function connect(url, source, transports) {
   const agent = new http.Agent({ keepAlive: true, localAddress: source });
   const socket = io(url, { transports, agent, forceNew: true, reconnection: false });
   const inbox = new Inbox(socket, WAIT_MS);
-  await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${source}: no connect within ${WAIT_MS} ms`)), WAIT_MS);
-    socket.once("connect", () => {
-      clearTimeout(timer);
-      resolve();
-    });
-    socket.once("connect_error", (e) => {
-      clearTimeout(timer);
-      reject(new Error(`${source}: connect_error: ${e.message}`));
-    });
-  });
+  await connected(socket, source, WAIT_MS);
   // The node serving this session is the origin of the client's own publish.
   const topic = `whoami.${socket.id.replace(/[^A-Za-z0-9]/g, "")}`;
   assert.deepEqual(await request(socket, "subscribe", topic), { ok: true, pattern: topic });

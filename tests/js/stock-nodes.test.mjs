@@ -10,6 +10,7 @@ import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import http from "node:http";
 import { io } from "socket.io-client";
+import { connected } from "./connected.mjs";
 import { gatewayToml, startGateway } from "./gateway-process.mjs";
 import { startStock } from "./stock-process.mjs";
 
@@ -39,17 +40,7 @@ async function eventually(what, check, ms = WAIT_MS) {
 async function connect(gateway, source, transports) {
   const agent = new http.Agent({ keepAlive: true, localAddress: source });
   const socket = io(gateway.url, { transports, agent, forceNew: true, reconnection: false });
-  await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${source}: no connect within ${WAIT_MS} ms`)), WAIT_MS);
-    socket.once("connect", () => {
-      clearTimeout(timer);
-      resolve();
-    });
-    socket.once("connect_error", (e) => {
-      clearTimeout(timer);
-      reject(new Error(`${source}: connect_error: ${e.message}`));
-    });
-  });
+  await connected(socket, source, WAIT_MS);
   return socket;
 }
 
