@@ -617,8 +617,12 @@ impl Exchange<'_> {
                 // holds no buffer while the websocket is idle.
                 let copied = match client.downcast::<TokioIo<Counted<TcpStream>>>() {
                     Ok(parts) => {
+                        // What hyper read past the request, copied: its
+                        // `Bytes` would keep hyper's whole read buffer alive.
+                        let client_early = parts.read_buf.to_vec();
+                        drop(parts.read_buf);
                         let socket = parts.io.inner().get_ref();
-                        relay::run_sockets(socket, &parts.read_buf, node, early, flush, tag).await?
+                        relay::run_sockets(socket, &client_early, node, early, flush, tag).await?
                     }
                     Err(client) => relay::run(TokioIo::new(client), node, early, flush, tag).await?,
                 };
