@@ -129,9 +129,9 @@ fn every_node_key_is_in_the_readme() {
     );
 }
 
-/// Markdown files of the repository, outside build output and installed
-/// packages.
-fn markdown_files(dir: &Path, out: &mut Vec<PathBuf>) {
+/// Files of the repository under `dir`, outside build output and
+/// installed packages.
+fn repository_files(dir: &Path, out: &mut Vec<PathBuf>) {
     const SKIP: [&str; 6] = [
         "target",
         "node_modules",
@@ -145,16 +145,17 @@ fn markdown_files(dir: &Path, out: &mut Vec<PathBuf>) {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if path.is_dir() {
             if !SKIP.contains(&name) {
-                markdown_files(&path, out);
+                repository_files(&path, out);
             }
-        } else if name.ends_with(".md") {
+        } else {
             out.push(path);
         }
     }
 }
 
 /// Repository paths a Markdown text cites: code spans and link targets
-/// holding a `/`, with a `:line`, `::item` or `#anchor` after them cut off.
+/// holding a `/`, and code spans naming a bare Rust file (`proxy.rs`), with
+/// a `:line`, `::item` or `#anchor` after them cut off.
 fn cited_paths(text: &str) -> Vec<String> {
     let spans = text.split('`').skip(1).step_by(2);
     let links = text.split("](").skip(1).filter_map(|s| s.split(')').next());
@@ -167,8 +168,9 @@ fn cited_paths(text: &str) -> Vec<String> {
             let plain = path
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c));
+            let bare_rust_file = !path.contains('/') && path.len() > 3 && path.ends_with(".rs");
             let looks_like_a_path = plain
-                && path.contains('/')
+                && (path.contains('/') || bare_rust_file)
                 && !path.starts_with('/')
                 && !path.contains("//")
                 && path.rsplit('/').next().is_some_and(|f| f.contains('.'))
@@ -183,12 +185,18 @@ const CRATE_SOURCES: [&str; 4] = ["shared/src", "gateway/src", "node/src", "src"
 
 #[test]
 fn every_repository_path_the_docs_cite_exists() {
-    let mut files = Vec::new();
-    markdown_files(root(), &mut files);
+    let mut all = Vec::new();
+    repository_files(root(), &mut all);
+    let mut files: Vec<&PathBuf> = all
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "md"))
+        .collect();
     files.sort();
     assert!(files.len() >= 5, "{files:?}");
+    // A bare file name (`inbound.rs`) must name a file of the repository.
+    let names: Vec<&str> = all.iter().filter_map(|f| f.file_name()?.to_str()).collect();
     let mut missing = Vec::new();
-    for file in &files {
+    for file in files {
         let text = std::fs::read_to_string(file).unwrap();
         let dir = file.parent().unwrap();
         for path in cited_paths(&text) {
@@ -198,7 +206,12 @@ fn every_repository_path_the_docs_cite_exists() {
                 .into_iter()
                 .map(Path::to_path_buf)
                 .chain(CRATE_SOURCES.iter().map(|c| root().join(c)));
-            if !bases.into_iter().any(|base| base.join(&path).exists()) {
+            let found = if path.contains('/') {
+                bases.into_iter().any(|base| base.join(&path).exists())
+            } else {
+                names.contains(&path.as_str())
+            };
+            if !found {
                 let shown = file.strip_prefix(root()).unwrap_or(file);
                 missing.push(format!("{}: {path}", shown.display()));
             }
