@@ -46,6 +46,10 @@ def summary(reports):
         "unit": reports[0]["unit"],
         "p50_us": mean([r["latency_us"]["p50"] for r in reports]),
         "p99_us": mean([r["latency_us"]["p99"] for r in reports]),
+        # The rest of the distribution, for bench/charts.py's latency CDF.
+        "p90_us": mean([r["latency_us"]["p90"] for r in reports]),
+        "p999_us": mean([r["latency_us"]["p999"] for r in reports]),
+        "max_us": mean([r["latency_us"]["max"] for r in reports]),
         "errors": sum(r["errors"]["total"] for r in reports),
         "session_id_unknown": sum(r["errors"]["session_id_unknown"] for r in reports),
         "errors_by_kind": {k: sum(r["errors"]["by_kind"].get(k, 0) for r in reports)

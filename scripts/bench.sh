@@ -349,4 +349,9 @@ json.dump({
 }, open(sys.argv[1] + "/versions.json", "w"), indent=2)
 EOF
 python3 bench/summarize.py "$out"
-echo "results: $out/results.md and $out/results.json"
+
+step "Charts (bench/charts.py, matplotlib in bench/.venv)"
+[ -x bench/.venv/bin/python ] || python3 -m venv bench/.venv
+bench/.venv/bin/pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+bench/.venv/bin/python bench/charts.py "$out"
+echo "results: $out/results.md, $out/results.json and the charts $out/*.png"

@@ -44,6 +44,13 @@ cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "cargo doc -D warnings (broken intra-doc links, bad doc markup)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+
+step "cargo machete: no unused dependencies"
+command -v cargo-machete >/dev/null || cargo install --locked cargo-machete
+cargo machete
+
 step "Rust tests"
 cargo build --workspace --bins
 cargo test --workspace

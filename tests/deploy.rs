@@ -227,45 +227,92 @@ fn compose_runs_two_gateway_replicas_with_one_route_key() {
     }
 }
 
-/// Both kustomizations run two gateway replicas that take the route key
-/// from one generated Secret, whose source file git ignores.
+/// The Redis variant is an overlay of the base, not a copy: it takes the
+/// base's gateway and StatefulSet, and its env patch replaces the entry
+/// that carries the mesh secret (a JSON patch addresses it by position).
+#[test]
+fn kubernetes_redis_is_an_overlay_of_the_base() {
+    let overlay = deploy_dir().join("kubernetes-redis");
+    let kustomization = std::fs::read_to_string(overlay.join("kustomization.yaml")).unwrap();
+    let resources = kustomization
+        .split("resources:\n")
+        .nth(1)
+        .unwrap_or_default();
+    assert!(
+        resources.starts_with("  - ../kubernetes\n"),
+        "{kustomization}"
+    );
+    for copied in [
+        "gateway.yaml",
+        "gateway.toml",
+        "nodes.yaml",
+        "namespace.yaml",
+    ] {
+        assert!(
+            !overlay.join(copied).exists(),
+            "kubernetes-redis/{copied} copies the base"
+        );
+    }
+    assert!(
+        kustomization.contains("path: /spec/template/spec/containers/0/env/1\n"),
+        "{kustomization}"
+    );
+    let nodes = std::fs::read_to_string(deploy_dir().join("kubernetes/nodes.yaml")).unwrap();
+    let env: Vec<&str> = nodes
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            l.starts_with("- name: ")
+                && l.chars()
+                    .skip(8)
+                    .all(|c| c.is_ascii_uppercase() || c == '_')
+        })
+        .collect();
+    assert_eq!(
+        env.get(1).copied(),
+        Some("- name: STICKYIO_CLUSTER_SECRET"),
+        "{env:?}"
+    );
+}
+
+/// The kustomization runs two gateway replicas that take the route key
+/// from one generated Secret, whose source file git ignores (the Redis
+/// overlay takes all of it from the base).
 #[test]
 fn kubernetes_runs_two_gateway_replicas_keyed_from_a_secret() {
     let ignored = std::fs::read_to_string(deploy_dir().join("../.gitignore")).unwrap();
-    for dir in ["kubernetes", "kubernetes-redis"] {
-        let dir_path = deploy_dir().join(dir);
-        let gateway = std::fs::read_to_string(dir_path.join("gateway.yaml")).unwrap();
-        let deployment = gateway.split("\n---").next().unwrap_or_default();
-        assert!(deployment.contains("kind: Deployment"), "{dir}");
-        assert!(
-            deployment.contains("\n  replicas: 2\n"),
-            "{dir}: two replicas"
-        );
-        let env: Vec<&str> = deployment.lines().map(str::trim).collect();
-        let at = env
-            .iter()
-            .position(|l| *l == "- name: STICKYIO_ROUTE_KEY")
-            .unwrap_or_else(|| panic!("{dir}: the gateway reads STICKYIO_ROUTE_KEY"));
-        assert_eq!(
-            env.get(at + 1).copied(),
-            Some("valueFrom: {secretKeyRef: {name: stickyio-route-key, key: route_key}}"),
-            "{dir}"
-        );
-        let kustomization = std::fs::read_to_string(dir_path.join("kustomization.yaml")).unwrap();
-        let generator = kustomization
-            .split("secretGenerator:")
-            .nth(1)
-            .unwrap_or_default();
-        assert!(
-            generator
-                .contains("- name: stickyio-route-key\n    files:\n      - route_key=route.key"),
-            "{dir}: the Secret comes from route.key\n{kustomization}"
-        );
-        assert!(
-            ignored
-                .lines()
-                .any(|l| l == format!("/deploy/{dir}/route.key")),
-            "{dir}/route.key is git-ignored"
-        );
-    }
+    let dir = "kubernetes";
+    let dir_path = deploy_dir().join(dir);
+    let gateway = std::fs::read_to_string(dir_path.join("gateway.yaml")).unwrap();
+    let deployment = gateway.split("\n---").next().unwrap_or_default();
+    assert!(deployment.contains("kind: Deployment"), "{dir}");
+    assert!(
+        deployment.contains("\n  replicas: 2\n"),
+        "{dir}: two replicas"
+    );
+    let env: Vec<&str> = deployment.lines().map(str::trim).collect();
+    let at = env
+        .iter()
+        .position(|l| *l == "- name: STICKYIO_ROUTE_KEY")
+        .unwrap_or_else(|| panic!("{dir}: the gateway reads STICKYIO_ROUTE_KEY"));
+    assert_eq!(
+        env.get(at + 1).copied(),
+        Some("valueFrom: {secretKeyRef: {name: stickyio-route-key, key: route_key}}"),
+        "{dir}"
+    );
+    let kustomization = std::fs::read_to_string(dir_path.join("kustomization.yaml")).unwrap();
+    let generator = kustomization
+        .split("secretGenerator:")
+        .nth(1)
+        .unwrap_or_default();
+    assert!(
+        generator.contains("- name: stickyio-route-key\n    files:\n      - route_key=route.key"),
+        "{dir}: the Secret comes from route.key\n{kustomization}"
+    );
+    assert!(
+        ignored
+            .lines()
+            .any(|l| l == format!("/deploy/{dir}/route.key")),
+        "{dir}/route.key is git-ignored"
+    );
 }

@@ -22,12 +22,34 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> String {
     body.to_owned()
 }
 
+/// The first of `count` consecutive loopback ports free at the time of
+/// asking (node i listens on `node_port + i`).
+fn free_run(count: u16) -> u16 {
+    for _ in 0..100 {
+        let Ok(first) = std::net::TcpListener::bind("127.0.0.1:0") else {
+            continue;
+        };
+        let base = first.local_addr().unwrap().port();
+        let rest: Option<Vec<_>> = (1..count)
+            .map(|i| {
+                let port = base.checked_add(i)?;
+                std::net::TcpListener::bind(("127.0.0.1", port)).ok()
+            })
+            .collect();
+        if rest.is_some() {
+            return base;
+        }
+    }
+    panic!("no {count} consecutive free ports");
+}
+
 #[tokio::test]
 async fn summary_matches_what_is_running() {
+    let (port, admin_port, node_port) = (free_run(1), free_run(1), free_run(3));
     let topology = Topology::resolve(&Options {
-        port: Some(24080),
-        admin_port: Some(24090),
-        node_port: Some(24001),
+        port: Some(port),
+        admin_port: Some(admin_port),
+        node_port: Some(node_port),
         ..Options::default()
     })
     .unwrap();
@@ -37,14 +59,16 @@ async fn summary_matches_what_is_running() {
         .unwrap();
     let summary = cluster.summary();
     assert!(
-        summary.contains("  public  http://127.0.0.1:24080\n"),
+        summary.contains(&format!("  public  http://127.0.0.1:{port}\n")),
         "{summary}"
     );
     assert!(
-        summary.contains("  admin   http://127.0.0.1:24090"),
+        summary.contains(&format!("  admin   http://127.0.0.1:{admin_port}")),
         "{summary}"
     );
-    for (name, port) in [("node-a", 24001), ("node-b", 24002), ("node-c", 24003)] {
+    for (name, port) in
+        [("node-a", 0), ("node-b", 1), ("node-c", 2)].map(|(name, i)| (name, node_port + i))
+    {
         assert!(
             summary.contains(&format!("  {name:<8} 127.0.0.1:{port}")),
             "{summary}"

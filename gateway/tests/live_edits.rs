@@ -3,7 +3,7 @@
 //! Adding a node moves some clients' placement to it, yet every live
 //! session stays on its node (pinning) while new handshakes follow the new
 //! ring. A removed node drains. A bad edit is refused with its location and
-//! the old config keeps serving. A killed node's clients fail over to their
+//! the old config keeps serving. A stopped node's clients fail over to their
 //! next choice and come back when it returns.
 
 mod support;
@@ -191,7 +191,10 @@ async fn a_bad_edit_is_refused_with_its_location_and_the_old_config_serves() {
     let cluster = Cluster::start("bad-edit", &["node-a", "node-b"], "").await;
     let (target, admin) = (cluster.addr(), cluster.admin());
     let good = std::fs::read_to_string(&cluster.config).unwrap();
-    let bad = good.replacen("name = \"node-b\"", "name = \"node-b\"\nweight = 0", 1);
+    // The bad edit also renames node-a: only the old config has that name.
+    let bad = good
+        .replacen("name = \"node-b\"", "name = \"node-b\"\nweight = 0", 1)
+        .replacen("name = \"node-a\"", "name = \"node-z\"", 1);
     let weight_line = bad.lines().position(|l| l == "weight = 0").unwrap() + 1;
     replace_file(&cluster.config, &bad);
 
@@ -215,8 +218,14 @@ async fn a_bad_edit_is_refused_with_its_location_and_the_old_config_serves() {
     let err = cluster.gateway.reload().await.unwrap_err().to_string();
     assert!(err.contains(&location), "{err}");
 
-    // Still serving with both nodes.
-    assert_eq!(nodes_json(admin).await.len(), 2);
+    // Still serving with both nodes, by their old names.
+    let names: Vec<Value> = nodes_json(admin)
+        .await
+        .iter()
+        .map(|n| n["name"].clone())
+        .collect();
+    assert_eq!(names, ["node-a", "node-b"]);
+    assert_eq!(cluster.gateway.config().nodes[0].name, "node-a");
     let nodes = run_session(client_ip(1), target, "still.here")
         .await
         .expect("old config serves");
@@ -244,7 +253,7 @@ async fn admin_reload(admin_addr: std::net::SocketAddr) -> Reply {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_node_fails_over_and_comes_back_after_restart() {
+async fn a_stopped_node_fails_over_and_comes_back_after_restart() {
     let mut cluster = Cluster::start("failover", &["node-a", "node-b", "node-c"], "").await;
     let (target, admin) = (cluster.addr(), cluster.admin());
     let all = ["node-a", "node-b", "node-c"];

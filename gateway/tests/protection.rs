@@ -511,7 +511,12 @@ async fn shutdown_finishes_in_flight_requests_and_stops_accepting() {
         .await
         .unwrap();
     let in_flight = tokio::spawn(async move { conn.get("/slow").await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let admin_addr = gw.admin_addr();
+    eventually("the request on its way to the node", || async move {
+        let text = admin(admin_addr, Method::GET, "/metrics").await.body;
+        metric_sum(&text, "stickyio_gateway_requests_total") >= 1.0
+    })
+    .await;
     gw.shutdown().await;
     let reply = in_flight
         .await

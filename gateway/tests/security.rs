@@ -5,14 +5,17 @@
 
 mod support;
 
+use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use stickyio_gateway::{Gateway, NODE_HEADER, StartError};
+use stickyio_gateway::{Gateway, NODE_HEADER};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
@@ -37,12 +40,18 @@ async fn the_admin_token_guards_every_endpoint_but_healthz_and_the_page() {
     let node = start_node("node-a").await;
     let dir = TempDir::new("admin-token");
     std::fs::write(dir.path("admin.token"), format!("{TOKEN}\n")).unwrap();
+    // The gateway watches the directory of `gateway.toml`; a symlink to a
+    // file elsewhere keeps edits of that file out of its sight, so only a
+    // reload asked for applies them.
+    let unwatched = TempDir::new("admin-token-unwatched");
+    let real = unwatched.path("gateway.toml");
     let config = dir.path("gateway.toml");
     let text = gateway_toml(
         &node_list(std::slice::from_ref(&node)),
         "admin_token_file = \"admin.token\"",
     );
-    std::fs::write(&config, &text).unwrap();
+    std::fs::write(&real, &text).unwrap();
+    std::os::unix::fs::symlink(&real, &config).unwrap();
     let gw = Gateway::start(config.clone())
         .await
         .expect("gateway starts");
@@ -65,6 +74,8 @@ async fn the_admin_token_guards_every_endpoint_but_healthz_and_the_page() {
             .unwrap()
             .contains("connect-src 'self'")
     );
+    // An edit a refused reload must not apply.
+    std::fs::write(&real, text.replace("fall = 2", "fall = 3")).unwrap();
     let bearer = format!("Bearer {TOKEN}");
     for (method, path) in [
         (Method::GET, "/nodes"),
@@ -92,9 +103,11 @@ async fn the_admin_token_guards_every_endpoint_but_healthz_and_the_page() {
             assert_eq!(reply.headers["www-authenticate"], "Bearer");
         }
     }
-    // A refused reload did not reload: the edit below is only seen once
-    // an authorised reload asks for it.
-    std::fs::write(&config, text.replace("fall = 2", "fall = 3")).unwrap();
+    assert_eq!(
+        gw.config().health.fall,
+        2,
+        "a refused reload applied the edit"
+    );
     let nodes = admin_with(admin_addr, Method::GET, "/nodes", Some(&bearer)).await;
     assert_eq!(nodes.status, StatusCode::OK);
     assert_eq!(nodes.json()[0]["name"], "node-a");
@@ -111,21 +124,48 @@ async fn the_admin_token_guards_every_endpoint_but_healthz_and_the_page() {
     let _ = node.shutdown().await;
 }
 
-#[tokio::test]
-async fn an_open_admin_listener_off_loopback_is_refused_at_start() {
-    if std::env::var("STICKYIO_ADMIN_TOKEN").is_ok() {
-        return; // the environment supplies a token
-    }
+/// Starts the `stickyio-gateway` binary on `config` without
+/// `STICKYIO_ADMIN_TOKEN` (which would supply a token), and returns what it
+/// printed on stderr once it exits, as it must, with a failure.
+fn refused_start(config: &std::path::Path) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stickyio-gateway"))
+        .arg("--config")
+        .arg(config)
+        .env_remove(stickyio_shared::config::gateway::ADMIN_TOKEN_ENV)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start stickyio-gateway");
+    let deadline = Instant::now() + TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the gateway started on {}", config.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    let _ = child
+        .stderr
+        .take()
+        .map(|mut e| e.read_to_string(&mut stderr));
+    assert!(!status.success(), "{status}: {stderr}");
+    stderr
+}
+
+#[test]
+fn an_open_admin_listener_off_loopback_is_refused_at_start() {
     let dir = TempDir::new("open-admin");
     let config = dir.path("gateway.toml");
     let text = gateway_toml(&[("a", "127.0.0.1:1".parse().unwrap())], "")
         .replace("admin = \"127.0.0.1:0\"", "admin = \"0.0.0.0:0\"");
     std::fs::write(&config, text).unwrap();
-    let Err(err) = Gateway::start(config.clone()).await else {
-        panic!("an unauthenticated admin on 0.0.0.0 must be refused");
-    };
-    assert!(matches!(err, StartError::Config(_)), "{err}");
-    let err = err.to_string();
+    let err = refused_start(&config);
     assert!(
         err.contains(":2:9: `admin`: 0.0.0.0:0 is not a loopback address, so the admin listener needs a token"),
         "{err}"
@@ -136,12 +176,8 @@ async fn an_open_admin_listener_off_loopback_is_refused_at_start() {
         "admin_token_file = \"absent.token\"",
     );
     std::fs::write(&config, text).unwrap();
-    let err = Gateway::start(config)
-        .await
-        .err()
-        .expect("refused")
-        .to_string();
-    assert!(err.starts_with("admin token: admin_token_file "), "{err}");
+    let err = refused_start(&config);
+    assert!(err.contains("admin token: admin_token_file "), "{err}");
     assert!(err.contains("absent.token: cannot read"), "{err}");
 }
 

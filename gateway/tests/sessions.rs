@@ -64,11 +64,12 @@ async fn three_hundred_polling_sessions_stick_to_one_node_each() {
         handshakes, SESSIONS as u64,
         "one handshake pinned per session"
     );
-    let sessions: i64 = nodes
-        .iter()
-        .map(|n| n["sessions"].as_i64().unwrap_or(-1))
-        .sum();
-    assert_eq!(sessions, 0, "closed sessions are unpinned: {nodes:?}");
+    assert_eq!(nodes.len(), 3, "{nodes:?}");
+    assert_eq!(
+        total(&nodes, "sessions"),
+        0,
+        "closed sessions are unpinned: {nodes:?}"
+    );
     for node in &cluster.nodes {
         let text = node_metrics(node).await;
         assert_eq!(

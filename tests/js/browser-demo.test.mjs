@@ -14,7 +14,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
-import { startLauncher } from "./launcher-process.mjs";
+import { freePortFlags, startLauncher } from "./launcher-process.mjs";
 
 const WAIT_MS = 15_000;
 const root = fileURLToPath(new URL("../..", import.meta.url));
@@ -44,7 +44,7 @@ before(async () => {
   const gateway = readFileSync(join(local, "gateway.toml"), "utf8").replace(/^trusted_proxies = \[\]$/m, 'trusted_proxies = ["127.0.0.1/32"]');
   assert.match(gateway, /127\.0\.0\.1\/32/);
   writeFileSync(join(configDir, "gateway.toml"), gateway);
-  launcher = await startLauncher(["--config-dir", configDir, "--port", "28280", "--admin-port", "29290", "--node-port", "23201"]);
+  launcher = await startLauncher(["--config-dir", configDir, ...(await freePortFlags())]);
 
   profileDir = mkdtempSync(join(tmpdir(), "stickyio-chromium-profile-"));
   // A persistent context is how Playwright takes a fresh --user-data-dir.

@@ -11,7 +11,7 @@ import http from "node:http";
 import { io } from "socket.io-client";
 import { connected } from "./connected.mjs";
 import { Inbox } from "./inbox.mjs";
-import { startLauncher } from "./launcher-process.mjs";
+import { freePortFlags, startLauncher } from "./launcher-process.mjs";
 
 const WAIT_MS = 10_000;
 const CLIENTS = 40;
@@ -50,7 +50,7 @@ function crossNodePairs(clients) {
 
 let launcher;
 before(async () => {
-  launcher = await startLauncher(["--port", "28180", "--admin-port", "29190", "--node-port", "23101"]);
+  launcher = await startLauncher(await freePortFlags());
 });
 after(async () => {
   const exit = await launcher?.stop();

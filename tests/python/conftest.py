@@ -15,17 +15,38 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN_DIR = Path(os.environ.get("STICKYIO_BIN_DIR", ROOT / "target" / "debug"))
-# Ports of their own, so a developer's `cargo run` on 8080 does not collide.
-GATEWAY_PORT, ADMIN_PORT, NODE_PORT = 28080, 29090, 23001
+
+
+def free_run(count):
+    """The first of `count` consecutive loopback ports free at the time of
+    asking: the launcher puts node i on `--node-port` + i."""
+    for _ in range(100):
+        held = [socket.socket()]
+        try:
+            held[0].bind(("127.0.0.1", 0))
+            base = held[0].getsockname()[1]
+            if base + count > 65536:
+                continue
+            for port in range(base + 1, base + count):
+                held.append(socket.socket())
+                held[-1].bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
+    raise RuntimeError(f"no {count} consecutive free ports")
 
 
 @pytest.fixture(scope="session")
 def gateway_url():
     binary = BIN_DIR / "stickyio"
     assert binary.exists(), f"{binary} missing: run `cargo build --workspace --bins`"
+    # Free ports, so neither a developer's `cargo run` nor another test collides.
     proc = subprocess.Popen(
-        [str(binary), "--port", str(GATEWAY_PORT), "--admin-port", str(ADMIN_PORT),
-         "--node-port", str(NODE_PORT)],
+        [str(binary), "--port", str(free_port()), "--admin-port", str(free_port()),
+         "--node-port", str(free_run(3))],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "RUST_LOG": "warn,stickyio=info"},
     )

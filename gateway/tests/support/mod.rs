@@ -481,14 +481,42 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
         .sum()
 }
 
-/// The gateway's `/nodes`, by name.
+/// The gateway's `/nodes`, checked for its shape first, so a broken body
+/// fails here rather than reading as zero sessions or an empty pool.
 pub async fn nodes_json(addr: SocketAddr) -> Vec<Value> {
-    admin(addr, Method::GET, "/nodes")
-        .await
-        .json()
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    let reply = admin(addr, Method::GET, "/nodes").await;
+    assert_eq!(reply.status, StatusCode::OK, "/nodes: {}", reply.body);
+    let Value::Array(nodes) = reply.json() else {
+        panic!("/nodes is not a JSON array: {}", reply.body);
+    };
+    for node in &nodes {
+        assert!(
+            node["name"].is_string(),
+            "/nodes entry without a name: {node}"
+        );
+        for key in ["sessions", "websockets"] {
+            assert!(node[key].is_u64(), "/nodes entry without `{key}`: {node}");
+        }
+        for key in ["healthy", "draining", "ejected"] {
+            assert!(
+                node[key].is_boolean(),
+                "/nodes entry without `{key}`: {node}"
+            );
+        }
+    }
+    nodes
+}
+
+/// The sum of a count (`sessions`, `websockets`) over [`nodes_json`] entries.
+pub fn total(nodes: &[Value], key: &str) -> u64 {
+    nodes
+        .iter()
+        .map(|n| {
+            n[key]
+                .as_u64()
+                .unwrap_or_else(|| panic!("`{key}` is not a count: {n}"))
+        })
+        .sum()
 }
 
 /// Polls `check` every 50 ms until it holds or [`TIMEOUT`] passes.

@@ -84,7 +84,7 @@ pub struct Common {
     /// A name for the setup under test, copied into the report.
     #[arg(long, default_value = "")]
     pub label: String,
-    /// Second octet of the first source address (127.<block>.1.1).
+    /// Second octet of the first source address (`127.<block>.1.1`).
     #[arg(long, default_value_t = 1)]
     pub source_block: u8,
     /// Unmeasured time before the window.

@@ -106,7 +106,7 @@ fn assert_clean(report: &Report) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_workload_runs_clean_through_the_gateway() {
+async fn every_workload_runs_clean_fanout_on_one_node_the_rest_through_the_gateway() {
     let setup = tokio::time::timeout(Duration::from_secs(15), Setup::start())
         .await
         .expect("setup within 15 s");
