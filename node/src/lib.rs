@@ -5,7 +5,10 @@
 //! - [`topics`]: subscriptions and delivery ([`TopicService`], [`Relay`]).
 //! - `index`: the pattern trie that makes a publish cost what it delivers.
 //! - `api`: the Socket.IO events of the topic API and their acks.
-//! - `routes`, `readiness`, [`metrics`], `demo`: the HTTP side.
+//! - `routes`, `demo`: the client port's HTTP side (demo page, bare `/healthz`).
+//! - `accept`: the accept loop and drain both listeners share.
+//! - `admin`, `readiness`, [`metrics`]: the admin listener (`/healthz`,
+//!   `/readyz`, `/metrics`), loopback by default.
 //! - `deadline`: the whole-body read deadline against slow-body clients.
 //! - [`cli`]: the `stickyio-node` command line.
 //! - [`mesh`]: the authenticated peer mesh that relays publications between nodes.
@@ -19,11 +22,13 @@
 //! use stickyio_shared::config::node::NodeConfig;
 //! let config = NodeConfig::standalone("node-a", "127.0.0.1:0".parse().unwrap());
 //! let node = stickyio_node::Node::bind(config).await?;
-//! println!("serving on {}", node.local_addr());
+//! println!("serving on {}, admin on {}", node.local_addr(), node.admin_addr());
 //! node.shutdown().await
 //! # }
 //! ```
 
+mod accept;
+mod admin;
 mod api;
 pub mod cli;
 mod deadline;

@@ -1,5 +1,6 @@
-//! The node's server: one listener serving Socket.IO and the HTTP routes on
-//! hyper 1, and its lifecycle from bind to graceful shutdown.
+//! The node's server: the client listener serving Socket.IO and the demo
+//! routes on hyper 1, the admin listener beside it (`admin.rs`), and their
+//! lifecycle from bind to graceful shutdown.
 //!
 //! Starting is split in two so other parts of the node can plug in before
 //! traffic arrives: [`Node::prepare`] binds the port and builds everything;
@@ -20,18 +21,20 @@ use bytes::Bytes;
 use http::Request;
 use hyper::body::Incoming;
 use hyper::service::{Service as _, service_fn};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::registry::Registry;
 use socketioxide::SocketIo;
 use socketioxide::service::SocketIoService;
-use stickyio_shared::config::node::{Backend, NodeConfig};
-use stickyio_shared::connection_limit::{ConnectionLimit, Counted, refuse_busy};
+use stickyio_shared::config::node::{ADMIN_TOKEN_ENV, Backend, NodeConfig};
+use stickyio_shared::connection_limit::ConnectionLimit;
+use stickyio_shared::secret::Secret;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::accept;
+use crate::admin::{self, Admin};
 use crate::api::{self, Api};
 use crate::deadline::DeadlineBody;
 use crate::demo;
@@ -43,10 +46,6 @@ use crate::topics::TopicService;
 /// Longest wait for each shutdown step: closing sockets, then draining HTTP.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop
-/// does not spin while the condition lasts.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error("cannot listen on {addr}: {source}")]
@@ -55,6 +54,8 @@ pub enum NodeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("admin_token_file: {0}")]
+    AdminToken(#[source] stickyio_shared::secret::SecretError),
     #[error("cannot listen for stop signals: {0}")]
     Signals(#[source] std::io::Error),
     #[error("the server task failed: {0}")]
@@ -70,6 +71,9 @@ pub struct Node {
     config: Arc<NodeConfig>,
     listener: TcpListener,
     local_addr: SocketAddr,
+    admin_listener: TcpListener,
+    admin_addr: SocketAddr,
+    admin_token: Option<Secret>,
     io: SocketIo,
     service: SocketIoService<Routes>,
     topics: Arc<TopicService>,
@@ -97,15 +101,22 @@ impl Node {
         Ok(node.serve())
     }
 
-    /// Binds `config.listen` and builds the Socket.IO server, the topic
-    /// service and the HTTP routes, without accepting connections yet.
+    /// Binds `config.listen` and `config.admin` and builds the Socket.IO
+    /// server, the topic service and the HTTP routes, without accepting
+    /// connections yet.
     pub async fn prepare(config: NodeConfig) -> Result<Node, NodeError> {
-        let bind_error = |source| NodeError::Bind {
-            addr: config.listen,
-            source,
-        };
-        let listener = TcpListener::bind(config.listen).await.map_err(bind_error)?;
-        let local_addr = listener.local_addr().map_err(bind_error)?;
+        let admin_token = config
+            .resolve_admin_token()
+            .map_err(NodeError::AdminToken)?;
+        let (listener, local_addr) = bind(config.listen).await?;
+        let (admin_listener, admin_addr) = bind(config.admin).await?;
+        if !admin_addr.ip().is_loopback() && admin_token.is_none() {
+            tracing::warn!(
+                node = %config.name,
+                admin = %admin_addr,
+                "the admin listener is open to anyone who can reach it: set admin_token_file, admin_token or {ADMIN_TOKEN_ENV}"
+            );
+        }
 
         let (registry, metrics) = Metrics::registry(&config.name);
         let metrics = Arc::new(metrics);
@@ -134,6 +145,9 @@ impl Node {
             config: Arc::new(config),
             listener,
             local_addr,
+            admin_listener,
+            admin_addr,
+            admin_token,
             io,
             service,
             topics,
@@ -149,6 +163,11 @@ impl Node {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The bound admin address (the real port when `admin` used port 0).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
     }
 
     /// The Socket.IO server, to register more namespaces on.
@@ -194,7 +213,18 @@ impl Node {
     /// Starts accepting connections.
     pub fn serve(self) -> RunningNode {
         self.http.readiness.set_serving(true);
-        tracing::info!(node = %self.config.name, addr = %self.local_addr, "listening");
+        tracing::info!(node = %self.config.name, addr = %self.local_addr, admin = %self.admin_addr, "listening");
+        let admin = Arc::new(Admin {
+            http: self.http.clone(),
+            token: self.admin_token,
+        });
+        let mut background = self.background;
+        background.push(tokio::spawn(admin::serve(
+            admin,
+            self.admin_listener,
+            self.config.header_read_timeout.get(),
+            self.shutdown.clone(),
+        )));
         let task = tokio::spawn(serve(
             self.config.clone(),
             self.listener,
@@ -206,11 +236,12 @@ impl Node {
         RunningNode {
             config: self.config,
             local_addr: self.local_addr,
+            admin_addr: self.admin_addr,
             io: self.io,
             topics: self.topics,
             shutdown: self.shutdown,
             task: Some(task),
-            background: self.background,
+            background,
         }
     }
 }
@@ -220,6 +251,7 @@ impl Node {
 pub struct RunningNode {
     config: Arc<NodeConfig>,
     local_addr: SocketAddr,
+    admin_addr: SocketAddr,
     io: SocketIo,
     topics: Arc<TopicService>,
     shutdown: CancellationToken,
@@ -231,6 +263,11 @@ impl RunningNode {
     /// The bound address (the real port when `listen` used port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The bound admin address: `/healthz`, `/readyz`, `/metrics`.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
     }
 
     pub fn config(&self) -> &NodeConfig {
@@ -269,6 +306,14 @@ impl Drop for RunningNode {
     }
 }
 
+/// Binds `addr` and returns the listener with its real address.
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), NodeError> {
+    let bind_error = |source| NodeError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+    let local = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, local))
+}
+
 async fn serve(
     config: Arc<NodeConfig>,
     listener: TcpListener,
@@ -277,42 +322,22 @@ async fn serve(
     http: Arc<HttpState>,
     shutdown: CancellationToken,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout.get());
+    let builder = accept::builder(config.header_read_timeout.get());
     let limit = ConnectionLimit::new(config.max_connections);
     let body_limit = config.body_read_timeout.get();
     let graceful = GracefulShutdown::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
-        };
-        let Some(permit) = limit.try_acquire() else {
-            tracing::warn!(%peer, "connection refused: at the connection limit");
-            tokio::spawn(refuse_busy(stream, "node"));
-            continue;
-        };
+    while let Some((stream, peer)) = accept::next(&listener, &limit, "node", &shutdown).await {
         let service = service.clone();
         let deadlined = service_fn(move |req: Request<Incoming>| {
             service.call(req.map(|body| DeadlineBody::new(body, body_limit)))
         });
         let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(Counted::new(stream, permit)), deadlined)
+            .serve_connection_with_upgrades(TokioIo::new(stream), deadlined)
             .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(e) = connection.await {
-                tracing::debug!(%peer, "connection ended with an error: {e}");
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
     }
@@ -324,13 +349,8 @@ async fn serve(
         .await
         .is_err()
     {
-        tracing::warn!("sockets still open after {DRAIN_TIMEOUT:?}; closing anyway");
+        tracing::warn!(timeout = ?DRAIN_TIMEOUT, "sockets still open at shutdown; closing anyway");
     }
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("HTTP requests still running after {DRAIN_TIMEOUT:?}; closing anyway");
-    }
+    accept::drain(graceful, "node").await;
     tracing::info!("stopped");
 }

@@ -162,7 +162,7 @@ async fn metric(node: &RunningNode, name: &str) -> f64 {
 
 /// Like [`metric`], for the series whose labels include `label` (`key="value"`).
 async fn labelled_metric(node: &RunningNode, name: &str, label: &str) -> f64 {
-    let url = format!("http://{}/metrics", node.local_addr());
+    let url = format!("http://{}/metrics", node.admin_addr());
     let text = timeout(WAIT, async { reqwest::get(&url).await?.text().await })
         .await
         .expect("metrics timed out")

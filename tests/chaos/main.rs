@@ -250,7 +250,7 @@ async fn chaos_under_load() {
     // Deliveries the nodes dropped (a socket's send buffer full or closed).
     let mut dropped = Vec::new();
     for node in &cluster.nodes {
-        let n = processes::metric(node.addr, "stickyio_node_dropped").await;
+        let n = processes::metric(node.admin, "stickyio_node_dropped").await;
         dropped.push(format!("{}={n}", node.name));
     }
 

@@ -1,6 +1,6 @@
 // Runs a real `stickyio-node` binary for the JS client tests: writes a temp
-// config listening on port 0, waits for the JSON "listening" log line to
-// learn the address, and stops the process with SIGTERM (SIGKILL if it hangs).
+// config listening on port 0 (client and admin), waits for the JSON
+// "listening" log line to learn both addresses, and stops the process with SIGTERM (SIGKILL if it hangs).
 import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -20,7 +20,7 @@ const STOP_TIMEOUT_MS = 15_000;
 export async function startNode({ name = "node-js", settings = "" } = {}) {
   const dir = mkdtempSync(join(tmpdir(), "stickyio-js-"));
   const config = join(dir, "node.toml");
-  writeFileSync(config, `listen = "127.0.0.1:0"\nname = "${name}"\n${settings}`);
+  writeFileSync(config, `listen = "127.0.0.1:0"\nadmin = "127.0.0.1:0"\nname = "${name}"\n${settings}`);
   const bin = join(binDir, "stickyio-node");
   const child = spawn(bin, ["--log-json", "--config", config], {
     stdio: ["ignore", "pipe", "inherit"],
@@ -29,8 +29,9 @@ export async function startNode({ name = "node-js", settings = "" } = {}) {
   const exited = new Promise((resolve) => child.on("exit", (code, signal) => resolve({ code, signal })));
   const lines = [];
   let addr;
+  let admin;
   try {
-    addr = await new Promise((resolve, reject) => {
+    ({ addr, admin } = await new Promise((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`${bin} did not log "listening" within ${START_TIMEOUT_MS} ms`)), START_TIMEOUT_MS);
       child.on("error", (e) => {
         clearTimeout(timer);
@@ -51,10 +52,10 @@ export async function startNode({ name = "node-js", settings = "" } = {}) {
         }
         if (event.fields?.message === "listening") {
           clearTimeout(timer);
-          resolve(event.fields.addr);
+          resolve({ addr: event.fields.addr, admin: event.fields.admin });
         }
       });
-    });
+    }));
   } catch (e) {
     child.kill("SIGKILL");
     rmSync(dir, { recursive: true, force: true });
@@ -63,6 +64,8 @@ export async function startNode({ name = "node-js", settings = "" } = {}) {
 
   return {
     url: `http://${addr}`,
+    /** The admin listener: /healthz, /readyz, /metrics. */
+    adminUrl: `http://${admin}`,
     logs: lines,
     /** SIGTERM, then wait; resolves to {code, signal} of the exit. */
     async stop() {

@@ -16,7 +16,7 @@ function request(socket, event, ...args) {
 }
 
 async function metric(node, series) {
-  const text = await (await fetch(`${node.url}/metrics`, { signal: AbortSignal.timeout(WAIT_MS) })).text();
+  const text = await (await fetch(`${node.adminUrl}/metrics`, { signal: AbortSignal.timeout(WAIT_MS) })).text();
   const line = text.split("\n").find((l) => l.startsWith(`stickyio_node_${series}{`));
   assert.ok(line, `no ${series} in\n${text}`);
   return Number(line.split(" ").pop());

@@ -193,8 +193,18 @@ impl Cluster {
         self.slots[i] = Slot::Running(self.serve(i, node));
     }
 
+    /// Node `i`'s admin listener (a new port each time it is prepared).
+    fn admin_url(&self, i: usize) -> String {
+        let addr = match &self.slots[i] {
+            Slot::Prepared(node) => node.admin_addr(),
+            Slot::Running(node) => node.admin_addr(),
+            Slot::Stopped => panic!("node {i} is stopped: no admin listener"),
+        };
+        format!("http://{addr}")
+    }
+
     async fn get(&self, i: usize, path: &str) -> reqwest::Response {
-        let url = format!("{}{path}", self.url(i));
+        let url = format!("{}{path}", self.admin_url(i));
         timeout(WAIT, self.http.get(&url).send())
             .await
             .unwrap_or_else(|_| panic!("GET {url} timed out"))
