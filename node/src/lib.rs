@@ -11,9 +11,8 @@
 //!   `/readyz`, `/metrics`), loopback by default.
 //! - `deadline`: the whole-body read deadline against slow-body clients.
 //! - [`cli`]: the `stickyio-node` command line.
-//! - [`mesh`]: the authenticated peer mesh that relays publications between nodes.
-//! - [`redis_backend`]: the other cluster backend, relaying through Redis pub/sub.
-//! - `dedup`: the bounded set of relayed ids already delivered, for both.
+//! - [`cluster`]: how publications reach the other nodes ([`Cluster`]): the
+//!   authenticated peer mesh, or Redis; one inbound path for both.
 //!
 //! Tests and the launcher run nodes in-process:
 //!
@@ -31,18 +30,17 @@ mod accept;
 mod admin;
 mod api;
 pub mod cli;
+pub mod cluster;
 mod deadline;
-mod dedup;
 mod demo;
 mod index;
-pub mod mesh;
 pub mod metrics;
 mod readiness;
-pub mod redis_backend;
 mod routes;
 pub mod server;
 pub mod topics;
 
+pub use cluster::{Cluster, ClusterError};
 pub use readiness::{Check, Readiness};
 pub use server::{Node, NodeError, RunningNode};
 pub use topics::{ErrorCode, Relay, Then, TopicError, TopicService};

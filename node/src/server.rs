@@ -3,11 +3,12 @@
 //! lifecycle from bind to graceful shutdown.
 //!
 //! Starting is split in two so other parts of the node can plug in before
-//! traffic arrives: [`Node::prepare`] binds the port and builds everything;
-//! the cluster mesh can then register its `/cluster` namespace on
-//! [`Node::io`], its relay on [`Node::topics`], its metrics through
-//! [`Node::with_registry`] and its readiness through [`Node::add_readiness`];
-//! [`Node::serve`] starts accepting. [`Node::bind`] does both for the common case.
+//! traffic arrives: [`Node::prepare`] binds the ports and builds everything;
+//! the cluster backend ([`Cluster::attach`]) can then register its
+//! `/cluster` namespace on [`Node::io`], its relay on [`Node::topics`], its
+//! metrics through [`Node::with_registry`] and its readiness through
+//! [`Node::add_readiness`]; [`Node::serve`] starts accepting. [`Node::bind`]
+//! does both for the common case.
 //!
 //! Shutdown stops accepting, marks the node unready, disconnects every socket
 //! (which ends long-polling requests and websockets), then lets in-flight HTTP
@@ -26,7 +27,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::registry::Registry;
 use socketioxide::SocketIo;
 use socketioxide::service::SocketIoService;
-use stickyio_shared::config::node::{ADMIN_TOKEN_ENV, Backend, NodeConfig};
+use stickyio_shared::config::node::{ADMIN_TOKEN_ENV, NodeConfig};
 use stickyio_shared::connection_limit::ConnectionLimit;
 use stickyio_shared::secret::Secret;
 use tokio::net::TcpListener;
@@ -36,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use crate::accept;
 use crate::admin::{self, Admin};
 use crate::api::{self, Api};
+use crate::cluster::{Cluster, ClusterError};
 use crate::deadline::DeadlineBody;
 use crate::demo;
 use crate::metrics::Metrics;
@@ -54,16 +56,14 @@ pub enum NodeError {
         #[source]
         source: std::io::Error,
     },
-    #[error("admin_token_file: {0}")]
-    AdminToken(#[source] stickyio_shared::secret::SecretError),
+    #[error(transparent)]
+    AdminToken(stickyio_shared::secret::SecretError),
     #[error("cannot listen for stop signals: {0}")]
     Signals(#[source] std::io::Error),
     #[error("the server task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
     #[error("cannot join the cluster: {0}")]
-    Mesh(#[from] crate::mesh::MeshError),
-    #[error("cannot join the cluster: {0}")]
-    Redis(#[from] crate::redis_backend::RedisBackendError),
+    Cluster(#[from] ClusterError),
 }
 
 /// A node that is bound but not yet serving: the place to plug in.
@@ -79,7 +79,7 @@ pub struct Node {
     topics: Arc<TopicService>,
     http: Arc<HttpState>,
     shutdown: CancellationToken,
-    background: Vec<JoinHandle<()>>,
+    cluster: Cluster,
 }
 
 impl Node {
@@ -88,16 +88,8 @@ impl Node {
     /// Port 0 picks a free port; see [`RunningNode::local_addr`].
     pub async fn bind(config: NodeConfig) -> Result<RunningNode, NodeError> {
         let mut node = Node::prepare(config).await?;
-        let cluster = &node.config().cluster;
-        if !cluster.standalone {
-            match cluster.backend {
-                Backend::Mesh => drop(crate::mesh::attach(&node, node.config())?),
-                Backend::Redis => {
-                    let config = node.config().clone();
-                    drop(crate::redis_backend::attach(&mut node, &config)?);
-                }
-            }
-        }
+        let config = node.config.clone();
+        Cluster::attach(&mut node, &config)?;
         Ok(node.serve())
     }
 
@@ -153,7 +145,7 @@ impl Node {
             topics,
             http,
             shutdown: CancellationToken::new(),
-            background: Vec::new(),
+            cluster: Cluster::Standalone,
         })
     }
 
@@ -203,11 +195,10 @@ impl Node {
         self.shutdown.child_token()
     }
 
-    /// A task that ends once [`Node::shutdown_token`] is cancelled and has
-    /// work to finish first (the Redis backend leaving the pool):
-    /// [`RunningNode::shutdown`] waits for it, up to [`DRAIN_TIMEOUT`].
-    pub fn add_background(&mut self, task: JoinHandle<()>) {
-        self.background.push(task);
+    /// The cluster the node stops with: [`RunningNode::shutdown`] awaits
+    /// its [`Cluster::shutdown`]. Set by [`Cluster::attach`].
+    pub(crate) fn set_cluster(&mut self, cluster: Cluster) {
+        self.cluster = cluster;
     }
 
     /// Starts accepting connections.
@@ -218,13 +209,12 @@ impl Node {
             http: self.http.clone(),
             token: self.admin_token,
         });
-        let mut background = self.background;
-        background.push(tokio::spawn(admin::serve(
+        let admin = tokio::spawn(admin::serve(
             admin,
             self.admin_listener,
             self.config.header_read_timeout.get(),
             self.shutdown.clone(),
-        )));
+        ));
         let task = tokio::spawn(serve(
             self.config.clone(),
             self.listener,
@@ -241,7 +231,8 @@ impl Node {
             topics: self.topics,
             shutdown: self.shutdown,
             task: Some(task),
-            background,
+            admin: Some(admin),
+            cluster: self.cluster,
         }
     }
 }
@@ -256,7 +247,8 @@ pub struct RunningNode {
     topics: Arc<TopicService>,
     shutdown: CancellationToken,
     task: Option<JoinHandle<()>>,
-    background: Vec<JoinHandle<()>>,
+    admin: Option<JoinHandle<()>>,
+    cluster: Cluster,
 }
 
 impl RunningNode {
@@ -282,19 +274,22 @@ impl RunningNode {
         &self.topics
     }
 
+    /// The cluster backend this node runs with.
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
     /// Stops accepting, disconnects every socket, lets in-flight requests
-    /// finish, and returns when the server has stopped.
+    /// finish, stops the cluster backend (waiting for its tasks), and
+    /// returns when all of it has stopped.
     pub async fn shutdown(mut self) -> Result<(), NodeError> {
         self.shutdown.cancel();
         if let Some(task) = self.task.take() {
             task.await?;
         }
-        for task in std::mem::take(&mut self.background) {
-            if tokio::time::timeout(DRAIN_TIMEOUT, task).await.is_err() {
-                tracing::warn!(
-                    "a background task still runs after {DRAIN_TIMEOUT:?}; stopping anyway"
-                );
-            }
+        self.cluster.shutdown().await;
+        if let Some(admin) = self.admin.take() {
+            admin.await?;
         }
         Ok(())
     }

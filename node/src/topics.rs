@@ -231,18 +231,6 @@ impl TopicService {
         self.boot
     }
 
-    /// Whether `publication` was minted by this very process (not merely by
-    /// a node of the same name).
-    pub fn minted_here(&self, publication: &Publication) -> bool {
-        publication.node == *self.node
-            && publication
-                .id
-                .strip_prefix(&*self.node)
-                .and_then(|rest| rest.strip_prefix('-'))
-                .and_then(|rest| rest.split_once('-'))
-                .is_some_and(|(boot, _)| boot.parse() == Ok(self.boot))
-    }
-
     /// Validates and builds the [`Publication`], hands it to the relay (if
     /// any) and, unless the relay refuses it, delivers it locally; then calls
     /// `done` with the outcome. Without a relay, or with the mesh, all of it

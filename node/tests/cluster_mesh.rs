@@ -13,7 +13,7 @@ use rust_socketio::Payload;
 use serde_json::json;
 use socketioxide::SocketIo;
 use stickyio_node::Relay;
-use stickyio_node::mesh::{Deliver, LinkState, Mesh};
+use stickyio_node::cluster::mesh::{Deliver, LinkState, Mesh};
 use stickyio_shared::config::Duration as ConfigDuration;
 use stickyio_shared::config::node::NodeConfig;
 use stickyio_shared::message::Publication;
@@ -106,7 +106,7 @@ fn serve(
     let (svc, io) = SocketIo::builder()
         .max_payload(io_config.max_payload)
         .build_svc();
-    let mesh = Mesh::start(io_config, deliver, CancellationToken::new()).unwrap();
+    let mesh = Mesh::start(io_config, rand::random(), deliver, CancellationToken::new()).unwrap();
     mesh.register(&io);
     let server = tokio::spawn(async move {
         let mut connections = JoinSet::new();

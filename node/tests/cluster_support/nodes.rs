@@ -2,8 +2,8 @@
 //! either backend.
 //!
 //! Every node is bound on port 0 first; only then are the URLs known, so the
-//! backend is attached afterwards ([`stickyio_node::mesh::attach`] or
-//! [`stickyio_node::redis_backend::attach`]), exactly as `Node::bind` does.
+//! backend is attached afterwards ([`stickyio_node::Cluster::attach`]),
+//! exactly as `Node::bind` does.
 //! Mesh links can be routed through a forwarder, and a node can be given
 //! another secret.
 
@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
-use stickyio_node::{Node, RunningNode, mesh, redis_backend};
+use stickyio_node::{Node, RunningNode};
 use stickyio_shared::config::Duration as ConfigDuration;
 use stickyio_shared::config::node::{self, NodeConfig};
 use tokio::time::{sleep, timeout};
@@ -168,15 +168,8 @@ impl Cluster {
 
     fn serve(&self, i: usize, mut node: Node) -> RunningNode {
         let config = self.config(i);
-        let attached = match self.backend {
-            Backend::Mesh => mesh::attach(&node, &config)
-                .map(drop)
-                .map_err(|e| e.to_string()),
-            Backend::Redis(_) => redis_backend::attach(&mut node, &config)
-                .map(drop)
-                .map_err(|e| e.to_string()),
-        };
-        attached.unwrap_or_else(|e| panic!("attach {}: {e}", self.names[i]));
+        stickyio_node::Cluster::attach(&mut node, &config)
+            .unwrap_or_else(|e| panic!("attach {}: {e}", self.names[i]));
         node.serve()
     }
 

@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use stickyio_shared::config;
 
 use super::metrics::{DropLabels, MeshMetrics, PeerLabels};
-use crate::readiness::LinkState;
+use crate::cluster::{LinkState, millis};
 use stickyio_shared::secret::Secret;
 
 /// How long a dial (handshake and the peer's answer) may take.
@@ -224,7 +224,7 @@ impl Link {
             url: self.url.clone(),
             node: status.node.clone(),
             state: status.state,
-            since: super::millis(status.since),
+            since: millis(status.since),
             messages_out: self.out.get(),
             dropped: self.dropped_link_down.get()
                 + self.dropped_queue_full.get()
@@ -290,7 +290,10 @@ impl Link {
                 config::Duration(settings.retry_interval)
             );
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => {
+                    self.set_down(LinkState::Down, Some("this node is shutting down".into()));
+                    return;
+                }
                 _ = tokio::time::sleep(settings.retry_interval) => {}
             }
         }

@@ -21,9 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::metrics::MemberLabels;
 use super::{Current, REDIS_TIMEOUT, Shared};
-use crate::dedup::Key;
-use crate::mesh::metrics::OriginLabels;
-use crate::readiness::LinkState;
+use crate::cluster::LinkState;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -286,32 +284,19 @@ fn receive(shared: &Shared, message: &Msg) {
             return;
         }
     };
-    let Some(topics) = shared.topics.upgrade() else {
-        return;
-    };
-    if topics.minted_here(&publication) {
-        return;
-    }
     if publication.node == shared.node {
         // Ids read `{node}-{incarnation}-{sequence}`.
         let rest = &publication.id[publication.id.len().min(shared.node.len() + 1)..];
-        shared.conflict_seen(rest.split('-').next().unwrap_or(rest));
+        let boot = rest.split('-').next().unwrap_or(rest);
+        if boot == shared.boot.to_string() {
+            return;
+        }
+        shared.conflict_seen(boot);
     }
-    let origin = OriginLabels {
-        origin: publication.node.clone(),
-    };
-    let key = Key {
-        origin: publication.node.clone(),
-        // The id already names the origin's incarnation.
-        boot: 0,
-        id: publication.id.clone(),
-    };
-    if !shared.dedup().first_seen(key, Instant::now()) {
-        shared.metrics.deduplicated.get_or_create(&origin).inc();
-        return;
-    }
-    topics.deliver_relayed(&publication);
-    shared.metrics.relayed_in.get_or_create(&origin).inc();
+    // The id already names the origin's incarnation.
+    shared
+        .received
+        .receive(&publication.node, 0, &publication, Instant::now());
 }
 
 impl Shared {

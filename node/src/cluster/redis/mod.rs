@@ -24,23 +24,24 @@ mod membership;
 mod metrics;
 mod publish;
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
+use prometheus_client::registry::Registry;
 use redis::aio::MultiplexedConnection;
 use redis::{ConnectionInfo, IntoConnectionInfo, Script};
 use serde::Serialize;
-use stickyio_shared::config::node::{NodeConfig, SecretError};
+use stickyio_shared::config::node::NodeConfig;
 use stickyio_shared::message::Publication;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::dedup::Dedup;
-use crate::mesh::millis;
-use crate::readiness::{Check, LinkState, Readiness};
-use crate::server::Node;
-use crate::topics::{Relay, Then, TopicService};
+use crate::cluster::inbound::{Deliver, Inbound};
+use crate::cluster::{ClusterError, LinkState, millis};
+use crate::readiness::{Check, Readiness};
+use crate::topics::{Relay, Then};
 
 pub use membership::{Conflict, Member};
 
@@ -50,30 +51,16 @@ use publish::Job;
 
 /// Longest wait for a connection or an answer from Redis.
 pub const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
-/// Received ids remembered; Redis delivers each message once per
-/// subscription, so this only guards against the unexpected.
-const DEDUP_CAPACITY: usize = 100_000;
-const DEDUP_TTL: Duration = Duration::from_secs(120);
-
-#[derive(Debug, thiserror::Error)]
-pub enum RedisBackendError {
-    #[error("backend = \"redis\" needs cluster.redis_url")]
-    NoUrl,
-    #[error("cluster.redis_url: {0}")]
-    Url(#[source] redis::RedisError),
-    #[error(transparent)]
-    Password(#[from] SecretError),
-}
 
 /// The Redis connection settings of `config`: its URL plus the password
 /// from `redis_password_file` or the environment. Connects to nothing.
-pub fn connection_info(config: &NodeConfig) -> Result<ConnectionInfo, RedisBackendError> {
+pub fn connection_info(config: &NodeConfig) -> Result<ConnectionInfo, ClusterError> {
     let cluster = &config.cluster;
     let url = cluster
         .redis_url
         .as_deref()
-        .ok_or(RedisBackendError::NoUrl)?;
-    let info = url.into_connection_info().map_err(RedisBackendError::Url)?;
+        .ok_or(ClusterError::NoRedisUrl)?;
+    let info = url.into_connection_info().map_err(ClusterError::RedisUrl)?;
     Ok(match cluster.resolve_redis_password()? {
         Some(password) => {
             let settings = info.redis_settings().clone().set_password(password);
@@ -136,9 +123,8 @@ struct Shared {
     connection: Mutex<Option<Current>>,
     status: Mutex<LinkStatus>,
     membership: Mutex<Membership>,
-    dedup: Mutex<Dedup>,
-    /// Held weakly: the service holds the backend as its relay.
-    topics: Weak<TopicService>,
+    /// Where frames of other nodes go: dedup, count, deliver.
+    received: Inbound,
     metrics: RedisMetrics,
 }
 
@@ -182,10 +168,6 @@ impl Shared {
 
     fn membership(&self) -> MutexGuard<'_, Membership> {
         lock(&self.membership)
-    }
-
-    fn dedup(&self) -> MutexGuard<'_, Dedup> {
-        lock(&self.dedup)
     }
 
     /// Another process uses our name; `other` is its incarnation.
@@ -277,61 +259,59 @@ impl Readiness for RedisBackend {
     }
 }
 
-/// Plugs the Redis backend into a prepared node: the relay on its topic
-/// service, its series on `/metrics`, its link on `/readyz`, and a task that
-/// connects (and keeps reconnecting) until the node shuts down, then leaves
-/// the pool (the node's shutdown waits for that). Does not wait for Redis: a
-/// node whose Redis is down starts, not ready.
-pub fn attach(
-    node: &mut Node,
-    config: &NodeConfig,
-) -> Result<Arc<RedisBackend>, RedisBackendError> {
-    let info = connection_info(config)?;
-    if matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
-        // rediss:// needs a rustls crypto provider; another part of the
-        // process may have installed one already, which is as good.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+impl RedisBackend {
+    /// Builds the backend of `config` for incarnation `boot` and spawns the
+    /// task that connects (and keeps reconnecting) until `shutdown`, then
+    /// leaves the pool: the returned handle ends once it has. Frames of
+    /// other nodes go to `deliver`. Does not wait for Redis: a node whose
+    /// Redis is down starts, not ready.
+    pub fn start(
+        config: &NodeConfig,
+        boot: u64,
+        deliver: Arc<dyn Deliver>,
+        shutdown: CancellationToken,
+    ) -> Result<(Arc<RedisBackend>, JoinHandle<()>), ClusterError> {
+        let info = connection_info(config)?;
+        let tls = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
+        if tls {
+            // rediss:// needs a rustls crypto provider; another part of the
+            // process may have installed one already, which is as good.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let url = format!("{}://{}", if tls { "rediss" } else { "redis" }, info.addr());
+        let client = redis::Client::open(info).map_err(ClusterError::RedisUrl)?;
+        let cluster = &config.cluster;
+        let ttl = cluster.redis_heartbeat_ttl.get();
+        let metrics = RedisMetrics::default();
+        let shared = Arc::new(Shared {
+            node: config.name.clone(),
+            boot,
+            url,
+            names: Names::new(&cluster.redis_prefix, &config.name),
+            max_frame: usize::try_from(config.max_payload).unwrap_or(usize::MAX),
+            ttl,
+            retry_interval: cluster.retry_interval.get(),
+            script: publish::script(),
+            connection: Mutex::new(None),
+            status: Mutex::new(LinkStatus {
+                state: LinkState::Connecting,
+                since: millis(SystemTime::now()),
+                last_error: None,
+            }),
+            membership: Mutex::new(Membership::new(&config.name, ttl * 2)),
+            // Redis hands each message once per subscription: dedup only
+            // guards against the unexpected, with the mesh's window.
+            received: Inbound::new(Duration::ZERO, deliver, metrics.inbound.clone()),
+            metrics,
+        });
+        let link = tokio::spawn(link::run(shared.clone(), client, shutdown));
+        let (jobs, queue) = mpsc::channel(cluster.link_queue);
+        tokio::spawn(publish::run(shared.clone(), queue));
+        Ok((Arc::new(RedisBackend { shared, jobs }), link))
     }
-    let url = format!(
-        "{}://{}",
-        if matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
-            "rediss"
-        } else {
-            "redis"
-        },
-        info.addr()
-    );
-    let client = redis::Client::open(info).map_err(RedisBackendError::Url)?;
-    let cluster = &config.cluster;
-    let ttl = cluster.redis_heartbeat_ttl.get();
-    let topics = node.topics().clone();
-    let shared = Arc::new(Shared {
-        node: config.name.clone(),
-        boot: topics.boot(),
-        url,
-        names: Names::new(&cluster.redis_prefix, &config.name),
-        max_frame: usize::try_from(config.max_payload).unwrap_or(usize::MAX),
-        ttl,
-        retry_interval: cluster.retry_interval.get(),
-        script: publish::script(),
-        connection: Mutex::new(None),
-        status: Mutex::new(LinkStatus {
-            state: LinkState::Connecting,
-            since: millis(SystemTime::now()),
-            last_error: None,
-        }),
-        membership: Mutex::new(Membership::new(&config.name, ttl * 2)),
-        dedup: Mutex::new(Dedup::new(DEDUP_CAPACITY, DEDUP_TTL)),
-        topics: Arc::downgrade(&topics),
-        metrics: RedisMetrics::default(),
-    });
-    let link = tokio::spawn(link::run(shared.clone(), client, node.shutdown_token()));
-    node.add_background(link);
-    let (jobs, queue) = mpsc::channel(cluster.link_queue);
-    tokio::spawn(publish::run(shared.clone(), queue));
-    let backend = Arc::new(RedisBackend { shared, jobs });
-    node.with_registry(|registry| backend.shared.metrics.register(registry));
-    node.add_readiness(backend.clone());
-    topics.set_relay(backend.clone());
-    Ok(backend)
+
+    /// Adds the backend's series to the node's registry.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        self.shared.metrics.register(registry);
+    }
 }
