@@ -3,6 +3,8 @@
 //!
 //! - [`server`]: bind, plug in, serve, shut down ([`Node`], [`RunningNode`]).
 //! - [`topics`]: subscriptions and delivery ([`TopicService`], [`Relay`]).
+//! - `history`, `cursor`: what a node remembers for clients that resume, and
+//!   the authenticated cursors they resume from.
 //! - `index`: the pattern trie that makes a publish cost what it delivers.
 //! - `api`: the Socket.IO events of the topic API and their acks.
 //! - `routes`, `demo`: the client port's HTTP side (demo page, bare `/healthz`).
@@ -31,8 +33,10 @@ mod admin;
 mod api;
 pub mod cli;
 pub mod cluster;
+mod cursor;
 mod deadline;
 mod demo;
+mod history;
 mod index;
 pub mod metrics;
 mod readiness;
@@ -43,4 +47,4 @@ pub mod topics;
 pub use cluster::{Cluster, ClusterError};
 pub use readiness::{Check, Readiness};
 pub use server::{Node, NodeError, RunningNode};
-pub use topics::{ErrorCode, Relay, Then, TopicError, TopicService};
+pub use topics::{ErrorCode, Handed, Relay, Resumed, Then, TopicError, TopicService};

@@ -14,35 +14,60 @@
 //! Redis took the publication or refused it. A refused publish is delivered
 //! nowhere and acked `cluster_unavailable`. Answering in order, and delivering
 //! inside the continuation, keeps one socket's publishes in the order sent.
+//!
+//! History and resume: every delivered message is recorded in the node's
+//! [`History`] and carries the cursor after it. Recording and emitting happen
+//! under one lock, so each socket gets messages in the order of the history
+//! and the last cursor it holds covers all it got. A `subscribe` with
+//! `since` replays, under the subscriptions' write lock (no delivery runs
+//! meanwhile), what the history holds after the cursor, then goes live:
+//! no gap and no duplicate at the seam. The cursor also becomes the
+//! socket's floor: a message it covers that reaches this node late (this
+//! node lagged the one that minted it) is not delivered again.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use ahash::AHashMap;
 use serde::Serialize;
 use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
-use stickyio_shared::config::node::NodeConfig;
+use stickyio_shared::config::node::{Backend, NodeConfig, PublishAck};
 use stickyio_shared::message::Publication;
 use stickyio_shared::topic::{self, Pattern, Topic};
 
+use crate::cursor::{Cursor, CursorError, CursorKey, Frontier};
+use crate::history::{History, Position};
 use crate::index::PatternIndex;
 use crate::metrics::Metrics;
 
 /// Name of the event a socket receives for each matching publication.
 pub const MESSAGE_EVENT: &str = "message";
 
-/// What a [`Relay`] calls once it knows whether the cluster took a
-/// publication: `Ok` to go ahead, or the reason it was refused.
-pub type Then = Box<dyn FnOnce(Result<(), String>) + Send>;
+/// What a [`Relay`] calls once it knows what the cluster did with a
+/// publication.
+pub type Then = Box<dyn FnOnce(Handed) + Send>;
+
+/// What the cluster did with a publication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handed {
+    /// Taken (and, when asked, held by another node or Redis): go ahead.
+    Taken,
+    /// Refused, and delivered nowhere: deliver nowhere here either.
+    Refused(String),
+    /// Relayed, but no other node confirmed holding it in time: it is
+    /// delivered, but may be lost if this node fails.
+    Unconfirmed(String),
+}
 
 /// Where local publications go before local delivery: the cluster backend.
 pub trait Relay: Send + Sync + 'static {
     /// Called once per local publish, in the order publishes arrive. Must not
     /// block: queue and return. Calls `then` exactly once, and for successive
-    /// publications in the order they were handed over.
-    fn relay(&self, publication: &Arc<Publication>, then: Then);
+    /// publications in the order they were handed over; with
+    /// [`PublishAck::Replicated`], only once another node or Redis holds it.
+    fn relay(&self, publication: &Arc<Publication>, ack: PublishAck, then: Then);
 }
 
 /// The error codes of the topic API, as sent in `{ok:false, error:{code}}`.
@@ -54,15 +79,17 @@ pub enum ErrorCode {
     TooManySubscriptions,
     TooLarge,
     ClusterUnavailable,
+    InvalidCursor,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 5] = [
+    pub const ALL: [ErrorCode; 6] = [
         ErrorCode::InvalidTopic,
         ErrorCode::InvalidPayload,
         ErrorCode::TooManySubscriptions,
         ErrorCode::TooLarge,
         ErrorCode::ClusterUnavailable,
+        ErrorCode::InvalidCursor,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -72,6 +99,7 @@ impl ErrorCode {
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::ClusterUnavailable => "cluster_unavailable",
+            ErrorCode::InvalidCursor => "invalid_cursor",
         }
     }
 }
@@ -92,6 +120,10 @@ pub enum TopicError {
     TooLarge { size: usize, limit: usize },
     #[error("the cluster cannot take this publish, so it was delivered nowhere: {0}")]
     ClusterUnavailable(String),
+    #[error("{0}")]
+    NotReplicated(String),
+    #[error("`since` is not a usable cursor: {0}")]
+    InvalidCursor(#[from] CursorError),
 }
 
 impl TopicError {
@@ -101,7 +133,10 @@ impl TopicError {
             TopicError::InvalidPayload(_) => ErrorCode::InvalidPayload,
             TopicError::TooManySubscriptions { .. } => ErrorCode::TooManySubscriptions,
             TopicError::TooLarge { .. } => ErrorCode::TooLarge,
-            TopicError::ClusterUnavailable(_) => ErrorCode::ClusterUnavailable,
+            TopicError::ClusterUnavailable(_) | TopicError::NotReplicated(_) => {
+                ErrorCode::ClusterUnavailable
+            }
+            TopicError::InvalidCursor(_) => ErrorCode::InvalidCursor,
         }
     }
 }
@@ -112,12 +147,70 @@ struct Delivery<'a> {
     #[serde(flatten)]
     publication: &'a Publication,
     patterns: &'a [&'a str],
+    /// The position just after this message; absent with history off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cursor: Option<&'a str>,
+    /// Only on messages replayed by a resume.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    replayed: bool,
 }
 
 struct Subscriber {
     socket: SocketRef,
     /// In subscription order, for the `subscriptions` ack.
     patterns: Vec<Pattern>,
+    /// Set while the socket resumed from a cursor this node has not caught
+    /// up with: messages it covers were delivered already (by the node that
+    /// minted it) and are skipped; the flag keeps the common case lock-free.
+    has_floor: AtomicBool,
+    floor: Mutex<Option<Frontier>>,
+}
+
+impl Subscriber {
+    fn new(socket: &SocketRef) -> Subscriber {
+        Subscriber {
+            socket: socket.clone(),
+            patterns: Vec::new(),
+            has_floor: AtomicBool::new(false),
+            floor: Mutex::new(None),
+        }
+    }
+
+    /// For a socket with a floor: whether `position` is below it (skip),
+    /// else the cursor to send it, the floor merged in. The floor is
+    /// dropped once the node's frontier covers it.
+    fn through_floor(&self, position: Option<&Position>, frontier: &Frontier) -> Floor {
+        let mut floor = lock(&self.floor);
+        let Some(current) = floor.as_ref() else {
+            return Floor::None;
+        };
+        if position.is_some_and(|p| current.covers(&p.origin, p.boot, p.seq)) {
+            return Floor::Below;
+        }
+        if frontier.dominates(current) {
+            *floor = None;
+            self.has_floor.store(false, Ordering::Release);
+            return Floor::None;
+        }
+        let mut merged = frontier.clone();
+        merged.merge(current);
+        Floor::Above(merged)
+    }
+}
+
+enum Floor {
+    None,
+    Below,
+    Above(Frontier),
+}
+
+/// What a `subscribe` with `since` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resumed {
+    /// Every missed message was replayed: this many.
+    Recovered(usize),
+    /// The history does not reach back; live from now.
+    NotRecovered,
 }
 
 #[derive(Default)]
@@ -138,10 +231,22 @@ pub struct TopicService {
     subscriptions: RwLock<Subscriptions>,
     relay: OnceLock<Arc<dyn Relay>>,
     metrics: Arc<Metrics>,
+    /// `None` with `history.size = 0`. Locked while a message is recorded
+    /// and emitted, so sockets see history order.
+    history: Option<Mutex<History>>,
+    cursors: CursorKey,
+    publish_ack: PublishAck,
 }
 
 impl TopicService {
     pub fn new(config: &NodeConfig, metrics: Arc<Metrics>) -> TopicService {
+        let history = (config.history.size > 0).then(|| {
+            Mutex::new(History::new(
+                config.history.size,
+                config.history.ttl.get(),
+                now_millis(),
+            ))
+        });
         TopicService {
             node: Arc::from(config.name.as_str()),
             max_subscriptions: config.max_subscriptions,
@@ -151,6 +256,9 @@ impl TopicService {
             subscriptions: RwLock::default(),
             relay: OnceLock::new(),
             metrics,
+            history,
+            cursors: CursorKey::new(pool_secret(config).as_bytes()),
+            publish_ack: config.publish_ack,
         }
     }
 
@@ -159,28 +267,106 @@ impl TopicService {
     pub fn subscribe(&self, socket: &SocketRef, pattern: &str) -> Result<Pattern, TopicError> {
         let pattern = Pattern::parse(pattern)?;
         let mut state = self.write();
+        if Self::add(&mut state, socket, &pattern, self.max_subscriptions)? {
+            self.metrics.subscriptions.inc();
+        }
+        Ok(pattern)
+    }
+
+    /// Like [`TopicService::subscribe`], resuming from cursor `since`:
+    /// first every message after it that matches `pattern` (and none of the
+    /// socket's other patterns, whose messages it already has), marked
+    /// `replayed`, then live ones.
+    pub fn subscribe_since(
+        &self,
+        socket: &SocketRef,
+        pattern: &str,
+        since: &str,
+    ) -> Result<(Pattern, Resumed), TopicError> {
+        let pattern = Pattern::parse(pattern)?;
+        let cursor = self.cursors.decode(since)?;
+        let mut state = self.write();
+        // Held across the replay: no delivery runs (they need the read
+        // lock), so what the history holds now is exactly what came before.
+        let held: Vec<Pattern> = state
+            .sockets
+            .get(&socket.id)
+            .map(|s| s.patterns.clone())
+            .unwrap_or_default();
+        if !Self::add(&mut state, socket, &pattern, self.max_subscriptions)? {
+            return Ok((pattern, Resumed::Recovered(0)));
+        }
+        self.metrics.subscriptions.inc();
+        let Some(history) = &self.history else {
+            return Ok((pattern, Resumed::NotRecovered));
+        };
+        let mut history = lock(history);
+        let replay = history.since(&cursor, Instant::now(), now_millis(), |p| {
+            Topic::parse(&p.topic).is_ok_and(|topic| {
+                pattern.matches(&topic) && !held.iter().any(|h| h.matches(&topic))
+            })
+        });
+        let replay = match replay {
+            Ok(replay) => replay,
+            Err(why) => {
+                tracing::debug!(sid = %socket.id, reason = ?why, "resume not recovered");
+                return Ok((pattern, Resumed::NotRecovered));
+            }
+        };
+        let Some(subscriber) = state.sockets.get(&socket.id) else {
+            return Ok((pattern, Resumed::NotRecovered));
+        };
+        for (publication, after) in &replay {
+            let matching = Topic::parse(&publication.topic).map_or_else(
+                |_| Vec::new(),
+                |topic| {
+                    subscriber
+                        .patterns
+                        .iter()
+                        .filter(|p| p.matches(&topic))
+                        .map(|p| p.as_str())
+                        .collect()
+                },
+            );
+            let cursor = self.mint(after);
+            self.emit(subscriber, publication, &matching, Some(&cursor), true);
+        }
+        if !history.frontier().dominates(&cursor.frontier) {
+            let mut floor = lock(&subscriber.floor);
+            floor
+                .get_or_insert_with(Frontier::default)
+                .merge(&cursor.frontier);
+            subscriber.has_floor.store(true, Ordering::Release);
+        }
+        Ok((pattern, Resumed::Recovered(replay.len())))
+    }
+
+    /// Adds `pattern` for `socket` under the write lock; false when the
+    /// socket already held it (or is gone).
+    fn add(
+        state: &mut Subscriptions,
+        socket: &SocketRef,
+        pattern: &Pattern,
+        limit: usize,
+    ) -> Result<bool, TopicError> {
         // Checked under the lock: a socket is marked disconnected before its
         // disconnect handler runs, so a late subscribe cannot outlive cleanup.
         if !socket.connected() {
-            return Ok(pattern);
+            return Ok(false);
         }
-        let Subscriptions { index, sockets } = &mut *state;
-        let subscriber = sockets.entry(socket.id).or_insert_with(|| Subscriber {
-            socket: socket.clone(),
-            patterns: Vec::new(),
-        });
-        if subscriber.patterns.contains(&pattern) {
-            return Ok(pattern);
+        let Subscriptions { index, sockets } = state;
+        let subscriber = sockets
+            .entry(socket.id)
+            .or_insert_with(|| Subscriber::new(socket));
+        if subscriber.patterns.contains(pattern) {
+            return Ok(false);
         }
-        if subscriber.patterns.len() >= self.max_subscriptions {
-            return Err(TopicError::TooManySubscriptions {
-                limit: self.max_subscriptions,
-            });
+        if subscriber.patterns.len() >= limit {
+            return Err(TopicError::TooManySubscriptions { limit });
         }
         subscriber.patterns.push(pattern.clone());
-        index.insert(&pattern, socket.id);
-        self.metrics.subscriptions.inc();
-        Ok(pattern)
+        index.insert(pattern, socket.id);
+        Ok(true)
     }
 
     /// Removes `pattern` from the socket's subscriptions; succeeds whether or
@@ -233,14 +419,17 @@ impl TopicService {
 
     /// Validates and builds the [`Publication`], hands it to the relay (if
     /// any) and, unless the relay refuses it, delivers it locally; then calls
-    /// `done` with the outcome. Without a relay, or with the mesh, all of it
-    /// happens before this returns; with Redis, `done` runs once Redis answers,
-    /// in the order publishes were made.
+    /// `done` with the outcome. `ack` (else the node's `publish_ack`) says
+    /// whether `done` waits until another node or Redis holds it. Without a
+    /// relay, or with the mesh and local acks, all of it happens before this
+    /// returns; otherwise `done` runs once the cluster answers, in the order
+    /// publishes were made.
     pub fn publish(
         self: &Arc<Self>,
         sender_id: &str,
         topic: &str,
         content: serde_json::Value,
+        ack: Option<PublishAck>,
         done: impl FnOnce(Result<Arc<Publication>, TopicError>) + Send + 'static,
     ) {
         let (publication, topic) = match self.prepare(sender_id, topic, content) {
@@ -255,12 +444,17 @@ impl TopicService {
         let handed = publication.clone();
         relay.relay(
             &handed,
-            Box::new(move |taken| match taken {
-                Ok(()) => {
+            ack.unwrap_or(self.publish_ack),
+            Box::new(move |outcome| match outcome {
+                Handed::Taken => {
                     service.deliver_published(&publication, &topic);
                     done(Ok(publication));
                 }
-                Err(why) => done(Err(TopicError::ClusterUnavailable(why))),
+                Handed::Unconfirmed(why) => {
+                    service.deliver_published(&publication, &topic);
+                    done(Err(TopicError::NotReplicated(why)));
+                }
+                Handed::Refused(why) => done(Err(TopicError::ClusterUnavailable(why))),
             }),
         );
     }
@@ -291,18 +485,18 @@ impl TopicService {
         Ok((publication, topic))
     }
 
-    fn deliver_published(&self, publication: &Publication, topic: &Topic) {
+    fn deliver_published(&self, publication: &Arc<Publication>, topic: &Topic) {
         self.metrics.published.inc();
         self.deliver(publication, topic);
     }
 
     /// Delivers a publication that came from a peer to local sockets only
     /// (never relays it). Returns the number of sockets reached.
-    pub fn deliver_relayed(&self, publication: &Publication) -> usize {
+    pub fn deliver_relayed(&self, publication: &Arc<Publication>) -> usize {
         match Topic::parse(&publication.topic) {
             Ok(topic) => self.deliver(publication, &topic),
             Err(e) => {
-                tracing::warn!(id = %publication.id, node = %publication.node, "relayed publication dropped: {e}");
+                tracing::warn!(id = %publication.id, node = %publication.node, error = %e, "relayed publication dropped");
                 0
             }
         }
@@ -316,10 +510,22 @@ impl TopicService {
         }
     }
 
-    /// Emits the publication to each matching socket once. Returns the
-    /// number of sockets it was handed to.
-    fn deliver(&self, publication: &Publication, topic: &Topic) -> usize {
+    /// Records the publication in the history and emits it to each matching
+    /// socket once, with the cursor after it. Returns the number of sockets
+    /// it was handed to.
+    fn deliver(&self, publication: &Arc<Publication>, topic: &Topic) -> usize {
         let state = self.read();
+        let position = Position::of(publication);
+        // Held while emitting: two deliveries never interleave, so a socket
+        // never gets a message after one whose cursor already covers it.
+        let mut history = self.history.as_ref().map(lock);
+        let cursor = history.as_deref_mut().map(|history| {
+            if let Some(position) = &position {
+                history.record(publication.clone(), position.clone(), Instant::now());
+            }
+            self.mint(history.frontier())
+        });
+        let frontier = history.as_deref().map(History::frontier);
         let mut reached = 0;
         for group in state.index.matches(topic) {
             let patterns: Vec<&str> = group.patterns.iter().map(|p| &**p).collect();
@@ -328,10 +534,12 @@ impl TopicService {
             let delivery = match serde_json::value::to_raw_value(&Delivery {
                 publication,
                 patterns: &patterns,
+                cursor: cursor.as_deref(),
+                replayed: false,
             }) {
                 Ok(json) => json,
                 Err(e) => {
-                    tracing::warn!(id = %publication.id, "publication not serializable, delivered nowhere: {e}");
+                    tracing::warn!(id = %publication.id, error = %e, "publication not serializable, delivered nowhere");
                     self.metrics.dropped.inc_by(group.keys.len() as u64);
                     continue;
                 }
@@ -340,10 +548,25 @@ impl TopicService {
                 let Some(subscriber) = state.sockets.get(&sid) else {
                     continue;
                 };
+                if let Some(frontier) = frontier
+                    && subscriber.has_floor.load(Ordering::Acquire)
+                {
+                    match subscriber.through_floor(position.as_ref(), frontier) {
+                        Floor::Below => continue,
+                        Floor::Above(merged) => {
+                            let cursor = self.mint(&merged);
+                            if self.emit(subscriber, publication, &patterns, Some(&cursor), false) {
+                                reached += 1;
+                            }
+                            continue;
+                        }
+                        Floor::None => {}
+                    }
+                }
                 match subscriber.socket.emit(MESSAGE_EVENT, &*delivery) {
                     Ok(()) => reached += 1,
                     Err(e) => {
-                        tracing::debug!(%sid, id = %publication.id, "delivery dropped: {e}");
+                        tracing::debug!(%sid, id = %publication.id, error = %e, "delivery dropped");
                         self.metrics.dropped.inc();
                     }
                 }
@@ -351,6 +574,43 @@ impl TopicService {
         }
         self.metrics.delivered.inc_by(reached as u64);
         reached
+    }
+
+    /// Emits one message to one socket, serialized for it alone (replays,
+    /// and sockets whose cursor differs from the group's).
+    fn emit(
+        &self,
+        subscriber: &Subscriber,
+        publication: &Publication,
+        patterns: &[&str],
+        cursor: Option<&str>,
+        replayed: bool,
+    ) -> bool {
+        let sent = subscriber.socket.emit(
+            MESSAGE_EVENT,
+            &Delivery {
+                publication,
+                patterns,
+                cursor,
+                replayed,
+            },
+        );
+        match sent {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(sid = %subscriber.socket.id, id = %publication.id, error = %e, "delivery dropped");
+                self.metrics.dropped.inc();
+                false
+            }
+        }
+    }
+
+    /// The cursor of `frontier`, minted now.
+    fn mint(&self, frontier: &Frontier) -> String {
+        self.cursors.encode(&Cursor {
+            minted_at: now_millis(),
+            frontier: frontier.clone(),
+        })
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Subscriptions> {
@@ -365,6 +625,32 @@ impl TopicService {
         self.subscriptions
             .write()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What the pool's cursors are signed with: the cluster secret, so cursors
+/// of another pool or forged ones are refused. A pool without one (a
+/// standalone node, the Redis backend) signs with a name of the pool: its
+/// cursors are checked for integrity and origin, not secret.
+fn pool_secret(config: &NodeConfig) -> String {
+    let cluster = &config.cluster;
+    if let Ok(Some(secret)) = cluster.resolve_secret() {
+        return format!("secret:{secret}");
+    }
+    match (cluster.standalone, cluster.backend) {
+        (false, Backend::Redis) => {
+            let password = cluster.resolve_redis_password().ok().flatten();
+            format!(
+                "redis:{}:{}",
+                cluster.redis_prefix,
+                password.unwrap_or_default()
+            )
+        }
+        _ => format!("standalone:{}", config.name),
     }
 }
 

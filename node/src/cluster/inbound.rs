@@ -28,7 +28,7 @@ pub const DEDUP_MIN_TTL: Duration = Duration::from_secs(120);
 pub trait Deliver: Send + Sync + 'static {
     /// Delivers to local sockets and returns how many received it. Must not
     /// relay: that is what keeps the cluster one hop and loop-free.
-    fn deliver(&self, publication: &Publication) -> usize;
+    fn deliver(&self, publication: &Arc<Publication>) -> usize;
 }
 
 /// Relayed publications go to the node's topic service, held weakly: the
@@ -37,7 +37,7 @@ pub trait Deliver: Send + Sync + 'static {
 pub struct LocalDelivery(pub Weak<TopicService>);
 
 impl Deliver for LocalDelivery {
-    fn deliver(&self, publication: &Publication) -> usize {
+    fn deliver(&self, publication: &Arc<Publication>) -> usize {
         self.0
             .upgrade()
             .map_or(0, |topics| topics.deliver_relayed(publication))
@@ -71,13 +71,7 @@ impl Inbound {
 
     /// Delivers `publication` from `origin` (incarnation `boot`) unless it
     /// was already delivered; false for a duplicate.
-    pub fn receive(
-        &self,
-        origin: &str,
-        boot: u64,
-        publication: &Publication,
-        now: Instant,
-    ) -> bool {
+    pub fn receive(&self, origin: &str, boot: u64, publication: Publication, now: Instant) -> bool {
         let labels = OriginLabels {
             origin: origin.to_owned(),
         };
@@ -101,7 +95,7 @@ impl Inbound {
             return false;
         }
         self.metrics.relayed_in.get_or_create(&labels).inc();
-        self.deliver.deliver(publication);
+        self.deliver.deliver(&Arc::new(publication));
         true
     }
 
@@ -125,7 +119,7 @@ mod tests {
     #[derive(Default)]
     struct Count(AtomicUsize);
     impl Deliver for Count {
-        fn deliver(&self, _: &Publication) -> usize {
+        fn deliver(&self, _: &Arc<Publication>) -> usize {
             self.0.fetch_add(1, Ordering::Relaxed);
             1
         }
@@ -147,9 +141,9 @@ mod tests {
         let count = Arc::new(Count::default());
         let inbound = Inbound::new(Duration::ZERO, count.clone(), InboundMetrics::default());
         let now = Instant::now();
-        assert!(inbound.receive("node-b", 7, &publication("node-b-7-1"), now));
-        assert!(!inbound.receive("node-b", 7, &publication("node-b-7-1"), now));
-        assert!(inbound.receive("node-b", 8, &publication("node-b-7-1"), now));
+        assert!(inbound.receive("node-b", 7, publication("node-b-7-1"), now));
+        assert!(!inbound.receive("node-b", 7, publication("node-b-7-1"), now));
+        assert!(inbound.receive("node-b", 8, publication("node-b-7-1"), now));
         assert_eq!(count.0.load(Ordering::Relaxed), 2);
         assert_eq!(inbound.messages_in("node-b"), 2);
         let dups = inbound.metrics.deduplicated.get_or_create(&OriginLabels {

@@ -166,6 +166,21 @@ impl Listener {
             listener.receive(&from, frame.map_err(|e| e.to_string()));
             std::future::ready(())
         });
+        // The same, from a publisher waiting for a peer to hold it: once it
+        // is delivered here (and in this node's history), say so.
+        let listener = self.clone();
+        let from = peer.clone();
+        s.on(
+            "relay_held",
+            move |s: SocketRef, TryData(frame): TryData<Bytes>| {
+                if let Some(id) = listener.receive(&from, frame.map_err(|e| e.to_string()))
+                    && let Err(e) = s.emit("held", &id)
+                {
+                    tracing::debug!(node = from.node, error = %e, "could not confirm a held publication");
+                }
+                std::future::ready(())
+            },
+        );
         let listener = self.clone();
         let node = peer.node;
         s.on_disconnect(move || {
@@ -180,7 +195,9 @@ impl Listener {
         }
     }
 
-    fn receive(&self, peer: &PeerId, frame: Result<Bytes, String>) {
+    /// Handles one relay frame; the id of the publication it carried when it
+    /// was valid (delivered now, or already before).
+    fn receive(&self, peer: &PeerId, frame: Result<Bytes, String>) -> Option<String> {
         let bytes = match frame {
             Ok(bytes) => bytes,
             Err(e) => {
@@ -190,7 +207,7 @@ impl Listener {
                     "Dropped a relay event from {} without a binary frame: {e}",
                     peer.node
                 );
-                return;
+                return None;
             }
         };
         let publication = match relay::decode(&bytes, self.max_frame) {
@@ -202,7 +219,7 @@ impl Listener {
                     "Dropped a relay frame from {}: {e}",
                     peer.node
                 );
-                return;
+                return None;
             }
         };
         if publication.node != peer.node {
@@ -213,10 +230,12 @@ impl Listener {
                 peer.node,
                 publication.node
             );
-            return;
+            return None;
         }
+        let id = publication.id.clone();
         self.received
-            .receive(&peer.node, peer.boot, &publication, Instant::now());
+            .receive(&peer.node, peer.boot, publication, Instant::now());
+        Some(id)
     }
 
     fn connected(&self, node: &str, change: isize) {

@@ -12,6 +12,7 @@
 //! for `/readyz` and counters for `/metrics`. [`crate::cluster::Cluster`]
 //! plugs it into a node before it serves; it knows nothing of the server.
 
+mod confirm;
 mod link;
 mod listener;
 pub(crate) mod metrics;
@@ -22,7 +23,7 @@ use bytes::Bytes;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use socketioxide::SocketIo;
-use stickyio_shared::config::node::NodeConfig;
+use stickyio_shared::config::node::{NodeConfig, PublishAck};
 use stickyio_shared::message::Publication;
 use stickyio_shared::relay;
 use stickyio_shared::secret::Secret;
@@ -32,14 +33,15 @@ use tokio_util::sync::CancellationToken;
 use crate::cluster::ClusterError;
 use crate::cluster::inbound::Inbound;
 use crate::readiness::{Check, Readiness};
-use crate::topics::{Relay, Then};
+use crate::topics::{Handed, Relay, Then};
 
 pub use crate::cluster::LinkState;
 pub use crate::cluster::inbound::Deliver;
 pub use link::LinkStatus;
 pub use listener::InboundStatus;
 
-use link::{Link, LinkSettings};
+use confirm::Waiter;
+use link::{Frame, Link, LinkSettings};
 use listener::Listener;
 use metrics::MeshMetrics;
 
@@ -172,44 +174,70 @@ impl Mesh {
 }
 
 impl Relay for Mesh {
-    /// Sends a publication made on this node once over each link, and lets
-    /// the publish go ahead at once. Never waits: a peer whose queue is full
-    /// or whose link is down misses it, and the drop is counted.
+    /// Sends a publication made on this node once over each link. Never
+    /// waits: a peer whose queue is full or whose link is down misses it,
+    /// and the drop is counted. With local acks the publish goes ahead at
+    /// once; replicated, once a peer says it holds it ([`confirm`]).
     /// Publications of other nodes are never relayed.
-    fn relay(&self, publication: &Arc<Publication>, then: Then) {
-        self.send(publication);
-        then(Ok(()));
+    fn relay(&self, publication: &Arc<Publication>, ack: PublishAck, then: Then) {
+        match ack {
+            PublishAck::Local => {
+                self.send(publication, None);
+                then(Handed::Taken);
+            }
+            PublishAck::Replicated => {
+                let waiter = Waiter::start(then, self.links.len());
+                self.send(publication, Some(waiter));
+            }
+        }
     }
 }
 
 impl Mesh {
-    fn send(&self, publication: &Arc<Publication>) {
+    fn send(&self, publication: &Arc<Publication>, waiter: Option<Arc<Waiter>>) {
         if publication.node != self.node {
             tracing::debug!(
                 origin = publication.node,
                 "not relaying a publication of another node"
             );
+            if let Some(waiter) = waiter {
+                self.links
+                    .iter()
+                    .for_each(|_| waiter.failed("not this node's"));
+            }
             return;
         }
-        let frame = match relay::encode(publication) {
-            Ok(frame) => Bytes::from(frame),
+        let bytes = match relay::encode(publication) {
+            Ok(bytes) => Bytes::from(bytes),
             Err(e) => {
                 tracing::error!(id = publication.id, "cannot encode a relay frame: {e}");
+                if let Some(waiter) = waiter {
+                    self.links
+                        .iter()
+                        .for_each(|_| waiter.failed("not encodable"));
+                }
                 return;
             }
         };
-        if frame.len() > self.max_frame {
+        let frame = Frame {
+            id: Arc::from(publication.id.as_str()),
+            bytes,
+            waiter,
+        };
+        if frame.bytes.len() > self.max_frame {
             tracing::warn!(
                 id = publication.id,
                 "not relaying a publication: its {}-byte frame exceeds max_payload ({})",
-                frame.len(),
+                frame.bytes.len(),
                 self.max_frame
             );
-            self.links.iter().for_each(|link| link.drop_too_large());
+            self.links
+                .iter()
+                .for_each(|link| link.drop_too_large(&frame));
             return;
         }
         for link in &self.links {
-            link.relay(&frame);
+            link.relay(frame.clone());
         }
     }
 }

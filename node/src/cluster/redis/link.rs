@@ -296,7 +296,7 @@ fn receive(shared: &Shared, message: &Msg) {
     // The id already names the origin's incarnation.
     shared
         .received
-        .receive(&publication.node, 0, &publication, Instant::now());
+        .receive(&publication.node.clone(), 0, publication, Instant::now());
 }
 
 impl Shared {

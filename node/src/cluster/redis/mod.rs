@@ -31,7 +31,7 @@ use prometheus_client::registry::Registry;
 use redis::aio::MultiplexedConnection;
 use redis::{ConnectionInfo, IntoConnectionInfo, Script};
 use serde::Serialize;
-use stickyio_shared::config::node::NodeConfig;
+use stickyio_shared::config::node::{NodeConfig, PublishAck};
 use stickyio_shared::message::Publication;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cluster::inbound::{Deliver, Inbound};
 use crate::cluster::{ClusterError, LinkState, millis};
 use crate::readiness::{Check, Readiness};
-use crate::topics::{Relay, Then};
+use crate::topics::{Handed, Relay, Then};
 
 pub use membership::{Conflict, Member};
 
@@ -224,23 +224,24 @@ impl Relay for RedisBackend {
     /// Redis must take the publication for every live member before the
     /// origin delivers it: `then` runs with Redis's answer. When
     /// `cluster.link_queue` publishes already wait for Redis, refused at once.
-    fn relay(&self, publication: &Arc<Publication>, then: Then) {
+    fn relay(&self, publication: &Arc<Publication>, _ack: PublishAck, then: Then) {
         let job = Job {
             publication: publication.clone(),
             then,
         };
         match self.jobs.try_send(job) {
             Ok(()) => {}
-            Err(TrySendError::Full(job)) => (job.then)(Err(self.shared.refuse(
+            Err(TrySendError::Full(job)) => (job.then)(Handed::Refused(self.shared.refuse(
                 "queue_full",
                 format!(
                     "{} publishes of this node are already waiting for Redis",
                     self.jobs.max_capacity()
                 ),
             ))),
-            Err(TrySendError::Closed(job)) => (job.then)(Err(self
-                .shared
-                .refuse("disconnected", "the Redis backend has stopped".to_owned()))),
+            Err(TrySendError::Closed(job)) => (job.then)(Handed::Refused(
+                self.shared
+                    .refuse("disconnected", "the Redis backend has stopped".to_owned()),
+            )),
         }
     }
 }

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 use super::{REDIS_TIMEOUT, Shared};
-use crate::topics::Then;
+use crate::topics::{Handed, Then};
 
 /// Most publishes sent in one pipeline.
 const MAX_BATCH: usize = 256;
@@ -46,7 +46,7 @@ pub async fn run(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
             .unzip();
         let outcomes = shared.publish(&publications).await;
         for (then, taken) in thens.into_iter().zip(outcomes) {
-            then(taken);
+            then(taken.map_or_else(Handed::Refused, |()| Handed::Taken));
         }
     }
 }

@@ -67,8 +67,50 @@ pub struct NodeConfig {
     /// How long a request body may take to arrive, whole (slow bodies).
     #[serde(default = "defaults::body_read_timeout")]
     pub body_read_timeout: Duration,
+    /// When a publish is acked: at once, or once another node (or Redis)
+    /// holds it. A publish may ask for `"replicated"` itself.
+    #[serde(default)]
+    pub publish_ack: PublishAck,
+    #[serde(default)]
+    pub history: HistoryConfig,
     #[serde(default)]
     pub cluster: ClusterConfig,
+}
+
+/// When the node acks a publish.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishAck {
+    /// Once delivered here and handed to the cluster: fast, but lost if this
+    /// node dies before relaying it.
+    #[default]
+    Local,
+    /// Once at least one other node (mesh) or Redis holds it, so a resume
+    /// from a cursor finds it whichever node fails.
+    Replicated,
+}
+
+/// `[history]`: what each node remembers so a client can resume from a
+/// cursor. Bounded in count and in age; `size = 0` turns it off (and
+/// messages carry no cursor).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Messages kept, the oldest forgotten first.
+    #[serde(default = "defaults::history_size")]
+    pub size: usize,
+    /// How long a message is kept at most.
+    #[serde(default = "defaults::history_ttl")]
+    pub ttl: Duration,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            size: defaults::history_size(),
+            ttl: defaults::history_ttl(),
+        }
+    }
 }
 
 mod defaults {
@@ -109,7 +151,21 @@ mod defaults {
     pub fn body_read_timeout() -> Duration {
         Duration::from_secs(30)
     }
+    /// A few minutes of a busy chat room; a few MB (BENCHMARKS.md).
+    pub fn history_size() -> usize {
+        10_000
+    }
+    /// Longer than any client takes to notice a dead node and reconnect.
+    pub fn history_ttl() -> Duration {
+        Duration::from_secs(300)
+    }
 }
+
+/// Largest `history.size`: beyond it one node's history could hold gigabytes.
+const MAX_HISTORY_SIZE: usize = 1_000_000;
+/// Shortest `history.ttl`: a resume must be able to reach back past the
+/// seconds a client takes to reconnect.
+const MIN_HISTORY_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl NodeConfig {
     /// Reads, validates and resolves `node.toml`: a relative `secret_file`,
@@ -154,6 +210,8 @@ impl NodeConfig {
             max_connections: defaults::max_connections(),
             header_read_timeout: defaults::header_read_timeout(),
             body_read_timeout: defaults::body_read_timeout(),
+            publish_ack: PublishAck::default(),
+            history: HistoryConfig::default(),
             cluster: ClusterConfig::default(),
         }
     }
@@ -221,6 +279,18 @@ impl Validate for NodeConfig {
                 "must be greater than 0",
             ));
         }
+        if self.history.size > MAX_HISTORY_SIZE {
+            return Err(Violation::new(
+                "history.size",
+                format!("must be at most {MAX_HISTORY_SIZE} messages (0 turns history off)"),
+            ));
+        }
+        if self.history.ttl.get() < MIN_HISTORY_TTL {
+            return Err(Violation::new(
+                "history.ttl",
+                format!("must be at least {}", Duration(MIN_HISTORY_TTL)),
+            ));
+        }
         super::check_admin_token(self.admin_token.as_ref(), self.admin_token_file.as_deref())?;
         self.cluster.validate()
     }
@@ -269,6 +339,38 @@ retry_interval = "5s"
         assert_eq!(c.max_message_bytes, 65_536);
         assert_eq!(c.send_buffer, 1024);
         assert_eq!(c.admin.to_string(), "127.0.0.1:9100");
+        assert_eq!(c.history, HistoryConfig::default());
+        assert_eq!(c.history.size, 10_000);
+        assert_eq!(c.publish_ack, PublishAck::Local);
+    }
+
+    #[test]
+    fn history_and_publish_ack_are_read_and_bounded() {
+        let base = "listen = \"127.0.0.1:0\"\nname = \"n\"\n";
+        let c: NodeConfig = parse(
+            &format!("{base}publish_ack = \"replicated\"\n[history]\nsize = 0\nttl = \"1m\"\n"),
+            "n.toml",
+        )
+        .unwrap();
+        assert_eq!(c.publish_ack, PublishAck::Replicated);
+        assert_eq!(
+            (c.history.size, c.history.ttl),
+            (0, Duration::from_secs(60))
+        );
+        let err = |text: &str| {
+            parse::<NodeConfig>(&format!("{base}{text}"), "n.toml")
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            err("[history]\nsize = 2000000\n"),
+            "n.toml:4:8: `history.size`: must be at most 1000000 messages (0 turns history off)"
+        );
+        assert_eq!(
+            err("[history]\nttl = \"1s\"\n"),
+            "n.toml:4:7: `history.ttl`: must be at least 10s"
+        );
+        assert!(err("publish_ack = \"sometimes\"\n").starts_with("n.toml:3:15: unknown variant"));
     }
 
     #[test]

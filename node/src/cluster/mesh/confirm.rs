@@ -1,0 +1,117 @@
+//! `publish_ack = "replicated"` over the mesh: the publisher's ack waits
+//! until at least one peer confirms it holds the publication (delivered and
+//! in its history), so a resume finds it even if this node dies next.
+//!
+//! A [`Waiter`] travels with the frame to every link. The first peer that
+//! answers `held` completes it; it completes as unconfirmed when every link
+//! failed to get the frame across, or after [`CONFIRM_TIMEOUT`].
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use crate::topics::{Handed, Then};
+
+/// Longest wait for a peer's confirmation.
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct Waiter {
+    then: Mutex<Option<Then>>,
+    /// Links that may still confirm.
+    links: AtomicUsize,
+}
+
+impl Waiter {
+    /// A waiter over `links` links; completes unconfirmed after
+    /// [`CONFIRM_TIMEOUT`] unless a peer confirms first. Needs a Tokio runtime.
+    pub fn start(then: Then, links: usize) -> Arc<Waiter> {
+        let waiter = Arc::new(Waiter {
+            then: Mutex::new(Some(then)),
+            links: AtomicUsize::new(links),
+        });
+        if links == 0 {
+            waiter.finish(Handed::Unconfirmed(
+                "this node has no peer links".to_owned(),
+            ));
+            return waiter;
+        }
+        let timer = Arc::downgrade(&waiter);
+        tokio::spawn(async move {
+            tokio::time::sleep(CONFIRM_TIMEOUT).await;
+            if let Some(waiter) = timer.upgrade() {
+                waiter.finish(Handed::Unconfirmed(format!(
+                    "no other node confirmed holding it within {CONFIRM_TIMEOUT:?}; it may be lost if this node fails"
+                )));
+            }
+        });
+        waiter
+    }
+
+    /// A peer holds it.
+    pub fn confirmed(&self) {
+        self.finish(Handed::Taken);
+    }
+
+    /// One link will never confirm (down, full, lost): when it was the last,
+    /// the publish completes unconfirmed.
+    pub fn failed(&self, why: &str) {
+        if self.links.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.finish(Handed::Unconfirmed(format!(
+                "no other node confirmed holding it ({why}); it may be lost if this node fails"
+            )));
+        }
+    }
+
+    fn finish(&self, outcome: Handed) {
+        let then = self
+            .then
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(then) = then {
+            then(outcome);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    fn waiter(links: usize) -> (Arc<Waiter>, mpsc::Receiver<Handed>) {
+        let (tx, rx) = mpsc::channel();
+        let then: Then = Box::new(move |outcome| drop(tx.send(outcome)));
+        (Waiter::start(then, links), rx)
+    }
+
+    #[tokio::test]
+    async fn the_first_confirmation_wins_and_completes_once() {
+        let (w, rx) = waiter(2);
+        w.failed("link_down");
+        w.confirmed();
+        w.confirmed();
+        w.failed("queue_full");
+        assert_eq!(rx.try_iter().collect::<Vec<_>>(), [Handed::Taken]);
+    }
+
+    #[tokio::test]
+    async fn every_link_failing_is_unconfirmed() {
+        let (w, rx) = waiter(2);
+        w.failed("link_down");
+        assert!(rx.try_recv().is_err());
+        w.failed("queue_full");
+        let outcome = rx.try_recv().unwrap();
+        assert!(
+            matches!(&outcome, Handed::Unconfirmed(why) if why.contains("queue_full")),
+            "{outcome:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn silence_times_out() {
+        let (_w, rx) = waiter(1);
+        tokio::time::sleep(CONFIRM_TIMEOUT + Duration::from_millis(1)).await;
+        assert!(matches!(rx.try_recv(), Ok(Handed::Unconfirmed(_))));
+    }
+}
