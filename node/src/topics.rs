@@ -234,7 +234,10 @@ pub struct TopicService {
     /// `None` with `history.size = 0`. Locked while a message is recorded
     /// and emitted, so sockets see history order.
     history: Option<Mutex<History>>,
-    cursors: CursorKey,
+    /// The pool's key, once the cluster backend joined one ([`TopicService::join_pool`]).
+    pool: OnceLock<CursorKey>,
+    /// The key of `node.toml`'s own cluster settings, until then.
+    own: CursorKey,
     publish_ack: PublishAck,
 }
 
@@ -257,7 +260,8 @@ impl TopicService {
             relay: OnceLock::new(),
             metrics,
             history,
-            cursors: CursorKey::new(pool_secret(config).as_bytes()),
+            pool: OnceLock::new(),
+            own: CursorKey::new(pool_secret(config).as_bytes()),
             publish_ack: config.publish_ack,
         }
     }
@@ -284,7 +288,7 @@ impl TopicService {
         since: &str,
     ) -> Result<(Pattern, Resumed), TopicError> {
         let pattern = Pattern::parse(pattern)?;
-        let cursor = self.cursors.decode(since)?;
+        let cursor = self.cursors().decode(since)?;
         let mut state = self.write();
         // Held across the replay: no delivery runs (they need the read
         // lock), so what the history holds now is exactly what came before.
@@ -605,9 +609,26 @@ impl TopicService {
         }
     }
 
+    /// Signs cursors with the key of the pool `config` describes. Called by
+    /// the cluster backend as it attaches, with the cluster settings it
+    /// joins with (tests bind nodes before they know their peers).
+    pub fn join_pool(&self, config: &NodeConfig) {
+        if self
+            .pool
+            .set(CursorKey::new(pool_secret(config).as_bytes()))
+            .is_err()
+        {
+            tracing::warn!("a pool is already joined; ignoring another one");
+        }
+    }
+
+    fn cursors(&self) -> &CursorKey {
+        self.pool.get().unwrap_or(&self.own)
+    }
+
     /// The cursor of `frontier`, minted now.
     fn mint(&self, frontier: &Frontier) -> String {
-        self.cursors.encode(&Cursor {
+        self.cursors().encode(&Cursor {
             minted_at: now_millis(),
             frontier: frontier.clone(),
         })

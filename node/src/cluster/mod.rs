@@ -110,6 +110,7 @@ impl Cluster {
             return Ok(Cluster::Standalone);
         }
         let topics = node.topics();
+        topics.join_pool(config);
         let deliver = Arc::new(LocalDelivery(Arc::downgrade(topics)));
         match config.cluster.backend {
             Backend::Mesh => {
