@@ -2,6 +2,7 @@
 // config listening on port 0 (client and admin), waits for the JSON
 // "listening" log line to learn both addresses, and stops the process with SIGTERM (SIGKILL if it hangs).
 import { spawn } from "node:child_process";
+import { createServer } from "node:net";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -15,12 +16,13 @@ const STOP_TIMEOUT_MS = 15_000;
 
 /**
  * Starts a node named `name`; `settings` is extra node.toml text
- * (top-level keys such as `max_subscriptions = 3`).
+ * (top-level keys such as `max_subscriptions = 3`, then tables), `port` its
+ * client port (0: any free one).
  */
-export async function startNode({ name = "node-js", settings = "" } = {}) {
+export async function startNode({ name = "node-js", settings = "", port = 0 } = {}) {
   const dir = mkdtempSync(join(tmpdir(), "stickyio-js-"));
   const config = join(dir, "node.toml");
-  writeFileSync(config, `listen = "127.0.0.1:0"\nadmin = "127.0.0.1:0"\nname = "${name}"\n${settings}`);
+  writeFileSync(config, `listen = "127.0.0.1:${port}"\nadmin = "127.0.0.1:0"\nname = "${name}"\n${settings}`);
   const bin = join(binDir, "stickyio-node");
   const child = spawn(bin, ["--log-json", "--config", config], {
     stdio: ["ignore", "pipe", "inherit"],
@@ -67,6 +69,13 @@ export async function startNode({ name = "node-js", settings = "" } = {}) {
     /** The admin listener: /healthz, /readyz, /metrics. */
     adminUrl: `http://${admin}`,
     logs: lines,
+    /** SIGKILL: the node dies at once, without a word to anyone. */
+    async kill() {
+      child.kill("SIGKILL");
+      const result = await exited;
+      rmSync(dir, { recursive: true, force: true });
+      return result;
+    },
     /** SIGTERM, then wait; resolves to {code, signal} of the exit. */
     async stop() {
       const result = await stopProcess(child, exited);
@@ -89,4 +98,47 @@ export async function stopProcess(child, exited) {
   const result = await Promise.race([exited, hung]);
   clearTimeout(timer);
   return result;
+}
+
+/** `n` free loopback ports, all held until every one is picked. */
+export async function freePorts(n) {
+  const servers = await Promise.all(
+    Array.from({ length: n }, () => new Promise((resolve) => {
+      const server = createServer();
+      server.listen(0, "127.0.0.1", () => resolve(server));
+    })),
+  );
+  const ports = servers.map((s) => s.address().port);
+  await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
+  return ports;
+}
+
+/**
+ * Three (or `names.length`) nodes meshed with each other; `settings` is
+ * extra top-level node.toml text for each. Resolves once every node's
+ * /readyz says it is linked to every peer.
+ */
+export async function startMesh({ names = ["node-a", "node-b", "node-c"], settings = "" } = {}) {
+  const ports = await freePorts(names.length);
+  const urls = ports.map((p) => `"http://127.0.0.1:${p}"`).join(", ");
+  const nodes = await Promise.all(
+    names.map((name, i) =>
+      startNode({
+        name,
+        port: ports[i],
+        settings: `${settings}\n[cluster]\nhost = "http://127.0.0.1:${ports[i]}"\nstandalone = false\n` +
+          `cluster_nodes = [${urls}]\nsecret = "js-mesh-secret"\nretry_interval = "300ms"\n`,
+      }),
+    ),
+  );
+  const deadline = Date.now() + START_TIMEOUT_MS;
+  for (const node of nodes) {
+    for (;;) {
+      const ready = await fetch(`${node.adminUrl}/readyz`).then((r) => r.ok, () => false);
+      if (ready) break;
+      if (Date.now() > deadline) throw new Error(`${node.url} did not link to its peers within ${START_TIMEOUT_MS} ms`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+  return nodes;
 }
