@@ -20,21 +20,44 @@ const STOP_TIMEOUT_MS = 15_000;
  * client port (0: any free one).
  */
 export async function startNode({ name = "node-js", settings = "", port = 0 } = {}) {
+  const text = `listen = "127.0.0.1:${port}"\nadmin = "127.0.0.1:0"\nname = "${name}"\n${settings}`;
+  const started = await startProcess("stickyio-node", "node.toml", text, (fields) =>
+    fields.message === "listening" ? { url: `http://${fields.addr}`, adminUrl: `http://${fields.admin}` } : null,
+  );
+  return started;
+}
+
+/**
+ * Starts a gateway from `gateway.toml` text; resolves with its public
+ * `url` and `adminUrl` once it logs "gateway listening".
+ */
+export async function startGateway(text) {
+  return startProcess("stickyio-gateway", "gateway.toml", text, (fields) =>
+    fields.message === "gateway listening"
+      ? { url: `http://${fields.local_addr}`, adminUrl: `http://${fields.admin_addr}` }
+      : null,
+  );
+}
+
+/**
+ * Runs binary `name` on a config file holding `text`; `ready(fields)` reads
+ * the JSON log lines until it returns the addresses to resolve with.
+ */
+async function startProcess(name, file, text, ready) {
   const dir = mkdtempSync(join(tmpdir(), "stickyio-js-"));
-  const config = join(dir, "node.toml");
-  writeFileSync(config, `listen = "127.0.0.1:${port}"\nadmin = "127.0.0.1:0"\nname = "${name}"\n${settings}`);
-  const bin = join(binDir, "stickyio-node");
+  const config = join(dir, file);
+  writeFileSync(config, text);
+  const bin = join(binDir, name);
   const child = spawn(bin, ["--log-json", "--config", config], {
     stdio: ["ignore", "pipe", "inherit"],
     env: { ...process.env, RUST_LOG: "info" },
   });
   const exited = new Promise((resolve) => child.on("exit", (code, signal) => resolve({ code, signal })));
   const lines = [];
-  let addr;
-  let admin;
+  let addrs;
   try {
-    ({ addr, admin } = await new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`${bin} did not log "listening" within ${START_TIMEOUT_MS} ms`)), START_TIMEOUT_MS);
+    addrs = await new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`${bin} did not report its address within ${START_TIMEOUT_MS} ms`)), START_TIMEOUT_MS);
       child.on("error", (e) => {
         clearTimeout(timer);
         reject(new Error(`cannot run ${bin} (build it, or set STICKYIO_BIN_DIR): ${e.message}`));
@@ -52,12 +75,13 @@ export async function startNode({ name = "node-js", settings = "", port = 0 } = 
         } catch {
           return;
         }
-        if (event.fields?.message === "listening") {
+        const found = event.fields && ready(event.fields);
+        if (found) {
           clearTimeout(timer);
-          resolve({ addr: event.fields.addr, admin: event.fields.admin });
+          resolve(found);
         }
       });
-    }));
+    });
   } catch (e) {
     child.kill("SIGKILL");
     rmSync(dir, { recursive: true, force: true });
@@ -65,11 +89,9 @@ export async function startNode({ name = "node-js", settings = "", port = 0 } = 
   }
 
   return {
-    url: `http://${addr}`,
-    /** The admin listener: /healthz, /readyz, /metrics. */
-    adminUrl: `http://${admin}`,
+    ...addrs,
     logs: lines,
-    /** SIGKILL: the node dies at once, without a word to anyone. */
+    /** SIGKILL: the process dies at once, without a word to anyone. */
     async kill() {
       child.kill("SIGKILL");
       const result = await exited;
@@ -140,5 +162,5 @@ export async function startMesh({ names = ["node-a", "node-b", "node-c"], settin
       await new Promise((r) => setTimeout(r, 100));
     }
   }
-  return nodes;
+  return nodes.map((node, i) => ({ ...node, name: names[i], port: ports[i] }));
 }
