@@ -29,6 +29,7 @@ use socketioxide::handler::ConnectHandler;
 use socketioxide::socket::DisconnectReason;
 
 use stickyio_shared::config::node::PublishAck;
+use stickyio_shared::topic::Pattern;
 
 use crate::metrics::Metrics;
 use crate::topics::{Resumed, TopicError, TopicService};
@@ -78,30 +79,32 @@ fn pattern_request(
     TryData(arg): TryData<Value>,
     ack: AckSender,
 ) -> Ready<()> {
-    let result = pattern_argument(&event, arg).and_then(|(pattern, since)| {
-        match (event.as_str(), since) {
-            ("subscribe", None) => api
-                .topics
-                .subscribe(&socket, &pattern)
-                .map(|pattern| json!({ "ok": true, "pattern": pattern.as_str() })),
-            ("subscribe", Some(since)) => api
-                .topics
-                .subscribe_since(&socket, &pattern, &since)
-                .map(|(pattern, resumed)| match resumed {
+    let acked = |pattern: Pattern| json!({ "ok": true, "pattern": pattern.as_str() });
+    match pattern_argument(&event, arg) {
+        Err(e) => reply(&api, ack, Err(e)),
+        Ok((pattern, Some(since))) => {
+            let topics = api.topics.clone();
+            topics.subscribe_since(&socket, &pattern, &since, move |result| {
+                let result = result.map(|(pattern, resumed)| match resumed {
                     Resumed::Recovered(replayed) => json!({
                         "ok": true, "pattern": pattern.as_str(), "recovered": true, "replayed": replayed
                     }),
                     Resumed::NotRecovered => {
                         json!({ "ok": true, "pattern": pattern.as_str(), "recovered": false })
                     }
-                }),
-            _ => api
-                .topics
-                .unsubscribe(socket.id, &pattern)
-                .map(|pattern| json!({ "ok": true, "pattern": pattern.as_str() })),
+                });
+                reply(&api, ack, result);
+            });
         }
-    });
-    reply(&api, ack, result);
+        Ok((pattern, None)) if event == "subscribe" => {
+            let result = api.topics.subscribe(&socket, &pattern).map(acked);
+            reply(&api, ack, result);
+        }
+        Ok((pattern, None)) => {
+            let result = api.topics.unsubscribe(socket.id, &pattern).map(acked);
+            reply(&api, ack, result);
+        }
+    }
     ready(())
 }
 

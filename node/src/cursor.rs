@@ -2,11 +2,13 @@
 //! back to `subscribe {pattern, since}` to resume where it was.
 //!
 //! A cursor is a [`Frontier`] (per origin incarnation, the last sequence
-//! number the client is known to have seen) plus when it was minted, in
-//! bytes, authenticated and made printable:
+//! number the client is known to have seen; the mesh's history) or a
+//! [`Stamp`] (a Redis Stream entry id; the Redis backend's history), plus
+//! when it was minted, in bytes, authenticated and made printable:
 //!
 //! ```text
-//! v=1 | pool (8) | minted_at ms (8) | n (2) | n × [name len (1), name, boot (8), seq (8)] | mac (16)
+//! v=1 | pool (8) | minted_at ms (8) | n (2) | n × [name len (1), name, boot (8), seq (8)]
+//!     | stamp? (1) [ms (8), seq (8)] | mac (16)
 //! ```
 //!
 //! The MAC is HMAC-SHA256 (truncated to 16 bytes) under a key derived from
@@ -98,12 +100,39 @@ impl Frontier {
     }
 }
 
+/// A Redis Stream entry id, `{ms}-{seq}`: the position of a message in the
+/// Redis backend's history. Ordered as Redis orders them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Stamp {
+    pub ms: u64,
+    pub seq: u64,
+}
+
+impl Stamp {
+    /// Parses `{ms}-{seq}`, as XADD returns it.
+    pub fn parse(text: &str) -> Option<Stamp> {
+        let (ms, seq) = text.split_once('-')?;
+        Some(Stamp {
+            ms: ms.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for Stamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
 /// A decoded cursor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor {
     /// When it was minted, in ms since the Unix epoch (the minting node's clock).
     pub minted_at: u64,
     pub frontier: Frontier,
+    /// With the Redis backend: the stream entry of the message.
+    pub stamp: Option<Stamp>,
 }
 
 /// Why a cursor was refused; `Display` is the reason sent to the client.
@@ -163,6 +192,14 @@ impl CursorKey {
             bytes.extend_from_slice(&boot.to_be_bytes());
             bytes.extend_from_slice(&seq.to_be_bytes());
         }
+        match cursor.stamp {
+            None => bytes.push(0),
+            Some(stamp) => {
+                bytes.push(1);
+                bytes.extend_from_slice(&stamp.ms.to_be_bytes());
+                bytes.extend_from_slice(&stamp.seq.to_be_bytes());
+            }
+        }
         let mac = hmac::sign(&self.key, &bytes);
         bytes.extend_from_slice(&mac.as_ref()[..MAC_LEN]);
         URL_SAFE_NO_PAD.encode(bytes)
@@ -207,12 +244,25 @@ impl CursorKey {
             let seq = u64::from_be_bytes(reader.take("a stream without its sequence")?);
             frontier.advance(&Arc::from(name), boot, seq);
         }
+        let stamp = match reader.take::<1>("no stamp flag")?[0] {
+            0 => None,
+            1 => Some(Stamp {
+                ms: u64::from_be_bytes(reader.take("a stamp without its time")?),
+                seq: u64::from_be_bytes(reader.take("a stamp without its sequence")?),
+            }),
+            _ => {
+                return Err(CursorError::Malformed(
+                    "a stamp flag that is neither 0 nor 1",
+                ));
+            }
+        };
         if !reader.0.is_empty() {
-            return Err(CursorError::Malformed("bytes after the last stream"));
+            return Err(CursorError::Malformed("bytes after the last field"));
         }
         Ok(Cursor {
             minted_at,
             frontier,
+            stamp,
         })
     }
 }
@@ -249,6 +299,7 @@ mod tests {
         Cursor {
             minted_at: 1_700_000_000_000,
             frontier,
+            stamp: None,
         }
     }
 
@@ -262,14 +313,20 @@ mod tests {
             "{text}"
         );
         assert_eq!(key.decode(&text), Ok(cursor()));
+        let stamped = Cursor {
+            minted_at: 0,
+            frontier: Frontier::default(),
+            stamp: Stamp::parse("1700000000000-3"),
+        };
+        assert_eq!(key.decode(&key.encode(&stamped)), Ok(stamped.clone()));
+        assert!(stamped.frontier.is_empty());
         assert_eq!(
-            key.decode(&key.encode(&Cursor {
-                minted_at: 0,
-                frontier: Frontier::default()
-            }))
-            .map(|c| c.frontier.is_empty()),
-            Ok(true)
+            stamped.stamp.map(|s| s.to_string()).as_deref(),
+            Some("1700000000000-3")
         );
+        assert!(Stamp::parse("1-2") < Stamp::parse("1-10"));
+        assert!(Stamp::parse("2-0") > Stamp::parse("1-10"));
+        assert_eq!(Stamp::parse("1-x"), None);
     }
 
     #[test]
@@ -349,6 +406,7 @@ mod tests {
             .decode(&key.encode(&Cursor {
                 minted_at: 1,
                 frontier,
+                stamp: None,
             }))
             .unwrap();
         assert_eq!(decoded.frontier.iter().count(), MAX_STREAMS);

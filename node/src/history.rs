@@ -263,6 +263,7 @@ mod tests {
         Cursor {
             minted_at: T0 + 100,
             frontier: h.frontier().clone(),
+            stamp: None,
         }
     }
 
@@ -386,6 +387,7 @@ mod tests {
         let before = Cursor {
             minted_at: T0,
             frontier: Frontier::default(),
+            stamp: None,
         };
         assert_eq!(
             h.since(&before, t, WALL, |_| true),

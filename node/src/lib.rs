@@ -45,6 +45,7 @@ pub mod server;
 pub mod topics;
 
 pub use cluster::{Cluster, ClusterError};
+pub use cursor::Stamp;
 pub use readiness::{Check, Readiness};
 pub use server::{Node, NodeError, RunningNode};
 pub use topics::{ErrorCode, Handed, Relay, Resumed, Then, TopicError, TopicService};

@@ -37,7 +37,7 @@ use stickyio_shared::config::node::{Backend, NodeConfig, PublishAck};
 use stickyio_shared::message::Publication;
 use stickyio_shared::topic::{self, Pattern, Topic};
 
-use crate::cursor::{Cursor, CursorError, CursorKey, Frontier};
+use crate::cursor::{Cursor, CursorError, CursorKey, Frontier, Stamp};
 use crate::history::{History, Position};
 use crate::index::PatternIndex;
 use crate::metrics::Metrics;
@@ -54,6 +54,9 @@ pub type Then = Box<dyn FnOnce(Handed) + Send>;
 pub enum Handed {
     /// Taken (and, when asked, held by another node or Redis): go ahead.
     Taken,
+    /// Taken, and already delivered here by the backend (Redis delivers a
+    /// node's own publications in the stream's order): only ack.
+    Delivered,
     /// Refused, and delivered nowhere: deliver nowhere here either.
     Refused(String),
     /// Relayed, but no other node confirmed holding it in time: it is
@@ -159,11 +162,28 @@ struct Subscriber {
     socket: SocketRef,
     /// In subscription order, for the `subscriptions` ack.
     patterns: Vec<Pattern>,
-    /// Set while the socket resumed from a cursor this node has not caught
-    /// up with: messages it covers were delivered already (by the node that
-    /// minted it) and are skipped; the flag keeps the common case lock-free.
+    /// Set while the socket resumed from a position this node has not
+    /// delivered past: messages at or below it were delivered already (by
+    /// the node that minted the cursor, or by the replay) and are skipped;
+    /// the flag keeps the common case lock-free.
     has_floor: AtomicBool,
-    floor: Mutex<Option<Frontier>>,
+    floor: Mutex<Option<Floor>>,
+}
+
+/// Below what a resumed socket has already had.
+enum Floor {
+    /// Mesh: per origin incarnation.
+    Frontier(Frontier),
+    /// Redis: one position in the stream, whose order every node delivers in.
+    Stamp(Stamp),
+}
+
+/// What to do with one live message for a socket with a floor.
+enum Pass {
+    Deliver,
+    Skip,
+    /// Deliver with this cursor: the node's frontier, the floor merged in.
+    DeliverWith(Frontier),
 }
 
 impl Subscriber {
@@ -176,33 +196,63 @@ impl Subscriber {
         }
     }
 
-    /// For a socket with a floor: whether `position` is below it (skip),
-    /// else the cursor to send it, the floor merged in. The floor is
-    /// dropped once the node's frontier covers it.
-    fn through_floor(&self, position: Option<&Position>, frontier: &Frontier) -> Floor {
+    fn set_floor(&self, floor: Floor) {
+        let mut current = lock(&self.floor);
+        match (current.as_mut(), floor) {
+            (Some(Floor::Frontier(held)), Floor::Frontier(new)) => held.merge(&new),
+            (Some(Floor::Stamp(held)), Floor::Stamp(new)) => *held = (*held).max(new),
+            (_, floor) => *current = Some(floor),
+        }
+        self.has_floor.store(true, Ordering::Release);
+    }
+
+    /// For a socket with a floor: whether this message is below it. The
+    /// floor is dropped once the node delivers past it.
+    fn through_floor(
+        &self,
+        position: Option<&Position>,
+        stamp: Option<Stamp>,
+        frontier: Option<&Frontier>,
+    ) -> Pass {
         let mut floor = lock(&self.floor);
-        let Some(current) = floor.as_ref() else {
-            return Floor::None;
+        let pass = match floor.as_ref() {
+            None => return Pass::Deliver,
+            Some(Floor::Stamp(below)) => match stamp {
+                Some(stamp) if stamp <= *below => return Pass::Skip,
+                _ => Pass::Deliver,
+            },
+            Some(Floor::Frontier(below)) => {
+                if position.is_some_and(|p| below.covers(&p.origin, p.boot, p.seq)) {
+                    return Pass::Skip;
+                }
+                match frontier {
+                    Some(frontier) if !frontier.dominates(below) => {
+                        let mut merged = frontier.clone();
+                        merged.merge(below);
+                        return Pass::DeliverWith(merged);
+                    }
+                    _ => Pass::Deliver,
+                }
+            }
         };
-        if position.is_some_and(|p| current.covers(&p.origin, p.boot, p.seq)) {
-            return Floor::Below;
-        }
-        if frontier.dominates(current) {
-            *floor = None;
-            self.has_floor.store(false, Ordering::Release);
-            return Floor::None;
-        }
-        let mut merged = frontier.clone();
-        merged.merge(current);
-        Floor::Above(merged)
+        *floor = None;
+        self.has_floor.store(false, Ordering::Release);
+        pass
     }
 }
 
-enum Floor {
-    None,
-    Below,
-    Above(Frontier),
+/// Where a Redis-backed node's resumes read the stream: the backend, which
+/// answers in its delivery order (see [`TopicService::subscribe_since`]).
+pub trait Resumer: Send + Sync + 'static {
+    /// Reads the entries after `since` (at most `limit`) and calls `then`
+    /// with them, or with `None` when the stream no longer holds `since`
+    /// (trimmed, or Redis restarted) or cannot be read; between two
+    /// deliveries, so no live message falls between replay and subscription.
+    fn resume(&self, since: Stamp, limit: usize, then: ResumeThen);
 }
+
+/// What a [`Resumer`] calls with the entries after the cursor.
+pub type ResumeThen = Box<dyn FnOnce(Option<Vec<(Stamp, Publication)>>) + Send>;
 
 /// What a `subscribe` with `since` found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,6 +289,12 @@ pub struct TopicService {
     /// The key of `node.toml`'s own cluster settings, until then.
     own: CursorKey,
     publish_ack: PublishAck,
+    history_size: usize,
+    history_ttl: std::time::Duration,
+    /// With the Redis backend the history is its stream: cursors carry
+    /// stamps, and resumes go to the [`Resumer`].
+    streamed: AtomicBool,
+    resumer: OnceLock<Arc<dyn Resumer>>,
 }
 
 impl TopicService {
@@ -263,6 +319,10 @@ impl TopicService {
             pool: OnceLock::new(),
             own: CursorKey::new(pool_secret(config).as_bytes()),
             publish_ack: config.publish_ack,
+            history_size: config.history.size,
+            history_ttl: config.history.ttl.get(),
+            streamed: AtomicBool::new(false),
+            resumer: OnceLock::new(),
         }
     }
 
@@ -280,23 +340,56 @@ impl TopicService {
     /// Like [`TopicService::subscribe`], resuming from cursor `since`:
     /// first every message after it that matches `pattern` (and none of the
     /// socket's other patterns, whose messages it already has), marked
-    /// `replayed`, then live ones.
+    /// `replayed`, then live ones; `done` gets the outcome. From the node's
+    /// own history that happens before this returns; from the Redis stream,
+    /// once the backend read it, in its delivery order.
     pub fn subscribe_since(
-        &self,
+        self: &Arc<Self>,
         socket: &SocketRef,
         pattern: &str,
         since: &str,
+        done: impl FnOnce(Result<(Pattern, Resumed), TopicError>) + Send + 'static,
+    ) {
+        let parsed = Pattern::parse(pattern)
+            .map_err(TopicError::from)
+            .and_then(|pattern| Ok((pattern, self.cursors().decode(since)?)));
+        let (pattern, cursor) = match parsed {
+            Ok(parsed) => parsed,
+            Err(e) => return done(Err(e)),
+        };
+        if !self.streamed.load(Ordering::Acquire) {
+            return done(self.resume_locally(socket, pattern, &cursor));
+        }
+        let too_old =
+            now_millis().saturating_sub(cursor.minted_at) >= self.history_ttl.as_millis() as u64;
+        match (cursor.stamp, self.resumer.get()) {
+            (Some(since), Some(resumer)) if !too_old => {
+                let service = self.clone();
+                let socket = socket.clone();
+                let limit = self.history_size;
+                resumer.resume(
+                    since,
+                    limit,
+                    Box::new(move |entries| {
+                        done(service.finish_stream_resume(&socket, pattern, since, entries));
+                    }),
+                );
+            }
+            // Too old, or a cursor of the mesh's kind: live from now.
+            _ => done(self.finish_stream_resume(socket, pattern, Stamp { ms: 0, seq: 0 }, None)),
+        }
+    }
+
+    fn resume_locally(
+        &self,
+        socket: &SocketRef,
+        pattern: Pattern,
+        cursor: &Cursor,
     ) -> Result<(Pattern, Resumed), TopicError> {
-        let pattern = Pattern::parse(pattern)?;
-        let cursor = self.cursors().decode(since)?;
         let mut state = self.write();
         // Held across the replay: no delivery runs (they need the read
         // lock), so what the history holds now is exactly what came before.
-        let held: Vec<Pattern> = state
-            .sockets
-            .get(&socket.id)
-            .map(|s| s.patterns.clone())
-            .unwrap_or_default();
+        let held = Self::held(&state, socket);
         if !Self::add(&mut state, socket, &pattern, self.max_subscriptions)? {
             return Ok((pattern, Resumed::Recovered(0)));
         }
@@ -305,10 +398,8 @@ impl TopicService {
             return Ok((pattern, Resumed::NotRecovered));
         };
         let mut history = lock(history);
-        let replay = history.since(&cursor, Instant::now(), now_millis(), |p| {
-            Topic::parse(&p.topic).is_ok_and(|topic| {
-                pattern.matches(&topic) && !held.iter().any(|h| h.matches(&topic))
-            })
+        let replay = history.since(cursor, Instant::now(), now_millis(), |p| {
+            wanted(&pattern, &held, p)
         });
         let replay = match replay {
             Ok(replay) => replay,
@@ -321,28 +412,82 @@ impl TopicService {
             return Ok((pattern, Resumed::NotRecovered));
         };
         for (publication, after) in &replay {
-            let matching = Topic::parse(&publication.topic).map_or_else(
-                |_| Vec::new(),
-                |topic| {
-                    subscriber
-                        .patterns
-                        .iter()
-                        .filter(|p| p.matches(&topic))
-                        .map(|p| p.as_str())
-                        .collect()
-                },
-            );
             let cursor = self.mint(after);
-            self.emit(subscriber, publication, &matching, Some(&cursor), true);
+            self.replay(subscriber, publication, &cursor);
         }
         if !history.frontier().dominates(&cursor.frontier) {
-            let mut floor = lock(&subscriber.floor);
-            floor
-                .get_or_insert_with(Frontier::default)
-                .merge(&cursor.frontier);
-            subscriber.has_floor.store(true, Ordering::Release);
+            subscriber.set_floor(Floor::Frontier(cursor.frontier.clone()));
         }
         Ok((pattern, Resumed::Recovered(replay.len())))
+    }
+
+    /// Subscribes and replays `entries` (the stream after `since`, `None`
+    /// when it does not reach back); runs in the backend's delivery order.
+    fn finish_stream_resume(
+        &self,
+        socket: &SocketRef,
+        pattern: Pattern,
+        since: Stamp,
+        entries: Option<Vec<(Stamp, Publication)>>,
+    ) -> Result<(Pattern, Resumed), TopicError> {
+        let mut state = self.write();
+        let held = Self::held(&state, socket);
+        if !Self::add(&mut state, socket, &pattern, self.max_subscriptions)? {
+            return Ok((pattern, Resumed::Recovered(0)));
+        }
+        self.metrics.subscriptions.inc();
+        let (Some(entries), Some(subscriber)) = (entries, state.sockets.get(&socket.id)) else {
+            return Ok((pattern, Resumed::NotRecovered));
+        };
+        let mut last = since;
+        let mut replayed = 0;
+        for (stamp, publication) in entries {
+            last = last.max(stamp);
+            if wanted(&pattern, &held, &publication) {
+                let cursor = self.mint_stamp(stamp);
+                self.replay(subscriber, &publication, &cursor);
+                replayed += 1;
+            }
+        }
+        // Live messages up to the last entry read were just replayed.
+        subscriber.set_floor(Floor::Stamp(last));
+        Ok((pattern, Resumed::Recovered(replayed)))
+    }
+
+    /// The patterns `socket` holds before this subscribe.
+    fn held(state: &Subscriptions, socket: &SocketRef) -> Vec<Pattern> {
+        state
+            .sockets
+            .get(&socket.id)
+            .map(|s| s.patterns.clone())
+            .unwrap_or_default()
+    }
+
+    /// Emits a replayed message with every pattern of the socket it matches.
+    fn replay(&self, subscriber: &Subscriber, publication: &Publication, cursor: &str) {
+        let matching: Vec<&str> = Topic::parse(&publication.topic).map_or_else(
+            |_| Vec::new(),
+            |topic| {
+                subscriber
+                    .patterns
+                    .iter()
+                    .filter(|p| p.matches(&topic))
+                    .map(|p| p.as_str())
+                    .collect()
+            },
+        );
+        self.emit(subscriber, publication, &matching, Some(cursor), true);
+    }
+
+    /// Uses the Redis stream as the history: called by the Redis backend as
+    /// it attaches (with history on).
+    pub fn set_resumer(&self, resumer: Arc<dyn Resumer>) {
+        if self.resumer.set(resumer).is_err() {
+            tracing::warn!("a resumer is already set; ignoring another one");
+            return;
+        }
+        self.streamed
+            .store(self.history_size > 0, Ordering::Release);
     }
 
     /// Adds `pattern` for `socket` under the write lock; false when the
@@ -454,6 +599,10 @@ impl TopicService {
                     service.deliver_published(&publication, &topic);
                     done(Ok(publication));
                 }
+                Handed::Delivered => {
+                    service.metrics.published.inc();
+                    done(Ok(publication));
+                }
                 Handed::Unconfirmed(why) => {
                     service.deliver_published(&publication, &topic);
                     done(Err(TopicError::NotReplicated(why)));
@@ -491,14 +640,15 @@ impl TopicService {
 
     fn deliver_published(&self, publication: &Arc<Publication>, topic: &Topic) {
         self.metrics.published.inc();
-        self.deliver(publication, topic);
+        self.deliver(publication, topic, None);
     }
 
-    /// Delivers a publication that came from a peer to local sockets only
-    /// (never relays it). Returns the number of sockets reached.
-    pub fn deliver_relayed(&self, publication: &Arc<Publication>) -> usize {
+    /// Delivers a publication that came through the cluster to local
+    /// sockets only (never relays it); `stamp` is its place in the Redis
+    /// stream, if that is the history. Returns the number of sockets reached.
+    pub fn deliver_relayed(&self, publication: &Arc<Publication>, stamp: Option<Stamp>) -> usize {
         match Topic::parse(&publication.topic) {
-            Ok(topic) => self.deliver(publication, &topic),
+            Ok(topic) => self.deliver(publication, &topic, stamp),
             Err(e) => {
                 tracing::warn!(id = %publication.id, node = %publication.node, error = %e, "relayed publication dropped");
                 0
@@ -517,18 +667,34 @@ impl TopicService {
     /// Records the publication in the history and emits it to each matching
     /// socket once, with the cursor after it. Returns the number of sockets
     /// it was handed to.
-    fn deliver(&self, publication: &Arc<Publication>, topic: &Topic) -> usize {
+    fn deliver(
+        &self,
+        publication: &Arc<Publication>,
+        topic: &Topic,
+        stamp: Option<Stamp>,
+    ) -> usize {
         let state = self.read();
         let position = Position::of(publication);
+        let streamed = self.streamed.load(Ordering::Acquire);
         // Held while emitting: two deliveries never interleave, so a socket
         // never gets a message after one whose cursor already covers it.
-        let mut history = self.history.as_ref().map(lock);
-        let cursor = history.as_deref_mut().map(|history| {
-            if let Some(position) = &position {
-                history.record(publication.clone(), position.clone(), Instant::now());
+        // (With the stream, the backend delivers from one task, in order.)
+        let mut history = if streamed {
+            None
+        } else {
+            self.history.as_ref().map(lock)
+        };
+        let cursor = match history.as_deref_mut() {
+            Some(history) => {
+                if let Some(position) = &position {
+                    history.record(publication.clone(), position.clone(), Instant::now());
+                }
+                Some(self.mint(history.frontier()))
             }
-            self.mint(history.frontier())
-        });
+            None => stamp
+                .filter(|_| streamed)
+                .map(|stamp| self.mint_stamp(stamp)),
+        };
         let frontier = history.as_deref().map(History::frontier);
         let mut reached = 0;
         for group in state.index.matches(topic) {
@@ -552,19 +718,17 @@ impl TopicService {
                 let Some(subscriber) = state.sockets.get(&sid) else {
                     continue;
                 };
-                if let Some(frontier) = frontier
-                    && subscriber.has_floor.load(Ordering::Acquire)
-                {
-                    match subscriber.through_floor(position.as_ref(), frontier) {
-                        Floor::Below => continue,
-                        Floor::Above(merged) => {
+                if subscriber.has_floor.load(Ordering::Acquire) {
+                    match subscriber.through_floor(position.as_ref(), stamp, frontier) {
+                        Pass::Skip => continue,
+                        Pass::DeliverWith(merged) => {
                             let cursor = self.mint(&merged);
                             if self.emit(subscriber, publication, &patterns, Some(&cursor), false) {
                                 reached += 1;
                             }
                             continue;
                         }
-                        Floor::None => {}
+                        Pass::Deliver => {}
                     }
                 }
                 match subscriber.socket.emit(MESSAGE_EVENT, &*delivery) {
@@ -631,6 +795,16 @@ impl TopicService {
         self.cursors().encode(&Cursor {
             minted_at: now_millis(),
             frontier: frontier.clone(),
+            stamp: None,
+        })
+    }
+
+    /// The cursor of a stream entry, minted now.
+    fn mint_stamp(&self, stamp: Stamp) -> String {
+        self.cursors().encode(&Cursor {
+            minted_at: now_millis(),
+            frontier: Frontier::default(),
+            stamp: Some(stamp),
         })
     }
 
@@ -647,6 +821,13 @@ impl TopicService {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Whether a resume of `pattern` replays `publication`: it matches, and no
+/// pattern the socket already `held` does (those messages it has).
+fn wanted(pattern: &Pattern, held: &[Pattern], publication: &Publication) -> bool {
+    Topic::parse(&publication.topic)
+        .is_ok_and(|topic| pattern.matches(&topic) && !held.iter().any(|h| h.matches(&topic)))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -32,7 +32,7 @@ const WAIT: Duration = Duration::from_secs(10);
 struct Inbox(mpsc::UnboundedSender<Publication>);
 
 impl Deliver for Inbox {
-    fn deliver(&self, publication: &Arc<Publication>) -> usize {
+    fn deliver(&self, publication: &Arc<Publication>, _: Option<stickyio_node::Stamp>) -> usize {
         usize::from(self.0.send((**publication).clone()).is_ok())
     }
 }

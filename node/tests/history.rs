@@ -123,11 +123,50 @@ async fn a_client_of_a_stopped_node_resumes_on_another_over_redis() {
     resume_after_a_node_stops(Backend::Redis(redis.url())).await;
 }
 
+/// Redis holds the history: a node restarted after the cursor still
+/// replays from the stream; once Redis itself restarted (and lost it), the
+/// resume is not recovered, and goes live.
+#[tokio::test]
+async fn the_redis_stream_outlives_nodes_but_not_a_redis_restart() {
+    let mut redis = RedisServer::start().await;
+    let mut cluster = cluster_with(2, Backend::Redis(redis.url()), HistoryConfig::default()).await;
+    let mut sub = TopicClient::connect(&cluster.url(0)).await;
+    sub.subscribe(&["s.#"]).await;
+    let publisher = TopicClient::connect(&cluster.url(1)).await;
+    publish_numbered(&publisher, "s.x", 0, 3).await;
+    let cursor = last_cursor(&sub.take(3).await);
+    sub.close().await;
+    let missed = publish_numbered(&publisher, "s.x", 3, 4).await;
+
+    // Node 0 restarts: a fresh process, but the stream still has it all.
+    cluster.kill(0).await;
+    cluster.restart(0).await;
+    cluster.joined(&[0, 1]).await;
+    let mut resumed = TopicClient::connect(&cluster.url(0)).await;
+    let ack = resume(&resumed, "s.#", &cursor).await;
+    assert_eq!(ack["replayed"], 4, "{ack}");
+    assert_eq!(message_ids(&resumed.take(4).await), missed);
+    resumed.close().await;
+
+    redis.restart().await;
+    cluster.joined(&[0, 1]).await;
+    let publisher = TopicClient::connect(&cluster.url(1)).await;
+    let after = TopicClient::connect(&cluster.url(0)).await;
+    let ack = resume(&after, "s.#", &cursor).await;
+    assert_eq!(
+        ack,
+        json!({"ok": true, "pattern": "s.#", "recovered": false})
+    );
+    let mut after = after;
+    let live = publisher.publish("s.x", json!("live")).await;
+    assert_eq!(after.next().await["id"], live.as_str(), "live from now");
+    cluster.stop().await;
+}
+
 /// Live messages published while the resume runs: every one arrives once,
 /// replayed or live, none missing at the seam.
-#[tokio::test]
-async fn no_gap_and_no_duplicate_at_the_seam() {
-    let cluster = mesh(2).await;
+async fn no_gap_and_no_duplicate_at_the_seam(backend: Backend) {
+    let cluster = cluster_with(2, backend, HistoryConfig::default()).await;
     let mut first = TopicClient::connect(&cluster.url(0)).await;
     first.subscribe(&["seam.#"]).await;
     let publisher = TopicClient::connect(&cluster.url(1)).await;
@@ -151,6 +190,17 @@ async fn no_gap_and_no_duplicate_at_the_seam() {
     assert!(!got.iter().any(|id| sent.contains(id)));
     assert!(resumed.within(GRACE).await.is_none());
     cluster.stop().await;
+}
+
+#[tokio::test]
+async fn no_gap_and_no_duplicate_at_the_seam_over_the_mesh() {
+    no_gap_and_no_duplicate_at_the_seam(Backend::Mesh).await;
+}
+
+#[tokio::test]
+async fn no_gap_and_no_duplicate_at_the_seam_over_redis() {
+    let redis = RedisServer::start().await;
+    no_gap_and_no_duplicate_at_the_seam(Backend::Redis(redis.url())).await;
 }
 
 /// Beyond `history.size`, or from before a node started: live from now,

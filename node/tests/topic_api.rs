@@ -570,7 +570,7 @@ async fn local_publishes_go_to_the_relay_and_relayed_ones_do_not() {
         created_at: 1,
         node: "node-b".into(),
     });
-    assert_eq!(node.topics().deliver_relayed(&from_peer), 1);
+    assert_eq!(node.topics().deliver_relayed(&from_peer, None), 1);
     let message = sub.next_message().await;
     assert_eq!(message["node"], "node-b");
     assert_eq!(message["id"], "node-b-1-1");
@@ -586,7 +586,7 @@ async fn local_publishes_go_to_the_relay_and_relayed_ones_do_not() {
         topic: "sport.x".into(),
         ..(*from_peer).clone()
     });
-    assert_eq!(node.topics().deliver_relayed(&nobody), 0);
+    assert_eq!(node.topics().deliver_relayed(&nobody, None), 0);
 }
 
 #[tokio::test]

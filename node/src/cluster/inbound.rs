@@ -15,6 +15,7 @@ use stickyio_shared::message::Publication;
 
 use super::dedup::{Dedup, Key};
 use super::labels::OriginLabels;
+use crate::cursor::Stamp;
 use crate::topics::TopicService;
 
 /// Relayed ids remembered per node; far above what one node relays between
@@ -26,9 +27,10 @@ pub const DEDUP_MIN_TTL: Duration = Duration::from_secs(120);
 
 /// Where relayed publications go: this node's local subscribers only.
 pub trait Deliver: Send + Sync + 'static {
-    /// Delivers to local sockets and returns how many received it. Must not
+    /// Delivers to local sockets and returns how many received it; `stamp`
+    /// is its place in the Redis stream, when that is the history. Must not
     /// relay: that is what keeps the cluster one hop and loop-free.
-    fn deliver(&self, publication: &Arc<Publication>) -> usize;
+    fn deliver(&self, publication: &Arc<Publication>, stamp: Option<Stamp>) -> usize;
 }
 
 /// Relayed publications go to the node's topic service, held weakly: the
@@ -37,10 +39,10 @@ pub trait Deliver: Send + Sync + 'static {
 pub struct LocalDelivery(pub Weak<TopicService>);
 
 impl Deliver for LocalDelivery {
-    fn deliver(&self, publication: &Arc<Publication>) -> usize {
+    fn deliver(&self, publication: &Arc<Publication>, stamp: Option<Stamp>) -> usize {
         self.0
             .upgrade()
-            .map_or(0, |topics| topics.deliver_relayed(publication))
+            .map_or(0, |topics| topics.deliver_relayed(publication, stamp))
     }
 }
 
@@ -71,7 +73,14 @@ impl Inbound {
 
     /// Delivers `publication` from `origin` (incarnation `boot`) unless it
     /// was already delivered; false for a duplicate.
-    pub fn receive(&self, origin: &str, boot: u64, publication: Publication, now: Instant) -> bool {
+    pub fn receive(
+        &self,
+        origin: &str,
+        boot: u64,
+        publication: Publication,
+        stamp: Option<Stamp>,
+        now: Instant,
+    ) -> bool {
         let labels = OriginLabels {
             origin: origin.to_owned(),
         };
@@ -95,8 +104,14 @@ impl Inbound {
             return false;
         }
         self.metrics.relayed_in.get_or_create(&labels).inc();
-        self.deliver.deliver(&Arc::new(publication));
+        self.deliver.deliver(&Arc::new(publication), stamp);
         true
+    }
+
+    /// Delivers one of this node's own publications that came back through
+    /// the cluster (Redis delivers them in stream order): no dedup, no count.
+    pub fn own(&self, publication: Publication, stamp: Option<Stamp>) {
+        self.deliver.deliver(&Arc::new(publication), stamp);
     }
 
     /// Relayed publications received from `origin` and delivered.
@@ -119,7 +134,7 @@ mod tests {
     #[derive(Default)]
     struct Count(AtomicUsize);
     impl Deliver for Count {
-        fn deliver(&self, _: &Arc<Publication>) -> usize {
+        fn deliver(&self, _: &Arc<Publication>, _: Option<Stamp>) -> usize {
             self.0.fetch_add(1, Ordering::Relaxed);
             1
         }
@@ -141,9 +156,9 @@ mod tests {
         let count = Arc::new(Count::default());
         let inbound = Inbound::new(Duration::ZERO, count.clone(), InboundMetrics::default());
         let now = Instant::now();
-        assert!(inbound.receive("node-b", 7, publication("node-b-7-1"), now));
-        assert!(!inbound.receive("node-b", 7, publication("node-b-7-1"), now));
-        assert!(inbound.receive("node-b", 8, publication("node-b-7-1"), now));
+        assert!(inbound.receive("node-b", 7, publication("node-b-7-1"), None, now));
+        assert!(!inbound.receive("node-b", 7, publication("node-b-7-1"), None, now));
+        assert!(inbound.receive("node-b", 8, publication("node-b-7-1"), None, now));
         assert_eq!(count.0.load(Ordering::Relaxed), 2);
         assert_eq!(inbound.messages_in("node-b"), 2);
         let dups = inbound.metrics.deduplicated.get_or_create(&OriginLabels {

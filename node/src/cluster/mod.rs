@@ -127,6 +127,9 @@ impl Cluster {
                 node.with_registry(|registry| backend.register_metrics(registry));
                 node.add_readiness(backend.clone());
                 topics.set_relay(backend.clone());
+                if config.history.size > 0 {
+                    topics.set_resumer(backend.clone());
+                }
                 Ok(Cluster::Redis {
                     backend,
                     link: Arc::new(Mutex::new(Some(link))),

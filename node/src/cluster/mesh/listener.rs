@@ -234,7 +234,7 @@ impl Listener {
         }
         let id = publication.id.clone();
         self.received
-            .receive(&peer.node, peer.boot, publication, Instant::now());
+            .receive(&peer.node, peer.boot, publication, None, Instant::now());
         Some(id)
     }
 

@@ -3,9 +3,14 @@
 //! other, for pools too large or too changeable for a static mesh.
 //!
 //! - Relay: every node subscribes to `{prefix}:relay` and publishes its own
-//!   publications there as relay frames (`stickyio_shared::relay`). A frame
-//!   a node receives is delivered locally once (deduplicated) and never
-//!   published again: one hop. Its own frames are skipped.
+//!   publications there as relay frames (`stickyio_shared::relay`), each
+//!   prefixed with its entry id in the history stream. A frame a node
+//!   receives is delivered locally once (deduplicated) and never published
+//!   again: one hop. Its own frames are delivered as they come back, so
+//!   every node delivers in the stream's order.
+//! - History: the stream `{prefix}:history` (`XADD … MAXLEN ~`, trimmed by
+//!   age too); a resume reads it with `XRANGE` ([`link`]), between two
+//!   deliveries, so the seam has no gap and no duplicate.
 //! - Membership: each node refreshes `{prefix}:node:{name}` (its
 //!   incarnation, with a TTL) and lists the live members from the set
 //!   `{prefix}:members`; `/readyz` and `/metrics` show them. A key that holds
@@ -27,6 +32,7 @@ mod publish;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
+use ahash::{AHashMap, AHashSet};
 use prometheus_client::registry::Registry;
 use redis::aio::MultiplexedConnection;
 use redis::{ConnectionInfo, IntoConnectionInfo, Script};
@@ -40,8 +46,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::inbound::{Deliver, Inbound};
 use crate::cluster::{ClusterError, LinkState, millis};
+use crate::cursor::Stamp;
 use crate::readiness::{Check, Readiness};
-use crate::topics::{Handed, Relay, Then};
+use crate::topics::{Handed, Relay, ResumeThen, Resumer, Then};
 
 pub use membership::{Conflict, Member};
 
@@ -73,6 +80,8 @@ pub fn connection_info(config: &NodeConfig) -> Result<ConnectionInfo, ClusterErr
 /// The channel and key names of one pool.
 struct Names {
     relay: String,
+    /// The pool's history stream.
+    history: String,
     members: String,
     member_prefix: String,
     /// This node's heartbeat key, also its presence channel.
@@ -84,6 +93,7 @@ impl Names {
         let member_prefix = format!("{prefix}:node:");
         Names {
             relay: format!("{prefix}:relay"),
+            history: format!("{prefix}:history"),
             members: format!("{prefix}:members"),
             own: format!("{member_prefix}{node}"),
             member_prefix,
@@ -126,6 +136,31 @@ struct Shared {
     /// Where frames of other nodes go: dedup, count, deliver.
     received: Inbound,
     metrics: RedisMetrics,
+    /// `history.size`: the stream's length, 0 for none.
+    history_size: usize,
+    history_ttl: Duration,
+    /// Own publications Redis took, waiting to come back here.
+    own: Mutex<OwnAcks>,
+}
+
+/// Acks of this node's publishes, sent once each came back through Redis
+/// and was delivered here (so the publisher's own subscribers have it
+/// first). One may come back before its publish's reply is read: `early`.
+#[derive(Default)]
+struct OwnAcks {
+    waiting: AHashMap<String, Then>,
+    early: AHashSet<String>,
+}
+
+/// Own publications seen back before their reply, remembered at most: a
+/// reply follows within a round trip, so this is never reached in practice.
+const EARLY_LIMIT: usize = 100_000;
+
+/// A resume waiting for the link task.
+pub struct ResumeJob {
+    since: Stamp,
+    limit: usize,
+    then: ResumeThen,
 }
 
 /// The command connection of the session in progress.
@@ -170,6 +205,50 @@ impl Shared {
         lock(&self.membership)
     }
 
+    /// Redis took own publication `id`: ack it once it is delivered here.
+    fn await_own(&self, id: &str, then: Then) {
+        let mut own = lock(&self.own);
+        if own.early.remove(id) {
+            drop(own);
+            return then(Handed::Delivered);
+        }
+        if self.connection().is_none() {
+            drop(own);
+            return then(Handed::Unconfirmed(LOST_BEFORE_BACK.to_owned()));
+        }
+        own.waiting.insert(id.to_owned(), then);
+    }
+
+    /// Own publication `id` came back and was delivered here.
+    fn delivered_own(&self, id: &str) {
+        let mut own = lock(&self.own);
+        match own.waiting.remove(id) {
+            Some(then) => {
+                drop(own);
+                then(Handed::Delivered);
+            }
+            None => {
+                if own.early.len() >= EARLY_LIMIT {
+                    tracing::warn!(
+                        limit = EARLY_LIMIT,
+                        "too many own publications seen before their reply; forgetting them"
+                    );
+                    own.early.clear();
+                }
+                own.early.insert(id.to_owned());
+            }
+        }
+    }
+
+    /// The subscription ended: own publications that did not come back are
+    /// held by Redis but were not delivered here.
+    fn fail_own(&self) {
+        let waiting = std::mem::take(&mut lock(&self.own).waiting);
+        for then in waiting.into_values() {
+            then(Handed::Unconfirmed(LOST_BEFORE_BACK.to_owned()));
+        }
+    }
+
     /// Another process uses our name; `other` is its incarnation.
     fn conflict_seen(&self, other: &str) {
         self.metrics.name_conflicts.inc();
@@ -185,11 +264,31 @@ impl Shared {
     }
 }
 
-/// The backend of one node: its [`Relay`] and `/readyz` check.
+/// Why an own publication Redis holds is acked `cluster_unavailable`.
+const LOST_BEFORE_BACK: &str = "Redis holds it, but this node lost its Redis link before it came back, so it may be missing here";
+
+/// The backend of one node: its [`Relay`], [`Resumer`] and `/readyz` check.
 pub struct RedisBackend {
     shared: Arc<Shared>,
     /// Publishes waiting for Redis, in the order they were made.
     jobs: mpsc::Sender<Job>,
+    /// Resumes waiting for the link task.
+    resumes: mpsc::Sender<ResumeJob>,
+}
+
+/// Resumes queued for the link task at most; more are answered "not
+/// recovered" at once.
+const RESUME_QUEUE: usize = 1024;
+
+impl Resumer for RedisBackend {
+    fn resume(&self, since: Stamp, limit: usize, then: ResumeThen) {
+        if let Err(e) = self.resumes.try_send(ResumeJob { since, limit, then }) {
+            let job = match e {
+                TrySendError::Full(job) | TrySendError::Closed(job) => job,
+            };
+            (job.then)(None);
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -304,11 +403,22 @@ impl RedisBackend {
             // guards against the unexpected, with the mesh's window.
             received: Inbound::new(Duration::ZERO, deliver, metrics.inbound.clone()),
             metrics,
+            history_size: config.history.size,
+            history_ttl: config.history.ttl.get(),
+            own: Mutex::new(OwnAcks::default()),
         });
-        let link = tokio::spawn(link::run(shared.clone(), client, shutdown));
+        let (resumes, resume_queue) = mpsc::channel(RESUME_QUEUE);
+        let link = tokio::spawn(link::run(shared.clone(), client, resume_queue, shutdown));
         let (jobs, queue) = mpsc::channel(cluster.link_queue);
         tokio::spawn(publish::run(shared.clone(), queue));
-        Ok((Arc::new(RedisBackend { shared, jobs }), link))
+        Ok((
+            Arc::new(RedisBackend {
+                shared,
+                jobs,
+                resumes,
+            }),
+            link,
+        ))
     }
 
     /// Adds the backend's series to the node's registry.
