@@ -267,6 +267,39 @@ pub enum Resumed {
 struct Subscriptions {
     index: PatternIndex<Sid>,
     sockets: AHashMap<Sid, Subscriber>,
+    /// Sockets recently removed on disconnect, so a subscribe still in
+    /// flight for one cannot outlive its cleanup. `socket.connected()` does
+    /// not tell: socketioxide sends the connect packet before it marks the
+    /// socket connected, so a client's first subscribe may see `false`.
+    gone: Gone,
+}
+
+/// A bounded set of recently gone sockets, the oldest forgotten first: a
+/// late event arrives within moments of its socket's disconnect.
+#[derive(Default)]
+struct Gone {
+    set: ahash::AHashSet<Sid>,
+    order: std::collections::VecDeque<Sid>,
+}
+
+/// Gone sockets remembered; far more than disconnect at once.
+const GONE_LIMIT: usize = 65_536;
+
+impl Gone {
+    fn insert(&mut self, sid: Sid) {
+        while self.order.len() >= GONE_LIMIT {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        if self.set.insert(sid) {
+            self.order.push_back(sid);
+        }
+    }
+
+    fn contains(&self, sid: &Sid) -> bool {
+        self.set.contains(sid)
+    }
 }
 
 /// Subscriptions and publishing on one node. Shared as `Arc<TopicService>`.
@@ -498,12 +531,12 @@ impl TopicService {
         pattern: &Pattern,
         limit: usize,
     ) -> Result<bool, TopicError> {
-        // Checked under the lock: a socket is marked disconnected before its
-        // disconnect handler runs, so a late subscribe cannot outlive cleanup.
-        if !socket.connected() {
+        // Checked under the lock, against the sockets whose disconnect
+        // cleanup already ran: a late subscribe cannot outlive it.
+        if state.gone.contains(&socket.id) {
             return Ok(false);
         }
-        let Subscriptions { index, sockets } = state;
+        let Subscriptions { index, sockets, .. } = state;
         let subscriber = sockets
             .entry(socket.id)
             .or_insert_with(|| Subscriber::new(socket));
@@ -523,7 +556,7 @@ impl TopicService {
     pub fn unsubscribe(&self, sid: Sid, pattern: &str) -> Result<Pattern, TopicError> {
         let pattern = Pattern::parse(pattern)?;
         let mut state = self.write();
-        let Subscriptions { index, sockets } = &mut *state;
+        let Subscriptions { index, sockets, .. } = &mut *state;
         let Some(subscriber) = sockets.get_mut(&sid) else {
             return Ok(pattern);
         };
@@ -549,7 +582,12 @@ impl TopicService {
     /// Drops every subscription of a socket that went away.
     pub fn remove_socket(&self, sid: Sid) {
         let mut state = self.write();
-        let Subscriptions { index, sockets } = &mut *state;
+        let Subscriptions {
+            index,
+            sockets,
+            gone,
+        } = &mut *state;
+        gone.insert(sid);
         let Some(subscriber) = sockets.remove(&sid) else {
             return;
         };
