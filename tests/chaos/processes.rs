@@ -154,7 +154,7 @@ impl Cluster {
             std::fs::write(
                 &config,
                 format!(
-                    "listen = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin}\"\nname = \"{name}\"\nping_interval = \"{}ms\"\nping_timeout = \"{}ms\"\n\
+                    "listen = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin}\"\nname = \"{name}\"\npublish_ack = \"replicated\"\nping_interval = \"{}ms\"\nping_timeout = \"{}ms\"\n\
                      [cluster]\nhost = \"http://127.0.0.1:{port}\"\nstandalone = false\ncluster_nodes = [{}]\n\
                      secret = \"{SECRET}\"\nretry_interval = \"300ms\"\n",
                     ping_interval().as_millis(),
