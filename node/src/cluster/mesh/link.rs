@@ -65,12 +65,20 @@ impl Frame {
         }
     }
 
-    /// `relay_held` asks the peer to answer `held` with the id once it holds it.
-    fn event(&self) -> &'static str {
-        if self.waiter.is_some() {
-            "relay_held"
-        } else {
-            "relay"
+    /// The event carrying it. `relay_held` asks the peer to answer `held`
+    /// with the id once it holds it, and carries the frame as text: a binary
+    /// event is two websocket messages, and the second waits for the peer's
+    /// delayed TCP ack of the first (Nagle; rust_socketio leaves it on),
+    /// some 40 ms that a publisher waiting for `held` would feel. Plain
+    /// relays stay binary: a busy link coalesces them.
+    fn payload(&self) -> (&'static str, Payload) {
+        match &self.waiter {
+            // A frame is JSON, so UTF-8: nothing is lost.
+            Some(_) => (
+                "relay_held",
+                Payload::Text(vec![json!(String::from_utf8_lossy(&self.bytes))]),
+            ),
+            None => ("relay", Payload::Binary(self.bytes.clone())),
         }
     }
 }
@@ -404,7 +412,8 @@ impl Link {
         unsent: &mut Option<Frame>,
         pending: &mut AHashMap<Arc<str>, Arc<Waiter>>,
     ) -> Result<(), LinkError> {
-        if let Err(e) = write(client, frame.event(), Payload::Binary(frame.bytes.clone())).await {
+        let (event, payload) = frame.payload();
+        if let Err(e) = write(client, event, payload).await {
             *unsent = Some(frame);
             return Err(e);
         }

@@ -166,14 +166,20 @@ impl Listener {
             listener.receive(&from, frame.map_err(|e| e.to_string()));
             std::future::ready(())
         });
-        // The same, from a publisher waiting for a peer to hold it: once it
-        // is delivered here (and in this node's history), say so.
+        // The same, from a publisher waiting for a peer to hold it (the
+        // frame as text, see `link.rs`): once it is delivered here (and in
+        // this node's history), say so.
         let listener = self.clone();
         let from = peer.clone();
         s.on(
             "relay_held",
-            move |s: SocketRef, TryData(frame): TryData<Bytes>| {
-                if let Some(id) = listener.receive(&from, frame.map_err(|e| e.to_string()))
+            move |s: SocketRef, TryData(frame): TryData<serde_json::Value>| {
+                let frame = match frame {
+                    Ok(serde_json::Value::String(text)) => Ok(Bytes::from(text)),
+                    Ok(_) => Err("relay_held carries its frame as a string".to_owned()),
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Some(id) = listener.receive(&from, frame)
                     && let Err(e) = s.emit("held", &id)
                 {
                     tracing::debug!(node = from.node, error = %e, "could not confirm a held publication");
