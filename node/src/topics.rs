@@ -311,6 +311,8 @@ pub struct TopicService {
     /// tells apart two processes that (wrongly) share one name.
     boot: u64,
     sequence: AtomicU64,
+    /// Held from minting a publication's sequence to handing it over.
+    publish_order: Mutex<()>,
     subscriptions: RwLock<Subscriptions>,
     relay: OnceLock<Arc<dyn Relay>>,
     metrics: Arc<Metrics>,
@@ -345,6 +347,7 @@ impl TopicService {
             max_message_bytes: config.max_message_bytes,
             boot: rand::random(),
             sequence: AtomicU64::new(0),
+            publish_order: Mutex::new(()),
             subscriptions: RwLock::default(),
             relay: OnceLock::new(),
             metrics,
@@ -619,6 +622,11 @@ impl TopicService {
         ack: Option<PublishAck>,
         done: impl FnOnce(Result<Arc<Publication>, TopicError>) + Send + 'static,
     ) {
+        // Sequence numbers are handed out and publications handed to the
+        // relay in one step: a peer then receives this node's publications
+        // in sequence order, which is what a cursor's "last sequence seen"
+        // relies on (two sockets publishing at once could otherwise swap).
+        let _order = lock(&self.publish_order);
         let (publication, topic) = match self.prepare(sender_id, topic, content) {
             Ok(prepared) => prepared,
             Err(e) => return done(Err(e)),

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use crate::topics::{Handed, Then};
 
-/// Longest wait for a peer's confirmation.
-pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest wait for a peer's confirmation: long enough for a loaded peer
+/// (the chaos run on two busy cores), short enough for a client to retry.
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Waiter {
     then: Mutex<Option<Then>>,
