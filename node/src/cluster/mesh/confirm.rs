@@ -26,6 +26,10 @@ impl Waiter {
     /// A waiter over `links` links; completes unconfirmed after
     /// [`CONFIRM_TIMEOUT`] unless a peer confirms first. Needs a Tokio runtime.
     pub fn start(then: Then, links: usize) -> Arc<Waiter> {
+        Waiter::start_with(then, links, CONFIRM_TIMEOUT)
+    }
+
+    fn start_with(then: Then, links: usize, timeout: Duration) -> Arc<Waiter> {
         let waiter = Arc::new(Waiter {
             then: Mutex::new(Some(then)),
             links: AtomicUsize::new(links),
@@ -38,10 +42,10 @@ impl Waiter {
         }
         let timer = Arc::downgrade(&waiter);
         tokio::spawn(async move {
-            tokio::time::sleep(CONFIRM_TIMEOUT).await;
+            tokio::time::sleep(timeout).await;
             if let Some(waiter) = timer.upgrade() {
                 waiter.finish(Handed::Unconfirmed(format!(
-                    "no other node confirmed holding it within {CONFIRM_TIMEOUT:?}; it may be lost if this node fails"
+                    "no other node confirmed holding it within {timeout:?}; it may be lost if this node fails"
                 )));
             }
         });
@@ -111,8 +115,16 @@ mod tests {
 
     #[tokio::test]
     async fn silence_times_out() {
-        let (_w, rx) = waiter(1);
-        tokio::time::sleep(CONFIRM_TIMEOUT + Duration::from_millis(1)).await;
-        assert!(matches!(rx.try_recv(), Ok(Handed::Unconfirmed(_))));
+        let (tx, rx) = mpsc::channel();
+        let then: Then = Box::new(move |outcome| drop(tx.send(outcome)));
+        let _w = Waiter::start_with(then, 1, Duration::from_millis(20));
+        assert!(rx.try_recv().is_err(), "not before the timeout");
+        let outcome = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(5)))
+            .await
+            .unwrap();
+        assert!(
+            matches!(&outcome, Ok(Handed::Unconfirmed(why)) if why.contains("20ms")),
+            "{outcome:?}"
+        );
     }
 }
