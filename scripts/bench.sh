@@ -35,6 +35,8 @@ step() { printf '\n== %s (%s)\n' "$*" "$(date -u +%T)"; }
 # socket of a concurrent test run can take one.
 node_ports=(23001 23002 23003)
 redis_node_ports=(24001 24002 24003)
+# Each node's admin listener (/readyz, /metrics): its client port + 6000.
+node_admin() { echo $(($1 + 6000)); }
 gateway_port=28080
 gateway_admin=29090
 nginx_iphash_port=28081
@@ -95,6 +97,7 @@ names=(node-a node-b node-c)
 for i in 0 1 2; do
   cat >"$work/${names[$i]}.toml" <<EOF
 listen = "127.0.0.1:${node_ports[$i]}"
+admin = "127.0.0.1:$(node_admin "${node_ports[$i]}")"
 name = "${names[$i]}"
 
 [cluster]
@@ -108,6 +111,7 @@ done
 for i in 0 1 2; do
   cat >"$work/redis-${names[$i]}.toml" <<EOF
 listen = "127.0.0.1:${redis_node_ports[$i]}"
+admin = "127.0.0.1:$(node_admin "${redis_node_ports[$i]}")"
 name = "${names[$i]}"
 
 [cluster]
@@ -217,7 +221,7 @@ wait_http() { # url: until it answers 200, at most 30 s
   echo "no answer from $1; logs in $work" >&2
   return 1
 }
-for p in "${node_ports[@]}" "${redis_node_ports[@]}"; do wait_http "http://127.0.0.1:$p/readyz"; done
+for p in "${node_ports[@]}" "${redis_node_ports[@]}"; do wait_http "http://127.0.0.1:$(node_admin "$p")/readyz"; done
 handshake="socket.io/?EIO=4&transport=polling"
 for p in $gateway_port $nginx_iphash_port $nginx_consistent_port $haproxy_port $node_cluster_port $node_redis_port; do
   wait_http "http://127.0.0.1:$p/$handshake"

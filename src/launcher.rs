@@ -88,7 +88,11 @@ impl LocalCluster {
             "  gateway config  {}  (edits reload live)",
             self.topology.gateway_file.display()
         );
-        let _ = writeln!(s, "  {:<8} {:<22} {:<10} demo", "node", "address", "mesh");
+        let _ = writeln!(
+            s,
+            "  {:<8} {:<22} {:<22} {:<10} demo",
+            "node", "address", "admin", "mesh"
+        );
         for node in &self.nodes {
             let config = node.config();
             let mesh = if config.cluster.standalone {
@@ -98,9 +102,10 @@ impl LocalCluster {
             };
             let _ = writeln!(
                 s,
-                "  {:<8} {:<22} {:<10} http://{}/",
+                "  {:<8} {:<22} {:<22} {:<10} http://{}/",
                 config.name,
                 node.local_addr(),
+                node.admin_addr(),
                 mesh,
                 node.local_addr()
             );

@@ -24,7 +24,8 @@ pub struct Options {
     pub nodes: Option<usize>,
     pub port: Option<u16>,
     pub admin_port: Option<u16>,
-    /// First node port; node i listens on `node_port + i`.
+    /// First node port; node i listens on `node_port + i`, and its admin
+    /// listener as far above that as in the template file (9101 for 3001).
     pub node_port: Option<u16>,
 }
 
@@ -139,10 +140,21 @@ fn derive(
     count: usize,
     base: u16,
 ) -> Result<Vec<NodeConfig>, TopologyError> {
-    let too_far = TopologyError::NodePorts { port: base, count };
+    let too_far = || TopologyError::NodePorts { port: base, count };
     let last =
         base.checked_add(u16::try_from(count - 1).map_err(|_| TopologyError::NodeCount(count))?);
-    last.ok_or(too_far)?;
+    last.ok_or_else(too_far)?;
+    // Admin ports keep the template's distance from the client port, so
+    // deploy/local's 3001 → 9101 carries over to every derived node.
+    let admin_offset = i32::from(template.admin.port()) - i32::from(template.listen.port());
+    let admin_port = |i: usize| {
+        u16::try_from(i32::from(base) + i as i32 + admin_offset)
+            .ok()
+            .filter(|p| *p != 0)
+    };
+    if admin_port(0).is_none() || admin_port(count - 1).is_none() {
+        return Err(too_far());
+    }
     let ip = match template.listen.ip() {
         ip if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         ip => ip,
@@ -155,6 +167,7 @@ fn derive(
             let mut node = template.clone();
             node.name = format!("node-{}", (b'a' + i as u8) as char);
             node.listen = SocketAddr::new(ip, base + i as u16);
+            node.admin.set_port(admin_port(i).unwrap_or(0));
             node.cluster.host = Some(urls[i].clone());
             node.cluster.cluster_nodes = urls.clone();
             node.cluster.standalone = template.cluster.standalone || count == 1;
@@ -197,6 +210,11 @@ mod tests {
         let gateway_addrs: Vec<_> = t.gateway.nodes.iter().map(|n| n.addr.clone()).collect();
         let node_addrs: Vec<_> = t.nodes.iter().map(|n| n.listen.to_string()).collect();
         assert_eq!(gateway_addrs, node_addrs);
+        let admins: Vec<_> = t.nodes.iter().map(|n| n.admin.to_string()).collect();
+        assert_eq!(
+            admins,
+            ["127.0.0.1:9101", "127.0.0.1:9102", "127.0.0.1:9103"]
+        );
     }
 
     #[test]
@@ -212,6 +230,7 @@ mod tests {
         assert_eq!(t.nodes.len(), 5);
         assert_eq!(t.nodes[4].name, "node-e");
         assert_eq!(t.nodes[4].listen.to_string(), "127.0.0.1:33005");
+        assert_eq!(t.nodes[4].admin.to_string(), "127.0.0.1:39105");
         assert_eq!(t.nodes[4].cluster.peers().len(), 4);
         assert_eq!(t.gateway.nodes[4].addr, "127.0.0.1:33005");
         assert_eq!(t.gateway.listen.port(), 38080);

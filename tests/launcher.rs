@@ -1,5 +1,6 @@
-//! The launcher in-process: it starts the topology it prints, and its demo
-//! tip names the node the gateway really gives a browser on this machine.
+//! The launcher in-process: it starts the topology it prints, its demo tip
+//! names the node the gateway really gives a browser on this machine, and
+//! the gateway's public address shows nothing of the nodes' internals.
 
 use std::time::Duration;
 
@@ -10,16 +11,22 @@ use tokio::time::timeout;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// A bare HTTP/1.1 GET; the body of the response.
-async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+/// A bare HTTP/1.1 GET; the head and body of the response.
+async fn fetch(addr: std::net::SocketAddr, path: &str) -> (String, String) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (head.to_owned(), body.to_owned())
+}
+
+/// A GET that must answer 200; its body.
+async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+    let (head, body) = fetch(addr, path).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_owned()
+    body
 }
 
 /// The first of `count` consecutive loopback ports free at the time of
@@ -87,6 +94,29 @@ async fn summary_matches_what_is_running() {
         page.contains(&format!("<strong id=\"node\">{node}</strong>")),
         "{page}"
     );
+
+    // The gateway proxies every path to a node's client port, where only
+    // the bare /healthz is; readiness and metrics are on the node's admin
+    // listener, which the gateway never reaches.
+    for path in ["/readyz", "/metrics"] {
+        let (head, body) = fetch(cluster.public_addr(), path).await;
+        assert!(head.starts_with("HTTP/1.1 404"), "{path}: {head}");
+        assert!(
+            !body.contains("stickyio_node") && !body.contains("checks"),
+            "{path} through the gateway: {body}"
+        );
+    }
+    assert_eq!(get(cluster.public_addr(), "/healthz").await, "ok\n");
+    for node in cluster.nodes() {
+        let admin = node.admin_addr();
+        assert!(admin.ip().is_loopback(), "{admin}");
+        let metrics = get(admin, "/metrics").await;
+        assert!(
+            metrics.contains("stickyio_node_published_total"),
+            "{metrics}"
+        );
+        assert!(get(admin, "/readyz").await.contains("\"checks\""));
+    }
 
     timeout(WAIT, cluster.shutdown()).await.unwrap();
 }

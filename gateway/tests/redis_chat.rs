@@ -49,7 +49,7 @@ async fn clients_on_three_redis_backed_nodes_chat_through_the_gateway() {
         eventually(
             "every node is a ready Redis member of a pool of three",
             || async {
-                let reply = admin(node.local_addr(), Method::GET, "/readyz").await;
+                let reply = admin(node.admin_addr(), Method::GET, "/readyz").await;
                 let members = reply.json()["checks"]["redis"]["detail"]["members"]
                     .as_array()
                     .map_or(0, Vec::len);

@@ -2,10 +2,10 @@
 //!
 //! | event | argument | ack |
 //! |---|---|---|
-//! | `subscribe` | pattern | `{ok:true, pattern}` or `{ok:false, error:{code, message}}` |
+//! | `subscribe` | pattern, or `{pattern, since}` | `{ok:true, pattern}` (with `since`: `recovered`, and `replayed` when recovered) or `{ok:false, error:{code, message}}` |
 //! | `unsubscribe` | pattern | same |
 //! | `subscriptions` | none | `{ok:true, patterns:[…]}` |
-//! | `publish` | `{topic, content}` | `{ok:true, id}` or an error |
+//! | `publish` | `{topic, content, ack?}` (`ack`: `"local"` or `"replicated"`) | `{ok:true, id}` or an error |
 //!
 //! Arguments are taken as raw JSON and checked here, not by a typed
 //! extractor: socketioxide skips the handler when its extractor fails, and a
@@ -28,8 +28,11 @@ use socketioxide::extract::{AckSender, Event, SocketRef, State, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::socket::DisconnectReason;
 
+use stickyio_shared::config::node::PublishAck;
+use stickyio_shared::topic::Pattern;
+
 use crate::metrics::Metrics;
-use crate::topics::{TopicError, TopicService};
+use crate::topics::{Resumed, TopicError, TopicService};
 
 /// What the handlers share, as socketioxide state.
 #[derive(Clone)]
@@ -76,13 +79,32 @@ fn pattern_request(
     TryData(arg): TryData<Value>,
     ack: AckSender,
 ) -> Ready<()> {
-    let result = pattern_argument(&event, arg)
-        .and_then(|pattern| match event.as_str() {
-            "subscribe" => api.topics.subscribe(&socket, &pattern),
-            _ => api.topics.unsubscribe(socket.id, &pattern),
-        })
-        .map(|pattern| json!({ "ok": true, "pattern": pattern.as_str() }));
-    reply(&api, ack, result);
+    let acked = |pattern: Pattern| json!({ "ok": true, "pattern": pattern.as_str() });
+    match pattern_argument(&event, arg) {
+        Err(e) => reply(&api, ack, Err(e)),
+        Ok((pattern, Some(since))) => {
+            let topics = api.topics.clone();
+            topics.subscribe_since(&socket, &pattern, &since, move |result| {
+                let result = result.map(|(pattern, resumed)| match resumed {
+                    Resumed::Recovered(replayed) => json!({
+                        "ok": true, "pattern": pattern.as_str(), "recovered": true, "replayed": replayed
+                    }),
+                    Resumed::NotRecovered => {
+                        json!({ "ok": true, "pattern": pattern.as_str(), "recovered": false })
+                    }
+                });
+                reply(&api, ack, result);
+            });
+        }
+        Ok((pattern, None)) if event == "subscribe" => {
+            let result = api.topics.subscribe(&socket, &pattern).map(acked);
+            reply(&api, ack, result);
+        }
+        Ok((pattern, None)) => {
+            let result = api.topics.unsubscribe(socket.id, &pattern).map(acked);
+            reply(&api, ack, result);
+        }
+    }
     ready(())
 }
 
@@ -99,9 +121,9 @@ fn publish(
     ack: AckSender,
 ) -> Ready<()> {
     match publish_argument(arg) {
-        Ok((topic, content)) => {
+        Ok((topic, content, mode)) => {
             let topics = api.topics.clone();
-            topics.publish(socket.id.as_str(), &topic, content, move |result| {
+            topics.publish(socket.id.as_str(), &topic, content, mode, move |result| {
                 let result = result.map(|publication| json!({ "ok": true, "id": publication.id }));
                 reply(&api, ack, result);
             });
@@ -122,22 +144,58 @@ fn reply(api: &Api, ack: AckSender, result: Result<Value, TopicError>) {
     }
 }
 
-/// The pattern string that `subscribe` and `unsubscribe` take.
-fn pattern_argument<E>(event: &str, arg: Result<Value, E>) -> Result<String, TopicError> {
+/// The pattern string that `subscribe` and `unsubscribe` take, or the
+/// `{pattern, since}` object `subscribe` also takes.
+fn pattern_argument<E>(
+    event: &str,
+    arg: Result<Value, E>,
+) -> Result<(String, Option<String>), TopicError> {
+    let shape = if event == "subscribe" {
+        "a pattern string such as \"news.*\", or {pattern, since}"
+    } else {
+        "a pattern string such as \"news.*\""
+    };
+    let invalid = |why: String| TopicError::InvalidPayload(format!("{event} takes {shape}{why}"));
     match arg {
-        Ok(Value::String(pattern)) => Ok(pattern),
-        Ok(other) => Err(TopicError::InvalidPayload(format!(
-            "{event} takes a pattern string such as \"news.*\", not {}",
-            describe(&other)
-        ))),
-        Err(_) => Err(TopicError::InvalidPayload(format!(
-            "{event} takes a pattern string such as \"news.*\" as its argument; none was sent"
-        ))),
+        Ok(Value::String(pattern)) => Ok((pattern, None)),
+        Ok(Value::Object(mut object)) if event == "subscribe" => {
+            if let Some(unknown) = object
+                .keys()
+                .find(|k| !matches!(k.as_str(), "pattern" | "since"))
+            {
+                return Err(invalid(format!("; unknown field {unknown:?}")));
+            }
+            let pattern = match object.remove("pattern") {
+                Some(Value::String(pattern)) => pattern,
+                Some(other) => {
+                    return Err(invalid(format!(
+                        "; `pattern` must be a string, not {}",
+                        describe(&other)
+                    )));
+                }
+                None => return Err(invalid("; `pattern` is missing".to_owned())),
+            };
+            match object.remove("since") {
+                None | Some(Value::Null) => Ok((pattern, None)),
+                Some(Value::String(since)) => Ok((pattern, Some(since))),
+                Some(other) => Err(TopicError::InvalidCursor(
+                    crate::cursor::CursorError::Malformed(if other.is_object() {
+                        "a cursor is a string, not an object"
+                    } else {
+                        "a cursor is a string"
+                    }),
+                )),
+            }
+        }
+        Ok(other) => Err(invalid(format!(", not {}", describe(&other)))),
+        Err(_) => Err(invalid(" as its argument; none was sent".to_owned())),
     }
 }
 
-/// The `{topic, content}` object that `publish` takes.
-fn publish_argument<E>(arg: Result<Value, E>) -> Result<(String, Value), TopicError> {
+/// The `{topic, content, ack?}` object that `publish` takes.
+fn publish_argument<E>(
+    arg: Result<Value, E>,
+) -> Result<(String, Value, Option<PublishAck>), TopicError> {
     const SHAPE: &str = "publish takes an object {topic, content}";
     let invalid = |why: String| TopicError::InvalidPayload(format!("{SHAPE}; {why}"));
     let mut object: Map<String, Value> = match arg {
@@ -147,7 +205,7 @@ fn publish_argument<E>(arg: Result<Value, E>) -> Result<(String, Value), TopicEr
     };
     if let Some(unknown) = object
         .keys()
-        .find(|k| !matches!(k.as_str(), "topic" | "content"))
+        .find(|k| !matches!(k.as_str(), "topic" | "content" | "ack"))
     {
         return Err(invalid(format!("unknown field {unknown:?}")));
     }
@@ -164,7 +222,17 @@ fn publish_argument<E>(arg: Result<Value, E>) -> Result<(String, Value), TopicEr
     let Some(content) = object.remove("content") else {
         return Err(invalid("`content` is missing".to_owned()));
     };
-    Ok((topic, content))
+    let mode = match object.remove("ack") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(mode)) if mode == "local" => Some(PublishAck::Local),
+        Some(Value::String(mode)) if mode == "replicated" => Some(PublishAck::Replicated),
+        Some(other) => {
+            return Err(invalid(format!(
+                "`ack` is \"local\" or \"replicated\", not {other}"
+            )));
+        }
+    };
+    Ok((topic, content, mode))
 }
 
 /// A JSON value's kind, for error messages.
@@ -191,11 +259,15 @@ mod tests {
     fn pattern_argument_must_be_a_string() {
         assert_eq!(
             pattern_argument::<()>("subscribe", Ok(json!("a.*"))).unwrap(),
-            "a.*"
+            ("a.*".to_owned(), None)
+        );
+        assert_eq!(
+            message(pattern_argument::<()>("unsubscribe", Ok(json!(5)))),
+            "unsubscribe takes a pattern string such as \"news.*\", not a number"
         );
         assert_eq!(
             message(pattern_argument::<()>("subscribe", Ok(json!(5)))),
-            "subscribe takes a pattern string such as \"news.*\", not a number"
+            "subscribe takes a pattern string such as \"news.*\", or {pattern, since}, not a number"
         );
         assert_eq!(
             message(pattern_argument("unsubscribe", Err(()))),
@@ -204,10 +276,48 @@ mod tests {
     }
 
     #[test]
+    fn subscribe_takes_a_pattern_and_a_cursor() {
+        assert_eq!(
+            pattern_argument::<()>("subscribe", Ok(json!({"pattern": "a.*", "since": "c"})))
+                .unwrap(),
+            ("a.*".to_owned(), Some("c".to_owned()))
+        );
+        assert_eq!(
+            pattern_argument::<()>("subscribe", Ok(json!({"pattern": "a.*", "since": null})))
+                .unwrap(),
+            ("a.*".to_owned(), None)
+        );
+        assert_eq!(
+            message(pattern_argument::<()>(
+                "subscribe",
+                Ok(json!({"pattern": "a", "snice": "c"}))
+            )),
+            "subscribe takes a pattern string such as \"news.*\", or {pattern, since}; unknown field \"snice\""
+        );
+        let err = pattern_argument::<()>("subscribe", Ok(json!({"pattern": "a", "since": 5})))
+            .unwrap_err();
+        assert_eq!(err.code(), crate::topics::ErrorCode::InvalidCursor);
+        assert!(
+            pattern_argument::<()>("unsubscribe", Ok(json!({"pattern": "a"}))).is_err(),
+            "unsubscribe takes a string only"
+        );
+    }
+
+    #[test]
     fn publish_argument_checks_the_object_shape() {
-        let (topic, content) =
+        let (topic, content, mode) =
             publish_argument::<()>(Ok(json!({"topic": "a", "content": null}))).unwrap();
-        assert_eq!((topic.as_str(), content), ("a", Value::Null));
+        assert_eq!((topic.as_str(), content, mode), ("a", Value::Null, None));
+        let (_, _, mode) =
+            publish_argument::<()>(Ok(json!({"topic": "a", "content": 1, "ack": "replicated"})))
+                .unwrap();
+        assert_eq!(mode, Some(PublishAck::Replicated));
+        assert_eq!(
+            message(publish_argument::<()>(Ok(
+                json!({"topic": "a", "content": 1, "ack": "eventually"})
+            ))),
+            "publish takes an object {topic, content}; `ack` is \"local\" or \"replicated\", not \"eventually\""
+        );
         assert_eq!(
             message(publish_argument::<()>(Ok(json!(42)))),
             "publish takes an object {topic, content}; got a number"

@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 use stickyio_shared::config::ConfigError;
-use stickyio_shared::config::node::{Backend, NodeConfig, SecretError};
+use stickyio_shared::config::node::NodeConfig;
 use stickyio_shared::signals::stop_signal;
 
-use crate::redis_backend::{self, RedisBackendError};
+use crate::cluster::{Cluster, ClusterError};
 use crate::server::{Node, NodeError};
 
 #[derive(Debug, Parser)]
@@ -43,9 +43,9 @@ pub enum CheckError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    Secret(#[from] SecretError),
+    Cluster(#[from] ClusterError),
     #[error(transparent)]
-    Redis(#[from] RedisBackendError),
+    AdminToken(stickyio_shared::config::node::SecretError),
     #[error("cannot print the config as TOML: {0}")]
     Render(#[from] toml::ser::Error),
 }
@@ -55,11 +55,9 @@ pub enum CheckError {
 /// effective config as TOML.
 pub fn check(path: &Path) -> Result<String, CheckError> {
     let config = NodeConfig::load(path)?;
-    if !config.cluster.standalone {
-        match config.cluster.backend {
-            Backend::Mesh => drop(config.cluster.resolve_secret()?),
-            Backend::Redis => drop(redis_backend::connection_info(&config)?),
-        }
+    Cluster::check(&config)?;
+    if let Err(e) = config.resolve_admin_token() {
+        return Err(CheckError::AdminToken(e));
     }
     Ok(toml::to_string(&config)?)
 }

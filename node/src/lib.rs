@@ -3,14 +3,18 @@
 //!
 //! - [`server`]: bind, plug in, serve, shut down ([`Node`], [`RunningNode`]).
 //! - [`topics`]: subscriptions and delivery ([`TopicService`], [`Relay`]).
+//! - `history`, `cursor`: what a node remembers for clients that resume, and
+//!   the authenticated cursors they resume from.
 //! - `index`: the pattern trie that makes a publish cost what it delivers.
 //! - `api`: the Socket.IO events of the topic API and their acks.
-//! - `routes`, `readiness`, [`metrics`], `demo`: the HTTP side.
+//! - `routes`, `demo`: the client port's HTTP side (demo page, bare `/healthz`).
+//! - `accept`: the accept loop and drain both listeners share.
+//! - `admin`, `readiness`, [`metrics`]: the admin listener (`/healthz`,
+//!   `/readyz`, `/metrics`), loopback by default.
 //! - `deadline`: the whole-body read deadline against slow-body clients.
 //! - [`cli`]: the `stickyio-node` command line.
-//! - [`mesh`]: the authenticated peer mesh that relays publications between nodes.
-//! - [`redis_backend`]: the other cluster backend, relaying through Redis pub/sub.
-//! - `dedup`: the bounded set of relayed ids already delivered, for both.
+//! - [`cluster`]: how publications reach the other nodes ([`Cluster`]): the
+//!   authenticated peer mesh, or Redis; one inbound path for both.
 //!
 //! Tests and the launcher run nodes in-process:
 //!
@@ -19,25 +23,29 @@
 //! use stickyio_shared::config::node::NodeConfig;
 //! let config = NodeConfig::standalone("node-a", "127.0.0.1:0".parse().unwrap());
 //! let node = stickyio_node::Node::bind(config).await?;
-//! println!("serving on {}", node.local_addr());
+//! println!("serving on {}, admin on {}", node.local_addr(), node.admin_addr());
 //! node.shutdown().await
 //! # }
 //! ```
 
+mod accept;
+mod admin;
 mod api;
 pub mod cli;
+pub mod cluster;
+mod cursor;
 mod deadline;
-mod dedup;
 mod demo;
+mod history;
 mod index;
-pub mod mesh;
 pub mod metrics;
 mod readiness;
-pub mod redis_backend;
 mod routes;
 pub mod server;
 pub mod topics;
 
+pub use cluster::{Cluster, ClusterError};
+pub use cursor::Stamp;
 pub use readiness::{Check, Readiness};
 pub use server::{Node, NodeError, RunningNode};
-pub use topics::{ErrorCode, Relay, Then, TopicError, TopicService};
+pub use topics::{ErrorCode, Handed, Relay, Resumed, Then, TopicError, TopicService};

@@ -11,22 +11,6 @@ use std::sync::{Arc, PoisonError, RwLock};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-/// The state of a cluster link (a mesh peer link, or the Redis link), as
-/// `/readyz` shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LinkState {
-    /// Not connected yet since the node started (the first dial is running).
-    Connecting,
-    /// Connected (Redis: subscribed, heartbeat written).
-    Up,
-    /// Unreachable, or the link was lost; retrying.
-    Down,
-    /// The peer answered and refused this node (mesh: wrong secret, or a
-    /// name clash).
-    Refused,
-}
-
 /// One readiness condition, asked on every `/readyz` request. Must be quick
 /// and must not block: report state kept up to date elsewhere.
 pub trait Readiness: Send + Sync + 'static {

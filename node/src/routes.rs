@@ -1,13 +1,15 @@
-//! The node's plain HTTP routes, served next to Engine.IO on the same port.
+//! The node's plain HTTP routes on the client port, next to Engine.IO.
 //!
 //! socketioxide answers everything under `/socket.io/` and passes every other
-//! request to [`Routes`]: `/healthz`, `/readyz`, `/metrics`, the demo page
-//! `/` and its client script. All of them answer from memory, so they are
-//! plain functions with no I/O.
+//! request to [`Routes`]: the demo page `/`, its client script, and a bare
+//! `/healthz` that says "ok" and nothing else (the gateway's default health
+//! check). Readiness and metrics name peers and counters, so they live on the
+//! admin listener (`admin.rs`), never here. All answer from memory, so they
+//! are plain functions with no I/O.
 
 use std::convert::Infallible;
 use std::future::{Ready, ready};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE};
@@ -16,10 +18,10 @@ use http_body_util::Full;
 use prometheus_client::registry::Registry;
 
 use crate::demo;
-use crate::metrics;
 use crate::readiness::ReadinessChecks;
 
-/// What the routes read, shared with the [`crate::Node`] that registers into it.
+/// What the routes and the admin listener read, shared with the
+/// [`crate::Node`] that registers into it.
 pub struct HttpState {
     pub registry: RwLock<Registry>,
     pub readiness: ReadinessChecks,
@@ -43,25 +45,15 @@ impl<B> hyper::service::Service<Request<B>> for Routes {
 
 impl Routes {
     fn route(&self, method: &Method, path: &str) -> Response<Full<Bytes>> {
-        let known = matches!(path, "/" | "/healthz" | "/readyz" | "/metrics")
-            || path == demo::CLIENT_SCRIPT_PATH;
+        let known = matches!(path, "/" | "/healthz") || path == demo::CLIENT_SCRIPT_PATH;
         if !known {
             return text(StatusCode::NOT_FOUND, format!("no route for {path}\n"));
         }
         if method != Method::GET && method != Method::HEAD {
-            let mut response = text(
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!("{path} only answers GET and HEAD, not {method}\n"),
-            );
-            response
-                .headers_mut()
-                .insert(ALLOW, http::HeaderValue::from_static("GET, HEAD"));
-            return response;
+            return method_not_allowed(method, path);
         }
         match path {
             "/healthz" => text(StatusCode::OK, "ok\n".to_owned()),
-            "/readyz" => self.readyz(),
-            "/metrics" => self.metrics(),
             "/" => body(
                 StatusCode::OK,
                 "text/html; charset=utf-8",
@@ -81,45 +73,29 @@ impl Routes {
             }
         }
     }
-
-    fn readyz(&self) -> Response<Full<Bytes>> {
-        let (ready, report) = self.0.readiness.report();
-        let status = if ready {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        };
-        body(
-            status,
-            "application/json",
-            Bytes::from(format!("{report}\n")),
-        )
-    }
-
-    fn metrics(&self) -> Response<Full<Bytes>> {
-        let registry = self
-            .0
-            .registry
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        match metrics::render(&registry) {
-            Ok(text) => body(StatusCode::OK, metrics::CONTENT_TYPE, Bytes::from(text)),
-            Err(e) => {
-                tracing::error!("cannot encode metrics: {e}");
-                text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "cannot encode metrics\n".to_owned(),
-                )
-            }
-        }
-    }
 }
 
-fn text(status: StatusCode, message: String) -> Response<Full<Bytes>> {
+/// `405` for anything but GET and HEAD: every plain route is read-only.
+pub(crate) fn method_not_allowed(method: &Method, path: &str) -> Response<Full<Bytes>> {
+    let mut response = text(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{path} only answers GET and HEAD, not {method}\n"),
+    );
+    response
+        .headers_mut()
+        .insert(ALLOW, http::HeaderValue::from_static("GET, HEAD"));
+    response
+}
+
+pub(crate) fn text(status: StatusCode, message: String) -> Response<Full<Bytes>> {
     body(status, "text/plain; charset=utf-8", Bytes::from(message))
 }
 
-fn body(status: StatusCode, content_type: &'static str, bytes: Bytes) -> Response<Full<Bytes>> {
+pub(crate) fn body(
+    status: StatusCode,
+    content_type: &'static str,
+    bytes: Bytes,
+) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(bytes));
     *response.status_mut() = status;
     response

@@ -1,12 +1,14 @@
-//! The node's server: one listener serving Socket.IO and the HTTP routes on
-//! hyper 1, and its lifecycle from bind to graceful shutdown.
+//! The node's server: the client listener serving Socket.IO and the demo
+//! routes on hyper 1, the admin listener beside it (`admin.rs`), and their
+//! lifecycle from bind to graceful shutdown.
 //!
 //! Starting is split in two so other parts of the node can plug in before
-//! traffic arrives: [`Node::prepare`] binds the port and builds everything;
-//! the cluster mesh can then register its `/cluster` namespace on
-//! [`Node::io`], its relay on [`Node::topics`], its metrics through
-//! [`Node::with_registry`] and its readiness through [`Node::add_readiness`];
-//! [`Node::serve`] starts accepting. [`Node::bind`] does both for the common case.
+//! traffic arrives: [`Node::prepare`] binds the ports and builds everything;
+//! the cluster backend ([`Cluster::attach`]) can then register its
+//! `/cluster` namespace on [`Node::io`], its relay on [`Node::topics`], its
+//! metrics through [`Node::with_registry`] and its readiness through
+//! [`Node::add_readiness`]; [`Node::serve`] starts accepting. [`Node::bind`]
+//! does both for the common case.
 //!
 //! Shutdown stops accepting, marks the node unready, disconnects every socket
 //! (which ends long-polling requests and websockets), then lets in-flight HTTP
@@ -20,19 +22,22 @@ use bytes::Bytes;
 use http::Request;
 use hyper::body::Incoming;
 use hyper::service::{Service as _, service_fn};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::registry::Registry;
 use socketioxide::SocketIo;
 use socketioxide::service::SocketIoService;
-use stickyio_shared::config::node::{Backend, NodeConfig};
-use stickyio_shared::connection_limit::{ConnectionLimit, Counted, refuse_busy};
+use stickyio_shared::config::node::{ADMIN_TOKEN_ENV, NodeConfig};
+use stickyio_shared::connection_limit::ConnectionLimit;
+use stickyio_shared::secret::Secret;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::accept;
+use crate::admin::{self, Admin};
 use crate::api::{self, Api};
+use crate::cluster::{Cluster, ClusterError};
 use crate::deadline::DeadlineBody;
 use crate::demo;
 use crate::metrics::Metrics;
@@ -43,10 +48,6 @@ use crate::topics::TopicService;
 /// Longest wait for each shutdown step: closing sockets, then draining HTTP.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop
-/// does not spin while the condition lasts.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error("cannot listen on {addr}: {source}")]
@@ -55,14 +56,14 @@ pub enum NodeError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    AdminToken(stickyio_shared::secret::SecretError),
     #[error("cannot listen for stop signals: {0}")]
     Signals(#[source] std::io::Error),
     #[error("the server task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
     #[error("cannot join the cluster: {0}")]
-    Mesh(#[from] crate::mesh::MeshError),
-    #[error("cannot join the cluster: {0}")]
-    Redis(#[from] crate::redis_backend::RedisBackendError),
+    Cluster(#[from] ClusterError),
 }
 
 /// A node that is bound but not yet serving: the place to plug in.
@@ -70,13 +71,16 @@ pub struct Node {
     config: Arc<NodeConfig>,
     listener: TcpListener,
     local_addr: SocketAddr,
+    admin_listener: TcpListener,
+    admin_addr: SocketAddr,
+    admin_token: Option<Secret>,
     io: SocketIo,
     service: SocketIoService<Routes>,
     topics: Arc<TopicService>,
     http: Arc<HttpState>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
-    background: Vec<JoinHandle<()>>,
+    cluster: Cluster,
 }
 
 impl Node {
@@ -85,28 +89,27 @@ impl Node {
     /// Port 0 picks a free port; see [`RunningNode::local_addr`].
     pub async fn bind(config: NodeConfig) -> Result<RunningNode, NodeError> {
         let mut node = Node::prepare(config).await?;
-        let cluster = &node.config().cluster;
-        if !cluster.standalone {
-            match cluster.backend {
-                Backend::Mesh => drop(crate::mesh::attach(&node, node.config())?),
-                Backend::Redis => {
-                    let config = node.config().clone();
-                    drop(crate::redis_backend::attach(&mut node, &config)?);
-                }
-            }
-        }
+        let config = node.config.clone();
+        Cluster::attach(&mut node, &config)?;
         Ok(node.serve())
     }
 
-    /// Binds `config.listen` and builds the Socket.IO server, the topic
-    /// service and the HTTP routes, without accepting connections yet.
+    /// Binds `config.listen` and `config.admin` and builds the Socket.IO
+    /// server, the topic service and the HTTP routes, without accepting
+    /// connections yet.
     pub async fn prepare(config: NodeConfig) -> Result<Node, NodeError> {
-        let bind_error = |source| NodeError::Bind {
-            addr: config.listen,
-            source,
-        };
-        let listener = TcpListener::bind(config.listen).await.map_err(bind_error)?;
-        let local_addr = listener.local_addr().map_err(bind_error)?;
+        let admin_token = config
+            .resolve_admin_token()
+            .map_err(NodeError::AdminToken)?;
+        let (listener, local_addr) = bind(config.listen).await?;
+        let (admin_listener, admin_addr) = bind(config.admin).await?;
+        if !admin_addr.ip().is_loopback() && admin_token.is_none() {
+            tracing::warn!(
+                node = %config.name,
+                admin = %admin_addr,
+                "the admin listener is open to anyone who can reach it: set admin_token_file, admin_token or {ADMIN_TOKEN_ENV}"
+            );
+        }
 
         let (registry, metrics) = Metrics::registry(&config.name);
         let metrics = Arc::new(metrics);
@@ -135,13 +138,16 @@ impl Node {
             config: Arc::new(config),
             listener,
             local_addr,
+            admin_listener,
+            admin_addr,
+            admin_token,
             io,
             service,
             topics,
             http,
             metrics,
             shutdown: CancellationToken::new(),
-            background: Vec::new(),
+            cluster: Cluster::Standalone,
         })
     }
 
@@ -151,6 +157,11 @@ impl Node {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The bound admin address (the real port when `admin` used port 0).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
     }
 
     /// The Socket.IO server, to register more namespaces on.
@@ -186,17 +197,26 @@ impl Node {
         self.shutdown.child_token()
     }
 
-    /// A task that ends once [`Node::shutdown_token`] is cancelled and has
-    /// work to finish first (the Redis backend leaving the pool):
-    /// [`RunningNode::shutdown`] waits for it, up to [`DRAIN_TIMEOUT`].
-    pub fn add_background(&mut self, task: JoinHandle<()>) {
-        self.background.push(task);
+    /// The cluster the node stops with: [`RunningNode::shutdown`] awaits
+    /// its [`Cluster::shutdown`]. Set by [`Cluster::attach`].
+    pub(crate) fn set_cluster(&mut self, cluster: Cluster) {
+        self.cluster = cluster;
     }
 
     /// Starts accepting connections.
     pub fn serve(self) -> RunningNode {
         self.http.readiness.set_serving(true);
-        tracing::info!(node = %self.config.name, addr = %self.local_addr, "listening");
+        tracing::info!(node = %self.config.name, addr = %self.local_addr, admin = %self.admin_addr, "listening");
+        let admin = Arc::new(Admin {
+            http: self.http.clone(),
+            token: self.admin_token,
+        });
+        let admin = tokio::spawn(admin::serve(
+            admin,
+            self.admin_listener,
+            self.config.header_read_timeout.get(),
+            self.shutdown.clone(),
+        ));
         let task = tokio::spawn(serve(
             self.config.clone(),
             self.listener,
@@ -209,11 +229,13 @@ impl Node {
         RunningNode {
             config: self.config,
             local_addr: self.local_addr,
+            admin_addr: self.admin_addr,
             io: self.io,
             topics: self.topics,
             shutdown: self.shutdown,
             task: Some(task),
-            background: self.background,
+            admin: Some(admin),
+            cluster: self.cluster,
         }
     }
 }
@@ -223,17 +245,24 @@ impl Node {
 pub struct RunningNode {
     config: Arc<NodeConfig>,
     local_addr: SocketAddr,
+    admin_addr: SocketAddr,
     io: SocketIo,
     topics: Arc<TopicService>,
     shutdown: CancellationToken,
     task: Option<JoinHandle<()>>,
-    background: Vec<JoinHandle<()>>,
+    admin: Option<JoinHandle<()>>,
+    cluster: Cluster,
 }
 
 impl RunningNode {
     /// The bound address (the real port when `listen` used port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The bound admin address: `/healthz`, `/readyz`, `/metrics`.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
     }
 
     pub fn config(&self) -> &NodeConfig {
@@ -248,19 +277,22 @@ impl RunningNode {
         &self.topics
     }
 
+    /// The cluster backend this node runs with.
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
     /// Stops accepting, disconnects every socket, lets in-flight requests
-    /// finish, and returns when the server has stopped.
+    /// finish, stops the cluster backend (waiting for its tasks), and
+    /// returns when all of it has stopped.
     pub async fn shutdown(mut self) -> Result<(), NodeError> {
         self.shutdown.cancel();
         if let Some(task) = self.task.take() {
             task.await?;
         }
-        for task in std::mem::take(&mut self.background) {
-            if tokio::time::timeout(DRAIN_TIMEOUT, task).await.is_err() {
-                tracing::warn!(
-                    "a background task still runs after {DRAIN_TIMEOUT:?}; stopping anyway"
-                );
-            }
+        self.cluster.shutdown().await;
+        if let Some(admin) = self.admin.take() {
+            admin.await?;
         }
         Ok(())
     }
@@ -272,6 +304,14 @@ impl Drop for RunningNode {
     }
 }
 
+/// Binds `addr` and returns the listener with its real address.
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), NodeError> {
+    let bind_error = |source| NodeError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+    let local = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, local))
+}
+
 async fn serve(
     config: Arc<NodeConfig>,
     listener: TcpListener,
@@ -281,31 +321,11 @@ async fn serve(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout.get());
+    let builder = accept::builder(config.header_read_timeout.get());
     let limit = ConnectionLimit::new(config.max_connections);
     let body_limit = config.body_read_timeout.get();
     let graceful = GracefulShutdown::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
-        };
-        let Some(permit) = limit.try_acquire() else {
-            tracing::warn!(%peer, "connection refused: at the connection limit");
-            tokio::spawn(refuse_busy(stream, "node"));
-            continue;
-        };
+    while let Some((stream, peer)) = accept::next(&listener, &limit, "node", &shutdown).await {
         let (service, metrics) = (service.clone(), metrics.clone());
         let deadlined = service_fn(move |req: Request<Incoming>| {
             let carries_sid = req
@@ -327,12 +347,12 @@ async fn serve(
             }
         });
         let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(Counted::new(stream, permit)), deadlined)
+            .serve_connection_with_upgrades(TokioIo::new(stream), deadlined)
             .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(e) = connection.await {
-                tracing::debug!(%peer, "connection ended with an error: {e}");
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
     }
@@ -344,13 +364,8 @@ async fn serve(
         .await
         .is_err()
     {
-        tracing::warn!("sockets still open after {DRAIN_TIMEOUT:?}; closing anyway");
+        tracing::warn!(timeout = ?DRAIN_TIMEOUT, "sockets still open at shutdown; closing anyway");
     }
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("HTTP requests still running after {DRAIN_TIMEOUT:?}; closing anyway");
-    }
+    accept::drain(graceful, "node").await;
     tracing::info!("stopped");
 }

@@ -14,35 +14,63 @@
 //! Redis took the publication or refused it. A refused publish is delivered
 //! nowhere and acked `cluster_unavailable`. Answering in order, and delivering
 //! inside the continuation, keeps one socket's publishes in the order sent.
+//!
+//! History and resume: every delivered message is recorded in the node's
+//! `History` and carries the cursor after it. Recording and emitting happen
+//! under one lock, so each socket gets messages in the order of the history
+//! and the last cursor it holds covers all it got. A `subscribe` with
+//! `since` replays, under the subscriptions' write lock (no delivery runs
+//! meanwhile), what the history holds after the cursor, then goes live:
+//! no gap and no duplicate at the seam. The cursor also becomes the
+//! socket's floor: a message it covers that reaches this node late (this
+//! node lagged the one that minted it) is not delivered again.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use ahash::AHashMap;
 use serde::Serialize;
 use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
-use stickyio_shared::config::node::NodeConfig;
+use stickyio_shared::config::node::{Backend, NodeConfig, PublishAck};
 use stickyio_shared::message::Publication;
 use stickyio_shared::topic::{self, Pattern, Topic};
 
+use crate::cursor::{Cursor, CursorError, CursorKey, Frontier, Stamp};
+use crate::history::{History, Position};
 use crate::index::PatternIndex;
 use crate::metrics::Metrics;
 
 /// Name of the event a socket receives for each matching publication.
 pub const MESSAGE_EVENT: &str = "message";
 
-/// What a [`Relay`] calls once it knows whether the cluster took a
-/// publication: `Ok` to go ahead, or the reason it was refused.
-pub type Then = Box<dyn FnOnce(Result<(), String>) + Send>;
+/// What a [`Relay`] calls once it knows what the cluster did with a
+/// publication.
+pub type Then = Box<dyn FnOnce(Handed) + Send>;
+
+/// What the cluster did with a publication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handed {
+    /// Taken (and, when asked, held by another node or Redis): go ahead.
+    Taken,
+    /// Taken, and already delivered here by the backend (Redis delivers a
+    /// node's own publications in the stream's order): only ack.
+    Delivered,
+    /// Refused, and delivered nowhere: deliver nowhere here either.
+    Refused(String),
+    /// Relayed, but no other node confirmed holding it in time: it is
+    /// delivered, but may be lost if this node fails.
+    Unconfirmed(String),
+}
 
 /// Where local publications go before local delivery: the cluster backend.
 pub trait Relay: Send + Sync + 'static {
     /// Called once per local publish, in the order publishes arrive. Must not
     /// block: queue and return. Calls `then` exactly once, and for successive
-    /// publications in the order they were handed over.
-    fn relay(&self, publication: &Arc<Publication>, then: Then);
+    /// publications in the order they were handed over; with
+    /// [`PublishAck::Replicated`], only once another node or Redis holds it.
+    fn relay(&self, publication: &Arc<Publication>, ack: PublishAck, then: Then);
 }
 
 /// The error codes of the topic API, as sent in `{ok:false, error:{code}}`.
@@ -54,15 +82,17 @@ pub enum ErrorCode {
     TooManySubscriptions,
     TooLarge,
     ClusterUnavailable,
+    InvalidCursor,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 5] = [
+    pub const ALL: [ErrorCode; 6] = [
         ErrorCode::InvalidTopic,
         ErrorCode::InvalidPayload,
         ErrorCode::TooManySubscriptions,
         ErrorCode::TooLarge,
         ErrorCode::ClusterUnavailable,
+        ErrorCode::InvalidCursor,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -72,6 +102,7 @@ impl ErrorCode {
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::ClusterUnavailable => "cluster_unavailable",
+            ErrorCode::InvalidCursor => "invalid_cursor",
         }
     }
 }
@@ -92,6 +123,10 @@ pub enum TopicError {
     TooLarge { size: usize, limit: usize },
     #[error("the cluster cannot take this publish, so it was delivered nowhere: {0}")]
     ClusterUnavailable(String),
+    #[error("{0}")]
+    NotReplicated(String),
+    #[error("`since` is not a usable cursor: {0}")]
+    InvalidCursor(#[from] CursorError),
 }
 
 impl TopicError {
@@ -101,7 +136,10 @@ impl TopicError {
             TopicError::InvalidPayload(_) => ErrorCode::InvalidPayload,
             TopicError::TooManySubscriptions { .. } => ErrorCode::TooManySubscriptions,
             TopicError::TooLarge { .. } => ErrorCode::TooLarge,
-            TopicError::ClusterUnavailable(_) => ErrorCode::ClusterUnavailable,
+            TopicError::ClusterUnavailable(_) | TopicError::NotReplicated(_) => {
+                ErrorCode::ClusterUnavailable
+            }
+            TopicError::InvalidCursor(_) => ErrorCode::InvalidCursor,
         }
     }
 }
@@ -112,18 +150,156 @@ struct Delivery<'a> {
     #[serde(flatten)]
     publication: &'a Publication,
     patterns: &'a [&'a str],
+    /// The position just after this message; absent with history off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cursor: Option<&'a str>,
+    /// Only on messages replayed by a resume.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    replayed: bool,
 }
 
 struct Subscriber {
     socket: SocketRef,
     /// In subscription order, for the `subscriptions` ack.
     patterns: Vec<Pattern>,
+    /// Set while the socket resumed from a position this node has not
+    /// delivered past: messages at or below it were delivered already (by
+    /// the node that minted the cursor, or by the replay) and are skipped;
+    /// the flag keeps the common case lock-free.
+    has_floor: AtomicBool,
+    floor: Mutex<Option<Floor>>,
+}
+
+/// Below what a resumed socket has already had.
+enum Floor {
+    /// Mesh: per origin incarnation.
+    Frontier(Frontier),
+    /// Redis: one position in the stream, whose order every node delivers in.
+    Stamp(Stamp),
+}
+
+/// What to do with one live message for a socket with a floor.
+enum Pass {
+    Deliver,
+    Skip,
+    /// Deliver with this cursor: the node's frontier, the floor merged in.
+    DeliverWith(Frontier),
+}
+
+impl Subscriber {
+    fn new(socket: &SocketRef) -> Subscriber {
+        Subscriber {
+            socket: socket.clone(),
+            patterns: Vec::new(),
+            has_floor: AtomicBool::new(false),
+            floor: Mutex::new(None),
+        }
+    }
+
+    fn set_floor(&self, floor: Floor) {
+        let mut current = lock(&self.floor);
+        match (current.as_mut(), floor) {
+            (Some(Floor::Frontier(held)), Floor::Frontier(new)) => held.merge(&new),
+            (Some(Floor::Stamp(held)), Floor::Stamp(new)) => *held = (*held).max(new),
+            (_, floor) => *current = Some(floor),
+        }
+        self.has_floor.store(true, Ordering::Release);
+    }
+
+    /// For a socket with a floor: whether this message is below it. The
+    /// floor is dropped once the node delivers past it.
+    fn through_floor(
+        &self,
+        position: Option<&Position>,
+        stamp: Option<Stamp>,
+        frontier: Option<&Frontier>,
+    ) -> Pass {
+        let mut floor = lock(&self.floor);
+        let pass = match floor.as_ref() {
+            None => return Pass::Deliver,
+            Some(Floor::Stamp(below)) => match stamp {
+                Some(stamp) if stamp <= *below => return Pass::Skip,
+                _ => Pass::Deliver,
+            },
+            Some(Floor::Frontier(below)) => {
+                if position.is_some_and(|p| below.covers(&p.origin, p.boot, p.seq)) {
+                    return Pass::Skip;
+                }
+                match frontier {
+                    Some(frontier) if !frontier.dominates(below) => {
+                        let mut merged = frontier.clone();
+                        merged.merge(below);
+                        return Pass::DeliverWith(merged);
+                    }
+                    _ => Pass::Deliver,
+                }
+            }
+        };
+        *floor = None;
+        self.has_floor.store(false, Ordering::Release);
+        pass
+    }
+}
+
+/// Where a Redis-backed node's resumes read the stream: the backend, which
+/// answers in its delivery order (see [`TopicService::subscribe_since`]).
+pub trait Resumer: Send + Sync + 'static {
+    /// Reads the entries after `since` (at most `limit`) and calls `then`
+    /// with them, or with `None` when the stream no longer holds `since`
+    /// (trimmed, or Redis restarted) or cannot be read; between two
+    /// deliveries, so no live message falls between replay and subscription.
+    fn resume(&self, since: Stamp, limit: usize, then: ResumeThen);
+}
+
+/// What a [`Resumer`] calls with the entries after the cursor.
+pub type ResumeThen = Box<dyn FnOnce(Option<Vec<(Stamp, Publication)>>) + Send>;
+
+/// What a `subscribe` with `since` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resumed {
+    /// Every missed message was replayed: this many.
+    Recovered(usize),
+    /// The history does not reach back; live from now.
+    NotRecovered,
 }
 
 #[derive(Default)]
 struct Subscriptions {
     index: PatternIndex<Sid>,
     sockets: AHashMap<Sid, Subscriber>,
+    /// Sockets recently removed on disconnect, so a subscribe still in
+    /// flight for one cannot outlive its cleanup. `socket.connected()` does
+    /// not tell: socketioxide sends the connect packet before it marks the
+    /// socket connected, so a client's first subscribe may see `false`.
+    gone: Gone,
+}
+
+/// A bounded set of recently gone sockets, the oldest forgotten first: a
+/// late event arrives within moments of its socket's disconnect.
+#[derive(Default)]
+struct Gone {
+    set: ahash::AHashSet<Sid>,
+    order: std::collections::VecDeque<Sid>,
+}
+
+/// Gone sockets remembered; far more than disconnect at once.
+const GONE_LIMIT: usize = 65_536;
+
+impl Gone {
+    fn insert(&mut self, sid: Sid) {
+        while self.order.len() >= GONE_LIMIT {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        if self.set.insert(sid) {
+            self.order.push_back(sid);
+        }
+    }
+
+    fn contains(&self, sid: &Sid) -> bool {
+        self.set.contains(sid)
+    }
 }
 
 /// Subscriptions and publishing on one node. Shared as `Arc<TopicService>`.
@@ -135,22 +311,54 @@ pub struct TopicService {
     /// tells apart two processes that (wrongly) share one name.
     boot: u64,
     sequence: AtomicU64,
+    /// Held from minting a publication's sequence to handing it over.
+    publish_order: Mutex<()>,
     subscriptions: RwLock<Subscriptions>,
     relay: OnceLock<Arc<dyn Relay>>,
     metrics: Arc<Metrics>,
+    /// `None` with `history.size = 0`. Locked while a message is recorded
+    /// and emitted, so sockets see history order.
+    history: Option<Mutex<History>>,
+    /// The pool's key, once the cluster backend joined one ([`TopicService::join_pool`]).
+    pool: OnceLock<CursorKey>,
+    /// The key of `node.toml`'s own cluster settings, until then.
+    own: CursorKey,
+    publish_ack: PublishAck,
+    history_size: usize,
+    history_ttl: std::time::Duration,
+    /// With the Redis backend the history is its stream: cursors carry
+    /// stamps, and resumes go to the [`Resumer`].
+    streamed: AtomicBool,
+    resumer: OnceLock<Arc<dyn Resumer>>,
 }
 
 impl TopicService {
     pub fn new(config: &NodeConfig, metrics: Arc<Metrics>) -> TopicService {
+        let history = (config.history.size > 0).then(|| {
+            Mutex::new(History::new(
+                config.history.size,
+                config.history.ttl.get(),
+                now_millis(),
+            ))
+        });
         TopicService {
             node: Arc::from(config.name.as_str()),
             max_subscriptions: config.max_subscriptions,
             max_message_bytes: config.max_message_bytes,
             boot: rand::random(),
             sequence: AtomicU64::new(0),
+            publish_order: Mutex::new(()),
             subscriptions: RwLock::default(),
             relay: OnceLock::new(),
             metrics,
+            history,
+            pool: OnceLock::new(),
+            own: CursorKey::new(pool_secret(config).as_bytes()),
+            publish_ack: config.publish_ack,
+            history_size: config.history.size,
+            history_ttl: config.history.ttl.get(),
+            streamed: AtomicBool::new(false),
+            resumer: OnceLock::new(),
         }
     }
 
@@ -159,28 +367,191 @@ impl TopicService {
     pub fn subscribe(&self, socket: &SocketRef, pattern: &str) -> Result<Pattern, TopicError> {
         let pattern = Pattern::parse(pattern)?;
         let mut state = self.write();
-        // Checked under the lock: a socket is marked disconnected before its
-        // disconnect handler runs, so a late subscribe cannot outlive cleanup.
-        if !socket.connected() {
-            return Ok(pattern);
+        if Self::add(&mut state, socket, &pattern, self.max_subscriptions)? {
+            self.metrics.subscriptions.inc();
         }
-        let Subscriptions { index, sockets } = &mut *state;
-        let subscriber = sockets.entry(socket.id).or_insert_with(|| Subscriber {
-            socket: socket.clone(),
-            patterns: Vec::new(),
+        Ok(pattern)
+    }
+
+    /// Like [`TopicService::subscribe`], resuming from cursor `since`:
+    /// first every message after it that matches `pattern` (and none of the
+    /// socket's other patterns, whose messages it already has), marked
+    /// `replayed`, then live ones; `done` gets the outcome. From the node's
+    /// own history that happens before this returns; from the Redis stream,
+    /// once the backend read it, in its delivery order.
+    pub fn subscribe_since(
+        self: &Arc<Self>,
+        socket: &SocketRef,
+        pattern: &str,
+        since: &str,
+        done: impl FnOnce(Result<(Pattern, Resumed), TopicError>) + Send + 'static,
+    ) {
+        let parsed = Pattern::parse(pattern)
+            .map_err(TopicError::from)
+            .and_then(|pattern| Ok((pattern, self.cursors().decode(since)?)));
+        let (pattern, cursor) = match parsed {
+            Ok(parsed) => parsed,
+            Err(e) => return done(Err(e)),
+        };
+        if !self.streamed.load(Ordering::Acquire) {
+            return done(self.resume_locally(socket, pattern, &cursor));
+        }
+        let too_old =
+            now_millis().saturating_sub(cursor.minted_at) >= self.history_ttl.as_millis() as u64;
+        match (cursor.stamp, self.resumer.get()) {
+            (Some(since), Some(resumer)) if !too_old => {
+                let service = self.clone();
+                let socket = socket.clone();
+                let limit = self.history_size;
+                resumer.resume(
+                    since,
+                    limit,
+                    Box::new(move |entries| {
+                        done(service.finish_stream_resume(&socket, pattern, since, entries));
+                    }),
+                );
+            }
+            // Too old, or a cursor of the mesh's kind: live from now.
+            _ => done(self.finish_stream_resume(socket, pattern, Stamp { ms: 0, seq: 0 }, None)),
+        }
+    }
+
+    fn resume_locally(
+        &self,
+        socket: &SocketRef,
+        pattern: Pattern,
+        cursor: &Cursor,
+    ) -> Result<(Pattern, Resumed), TopicError> {
+        let mut state = self.write();
+        // Held across the replay: no delivery runs (they need the read
+        // lock), so what the history holds now is exactly what came before.
+        let held = Self::held(&state, socket);
+        if !Self::add(&mut state, socket, &pattern, self.max_subscriptions)? {
+            return Ok((pattern, Resumed::Recovered(0)));
+        }
+        self.metrics.subscriptions.inc();
+        let Some(history) = &self.history else {
+            return Ok((pattern, Resumed::NotRecovered));
+        };
+        let mut history = lock(history);
+        let replay = history.since(cursor, Instant::now(), now_millis(), |p| {
+            wanted(&pattern, &held, p)
         });
-        if subscriber.patterns.contains(&pattern) {
-            return Ok(pattern);
+        let replay = match replay {
+            Ok(replay) => replay,
+            Err(why) => {
+                tracing::debug!(sid = %socket.id, reason = ?why, "resume not recovered");
+                return Ok((pattern, Resumed::NotRecovered));
+            }
+        };
+        let Some(subscriber) = state.sockets.get(&socket.id) else {
+            return Ok((pattern, Resumed::NotRecovered));
+        };
+        for (publication, after) in &replay {
+            let cursor = self.mint(after);
+            self.replay(subscriber, publication, &cursor);
         }
-        if subscriber.patterns.len() >= self.max_subscriptions {
-            return Err(TopicError::TooManySubscriptions {
-                limit: self.max_subscriptions,
-            });
+        if !history.frontier().dominates(&cursor.frontier) {
+            subscriber.set_floor(Floor::Frontier(cursor.frontier.clone()));
+        }
+        Ok((pattern, Resumed::Recovered(replay.len())))
+    }
+
+    /// Subscribes and replays `entries` (the stream after `since`, `None`
+    /// when it does not reach back); runs in the backend's delivery order.
+    fn finish_stream_resume(
+        &self,
+        socket: &SocketRef,
+        pattern: Pattern,
+        since: Stamp,
+        entries: Option<Vec<(Stamp, Publication)>>,
+    ) -> Result<(Pattern, Resumed), TopicError> {
+        let mut state = self.write();
+        let held = Self::held(&state, socket);
+        if !Self::add(&mut state, socket, &pattern, self.max_subscriptions)? {
+            return Ok((pattern, Resumed::Recovered(0)));
+        }
+        self.metrics.subscriptions.inc();
+        let (Some(entries), Some(subscriber)) = (entries, state.sockets.get(&socket.id)) else {
+            return Ok((pattern, Resumed::NotRecovered));
+        };
+        let mut last = since;
+        let mut replayed = 0;
+        for (stamp, publication) in entries {
+            last = last.max(stamp);
+            if wanted(&pattern, &held, &publication) {
+                let cursor = self.mint_stamp(stamp);
+                self.replay(subscriber, &publication, &cursor);
+                replayed += 1;
+            }
+        }
+        // Live messages up to the last entry read were just replayed.
+        subscriber.set_floor(Floor::Stamp(last));
+        Ok((pattern, Resumed::Recovered(replayed)))
+    }
+
+    /// The patterns `socket` holds before this subscribe.
+    fn held(state: &Subscriptions, socket: &SocketRef) -> Vec<Pattern> {
+        state
+            .sockets
+            .get(&socket.id)
+            .map(|s| s.patterns.clone())
+            .unwrap_or_default()
+    }
+
+    /// Emits a replayed message with every pattern of the socket it matches.
+    fn replay(&self, subscriber: &Subscriber, publication: &Publication, cursor: &str) {
+        let matching: Vec<&str> = Topic::parse(&publication.topic).map_or_else(
+            |_| Vec::new(),
+            |topic| {
+                subscriber
+                    .patterns
+                    .iter()
+                    .filter(|p| p.matches(&topic))
+                    .map(|p| p.as_str())
+                    .collect()
+            },
+        );
+        self.emit(subscriber, publication, &matching, Some(cursor), true);
+    }
+
+    /// Uses the Redis stream as the history: called by the Redis backend as
+    /// it attaches (with history on).
+    pub fn set_resumer(&self, resumer: Arc<dyn Resumer>) {
+        if self.resumer.set(resumer).is_err() {
+            tracing::warn!("a resumer is already set; ignoring another one");
+            return;
+        }
+        self.streamed
+            .store(self.history_size > 0, Ordering::Release);
+    }
+
+    /// Adds `pattern` for `socket` under the write lock; false when the
+    /// socket already held it (or is gone).
+    fn add(
+        state: &mut Subscriptions,
+        socket: &SocketRef,
+        pattern: &Pattern,
+        limit: usize,
+    ) -> Result<bool, TopicError> {
+        // Checked under the lock, against the sockets whose disconnect
+        // cleanup already ran: a late subscribe cannot outlive it.
+        if state.gone.contains(&socket.id) {
+            return Ok(false);
+        }
+        let Subscriptions { index, sockets, .. } = state;
+        let subscriber = sockets
+            .entry(socket.id)
+            .or_insert_with(|| Subscriber::new(socket));
+        if subscriber.patterns.contains(pattern) {
+            return Ok(false);
+        }
+        if subscriber.patterns.len() >= limit {
+            return Err(TopicError::TooManySubscriptions { limit });
         }
         subscriber.patterns.push(pattern.clone());
-        index.insert(&pattern, socket.id);
-        self.metrics.subscriptions.inc();
-        Ok(pattern)
+        index.insert(pattern, socket.id);
+        Ok(true)
     }
 
     /// Removes `pattern` from the socket's subscriptions; succeeds whether or
@@ -188,7 +559,7 @@ impl TopicService {
     pub fn unsubscribe(&self, sid: Sid, pattern: &str) -> Result<Pattern, TopicError> {
         let pattern = Pattern::parse(pattern)?;
         let mut state = self.write();
-        let Subscriptions { index, sockets } = &mut *state;
+        let Subscriptions { index, sockets, .. } = &mut *state;
         let Some(subscriber) = sockets.get_mut(&sid) else {
             return Ok(pattern);
         };
@@ -214,7 +585,12 @@ impl TopicService {
     /// Drops every subscription of a socket that went away.
     pub fn remove_socket(&self, sid: Sid) {
         let mut state = self.write();
-        let Subscriptions { index, sockets } = &mut *state;
+        let Subscriptions {
+            index,
+            sockets,
+            gone,
+        } = &mut *state;
+        gone.insert(sid);
         let Some(subscriber) = sockets.remove(&sid) else {
             return;
         };
@@ -231,30 +607,26 @@ impl TopicService {
         self.boot
     }
 
-    /// Whether `publication` was minted by this very process (not merely by
-    /// a node of the same name).
-    pub fn minted_here(&self, publication: &Publication) -> bool {
-        publication.node == *self.node
-            && publication
-                .id
-                .strip_prefix(&*self.node)
-                .and_then(|rest| rest.strip_prefix('-'))
-                .and_then(|rest| rest.split_once('-'))
-                .is_some_and(|(boot, _)| boot.parse() == Ok(self.boot))
-    }
-
     /// Validates and builds the [`Publication`], hands it to the relay (if
     /// any) and, unless the relay refuses it, delivers it locally; then calls
-    /// `done` with the outcome. Without a relay, or with the mesh, all of it
-    /// happens before this returns; with Redis, `done` runs once Redis answers,
-    /// in the order publishes were made.
+    /// `done` with the outcome. `ack` (else the node's `publish_ack`) says
+    /// whether `done` waits until another node or Redis holds it. Without a
+    /// relay, or with the mesh and local acks, all of it happens before this
+    /// returns; otherwise `done` runs once the cluster answers, in the order
+    /// publishes were made.
     pub fn publish(
         self: &Arc<Self>,
         sender_id: &str,
         topic: &str,
         content: serde_json::Value,
+        ack: Option<PublishAck>,
         done: impl FnOnce(Result<Arc<Publication>, TopicError>) + Send + 'static,
     ) {
+        // Sequence numbers are handed out and publications handed to the
+        // relay in one step: a peer then receives this node's publications
+        // in sequence order, which is what a cursor's "last sequence seen"
+        // relies on (two sockets publishing at once could otherwise swap).
+        let _order = lock(&self.publish_order);
         let (publication, topic) = match self.prepare(sender_id, topic, content) {
             Ok(prepared) => prepared,
             Err(e) => return done(Err(e)),
@@ -267,12 +639,21 @@ impl TopicService {
         let handed = publication.clone();
         relay.relay(
             &handed,
-            Box::new(move |taken| match taken {
-                Ok(()) => {
+            ack.unwrap_or(self.publish_ack),
+            Box::new(move |outcome| match outcome {
+                Handed::Taken => {
                     service.deliver_published(&publication, &topic);
                     done(Ok(publication));
                 }
-                Err(why) => done(Err(TopicError::ClusterUnavailable(why))),
+                Handed::Delivered => {
+                    service.metrics.published.inc();
+                    done(Ok(publication));
+                }
+                Handed::Unconfirmed(why) => {
+                    service.deliver_published(&publication, &topic);
+                    done(Err(TopicError::NotReplicated(why)));
+                }
+                Handed::Refused(why) => done(Err(TopicError::ClusterUnavailable(why))),
             }),
         );
     }
@@ -303,18 +684,19 @@ impl TopicService {
         Ok((publication, topic))
     }
 
-    fn deliver_published(&self, publication: &Publication, topic: &Topic) {
+    fn deliver_published(&self, publication: &Arc<Publication>, topic: &Topic) {
         self.metrics.published.inc();
-        self.deliver(publication, topic);
+        self.deliver(publication, topic, None);
     }
 
-    /// Delivers a publication that came from a peer to local sockets only
-    /// (never relays it). Returns the number of sockets reached.
-    pub fn deliver_relayed(&self, publication: &Publication) -> usize {
+    /// Delivers a publication that came through the cluster to local
+    /// sockets only (never relays it); `stamp` is its place in the Redis
+    /// stream, if that is the history. Returns the number of sockets reached.
+    pub fn deliver_relayed(&self, publication: &Arc<Publication>, stamp: Option<Stamp>) -> usize {
         match Topic::parse(&publication.topic) {
-            Ok(topic) => self.deliver(publication, &topic),
+            Ok(topic) => self.deliver(publication, &topic, stamp),
             Err(e) => {
-                tracing::warn!(id = %publication.id, node = %publication.node, "relayed publication dropped: {e}");
+                tracing::warn!(id = %publication.id, node = %publication.node, error = %e, "relayed publication dropped");
                 0
             }
         }
@@ -328,10 +710,38 @@ impl TopicService {
         }
     }
 
-    /// Emits the publication to each matching socket once. Returns the
-    /// number of sockets it was handed to.
-    fn deliver(&self, publication: &Publication, topic: &Topic) -> usize {
+    /// Records the publication in the history and emits it to each matching
+    /// socket once, with the cursor after it. Returns the number of sockets
+    /// it was handed to.
+    fn deliver(
+        &self,
+        publication: &Arc<Publication>,
+        topic: &Topic,
+        stamp: Option<Stamp>,
+    ) -> usize {
         let state = self.read();
+        let position = Position::of(publication);
+        let streamed = self.streamed.load(Ordering::Acquire);
+        // Held while emitting: two deliveries never interleave, so a socket
+        // never gets a message after one whose cursor already covers it.
+        // (With the stream, the backend delivers from one task, in order.)
+        let mut history = if streamed {
+            None
+        } else {
+            self.history.as_ref().map(lock)
+        };
+        let cursor = match history.as_deref_mut() {
+            Some(history) => {
+                if let Some(position) = &position {
+                    history.record(publication.clone(), position.clone(), Instant::now());
+                }
+                Some(self.mint(history.frontier()))
+            }
+            None => stamp
+                .filter(|_| streamed)
+                .map(|stamp| self.mint_stamp(stamp)),
+        };
+        let frontier = history.as_deref().map(History::frontier);
         let mut reached = 0;
         for group in state.index.matches(topic) {
             let patterns: Vec<&str> = group.patterns.iter().map(|p| &**p).collect();
@@ -340,10 +750,12 @@ impl TopicService {
             let delivery = match serde_json::value::to_raw_value(&Delivery {
                 publication,
                 patterns: &patterns,
+                cursor: cursor.as_deref(),
+                replayed: false,
             }) {
                 Ok(json) => json,
                 Err(e) => {
-                    tracing::warn!(id = %publication.id, "publication not serializable, delivered nowhere: {e}");
+                    tracing::warn!(id = %publication.id, error = %e, "publication not serializable, delivered nowhere");
                     self.metrics.dropped.inc_by(group.keys.len() as u64);
                     continue;
                 }
@@ -352,10 +764,23 @@ impl TopicService {
                 let Some(subscriber) = state.sockets.get(&sid) else {
                     continue;
                 };
+                if subscriber.has_floor.load(Ordering::Acquire) {
+                    match subscriber.through_floor(position.as_ref(), stamp, frontier) {
+                        Pass::Skip => continue,
+                        Pass::DeliverWith(merged) => {
+                            let cursor = self.mint(&merged);
+                            if self.emit(subscriber, publication, &patterns, Some(&cursor), false) {
+                                reached += 1;
+                            }
+                            continue;
+                        }
+                        Pass::Deliver => {}
+                    }
+                }
                 match subscriber.socket.emit(MESSAGE_EVENT, &*delivery) {
                     Ok(()) => reached += 1,
                     Err(e) => {
-                        tracing::debug!(%sid, id = %publication.id, "delivery dropped: {e}");
+                        tracing::debug!(%sid, id = %publication.id, error = %e, "delivery dropped");
                         self.metrics.dropped.inc();
                     }
                 }
@@ -363,6 +788,70 @@ impl TopicService {
         }
         self.metrics.delivered.inc_by(reached as u64);
         reached
+    }
+
+    /// Emits one message to one socket, serialized for it alone (replays,
+    /// and sockets whose cursor differs from the group's).
+    fn emit(
+        &self,
+        subscriber: &Subscriber,
+        publication: &Publication,
+        patterns: &[&str],
+        cursor: Option<&str>,
+        replayed: bool,
+    ) -> bool {
+        let sent = subscriber.socket.emit(
+            MESSAGE_EVENT,
+            &Delivery {
+                publication,
+                patterns,
+                cursor,
+                replayed,
+            },
+        );
+        match sent {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(sid = %subscriber.socket.id, id = %publication.id, error = %e, "delivery dropped");
+                self.metrics.dropped.inc();
+                false
+            }
+        }
+    }
+
+    /// Signs cursors with the key of the pool `config` describes. Called by
+    /// the cluster backend as it attaches, with the cluster settings it
+    /// joins with (tests bind nodes before they know their peers).
+    pub fn join_pool(&self, config: &NodeConfig) {
+        if self
+            .pool
+            .set(CursorKey::new(pool_secret(config).as_bytes()))
+            .is_err()
+        {
+            tracing::warn!("a pool is already joined; ignoring another one");
+        }
+    }
+
+    fn cursors(&self) -> &CursorKey {
+        self.pool.get().unwrap_or(&self.own)
+    }
+
+    /// The cursor of `frontier`, minted now.
+    fn mint(&self, frontier: &Frontier) -> String {
+        self.cursors().encode(&Cursor {
+            minted_at: now_millis(),
+            frontier: frontier.clone(),
+            stamp: None,
+        })
+    }
+
+    /// The cursor of a stream entry, minted now.
+    fn mint_stamp(&self, stamp: Stamp) -> String {
+        self.cursors().encode(&Cursor {
+            minted_at: now_millis(),
+            frontier: Frontier::default(),
+            stamp: Some(stamp),
+        })
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Subscriptions> {
@@ -377,6 +866,39 @@ impl TopicService {
         self.subscriptions
             .write()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Whether a resume of `pattern` replays `publication`: it matches, and no
+/// pattern the socket already `held` does (those messages it has).
+fn wanted(pattern: &Pattern, held: &[Pattern], publication: &Publication) -> bool {
+    Topic::parse(&publication.topic)
+        .is_ok_and(|topic| pattern.matches(&topic) && !held.iter().any(|h| h.matches(&topic)))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What the pool's cursors are signed with: the cluster secret, so cursors
+/// of another pool or forged ones are refused. A pool without one (a
+/// standalone node, the Redis backend) signs with a name of the pool: its
+/// cursors are checked for integrity and origin, not secret.
+fn pool_secret(config: &NodeConfig) -> String {
+    let cluster = &config.cluster;
+    if let Ok(Some(secret)) = cluster.resolve_secret() {
+        return format!("secret:{secret}");
+    }
+    match (cluster.standalone, cluster.backend) {
+        (false, Backend::Redis) => {
+            let password = cluster.resolve_redis_password().ok().flatten();
+            format!(
+                "redis:{}:{}",
+                cluster.redis_prefix,
+                password.unwrap_or_default()
+            )
+        }
+        _ => format!("standalone:{}", config.name),
     }
 }
 

@@ -70,6 +70,7 @@ fn check_prints_the_effective_config_with_defaults() {
         &path,
         &[
             "listen = \"127.0.0.1:3001\"",
+            "admin = \"127.0.0.1:9100\"",
             "ping_interval = \"25s\"",
             "max_message_bytes = 65536",
             "[cluster]",
@@ -251,7 +252,7 @@ fn serves_until_sigterm_then_exits_zero() {
     let path = write(
         &dir,
         "node.toml",
-        "listen = \"127.0.0.1:0\"\nname = \"node-z\"\n",
+        "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nname = \"node-z\"\n",
     );
     let (mut child, rx) = spawn_logged(&path, &[("RUST_LOG", "info".to_owned())]);
 
@@ -323,7 +324,7 @@ async fn a_node_reaches_redis_over_tls() {
 
     let url = format!("rediss://127.0.0.1:{tls_port}");
     let text = format!(
-        "listen = \"127.0.0.1:0\"\nname = \"node-tls\"\n[cluster]\nstandalone = false\n\
+        "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nname = \"node-tls\"\n[cluster]\nstandalone = false\n\
          backend = \"redis\"\nredis_url = \"{url}\"\n"
     );
     let (_child, rx) = spawn_logged(

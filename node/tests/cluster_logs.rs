@@ -38,7 +38,7 @@ async fn by_default_a_failed_dial_is_retried_every_five_seconds() {
     let peer = format!("http://{}", gone.local_addr().unwrap());
     drop(gone);
     let toml = format!(
-        "listen = \"127.0.0.1:0\"\nname = \"node-a\"\n[cluster]\nhost = \"http://node-a.invalid:3001\"\n\
+        "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nname = \"node-a\"\n[cluster]\nhost = \"http://node-a.invalid:3001\"\n\
          standalone = false\ncluster_nodes = [\"{peer}\"]\nsecret = \"s\"\n"
     );
     let config: NodeConfig = stickyio_shared::config::parse(&toml, "node.toml").unwrap();

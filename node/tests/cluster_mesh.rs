@@ -13,9 +13,9 @@ use rust_socketio::Payload;
 use serde_json::json;
 use socketioxide::SocketIo;
 use stickyio_node::Relay;
-use stickyio_node::mesh::{Deliver, LinkState, Mesh};
+use stickyio_node::cluster::mesh::{Deliver, LinkState, Mesh};
 use stickyio_shared::config::Duration as ConfigDuration;
-use stickyio_shared::config::node::NodeConfig;
+use stickyio_shared::config::node::{NodeConfig, PublishAck};
 use stickyio_shared::message::Publication;
 use stickyio_shared::relay;
 use tokio::net::TcpListener;
@@ -32,8 +32,8 @@ const WAIT: Duration = Duration::from_secs(10);
 struct Inbox(mpsc::UnboundedSender<Publication>);
 
 impl Deliver for Inbox {
-    fn deliver(&self, publication: &Publication) -> usize {
-        usize::from(self.0.send(publication.clone()).is_ok())
+    fn deliver(&self, publication: &Arc<Publication>, _: Option<stickyio_node::Stamp>) -> usize {
+        usize::from(self.0.send((**publication).clone()).is_ok())
     }
 }
 
@@ -52,8 +52,11 @@ impl Bare {
     }
 
     fn relay(&self, publication: &Publication) {
-        self.mesh
-            .relay(&Arc::new(publication.clone()), Box::new(|_| {}));
+        self.mesh.relay(
+            &Arc::new(publication.clone()),
+            PublishAck::Local,
+            Box::new(|_| {}),
+        );
     }
 
     /// Stops like a node: links first, then every socket, then the listener.
@@ -106,7 +109,7 @@ fn serve(
     let (svc, io) = SocketIo::builder()
         .max_payload(io_config.max_payload)
         .build_svc();
-    let mesh = Mesh::start(io_config, deliver, CancellationToken::new()).unwrap();
+    let mesh = Mesh::start(io_config, rand::random(), deliver, CancellationToken::new()).unwrap();
     mesh.register(&io);
     let server = tokio::spawn(async move {
         let mut connections = JoinSet::new();

@@ -22,10 +22,20 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 const RSS_BOUND_KB: u64 = 96 * 1024;
 const SEP: char = '\u{1e}';
 
+/// `N` distinct free loopback ports, all held until every one is picked.
+fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("reserve a port"))
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().expect("reserved port").port())
+}
+
 /// A standalone node process; killed when dropped.
 struct NodeProcess {
     child: Child,
     addr: SocketAddr,
+    /// Its admin listener: `/metrics`, `/readyz`.
+    admin: SocketAddr,
     dir: std::path::PathBuf,
 }
 
@@ -36,14 +46,13 @@ impl NodeProcess {
             std::process::id()
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("reserve a port")
-            .port();
+        let [port, admin] = free_ports();
         let config = dir.join("node.toml");
         std::fs::write(
             &config,
-            format!("listen = \"127.0.0.1:{port}\"\nname = \"node-h\"\n{extra}\n"),
+            format!(
+                "listen = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin}\"\nname = \"node-h\"\n{extra}\n"
+            ),
         )
         .unwrap();
         let child = Command::new(BIN)
@@ -59,6 +68,7 @@ impl NodeProcess {
         let node = NodeProcess {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            admin: SocketAddr::from(([127, 0, 0, 1], admin)),
             dir,
         };
         let deadline = Instant::now() + TIMEOUT;
@@ -438,7 +448,7 @@ async fn a_websocket_client_that_never_reads_is_bounded() {
     );
     let metrics = node
         .http(Ipv4Addr::LOCALHOST)
-        .get(format!("http://{}/metrics", node.addr))
+        .get(format!("http://{}/metrics", node.admin))
         .send()
         .await
         .expect("metrics")
@@ -467,12 +477,8 @@ async fn the_mesh_secret_is_never_logged() {
     let dir =
         std::env::temp_dir().join(format!("stickyio-node-secret-logs-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let ports: Vec<u16> = (0..2)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect::<Vec<_>>()
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect();
+    let [port_0, port_1, admin_0, admin_1] = free_ports();
+    let (ports, admins) = ([port_0, port_1], [admin_0, admin_1]);
     let urls = format!(
         "[\"http://127.0.0.1:{}\", \"http://127.0.0.1:{}\"]",
         ports[0], ports[1]
@@ -484,8 +490,9 @@ async fn the_mesh_secret_is_never_logged() {
         std::fs::write(
             &config,
             format!(
-                "listen = \"127.0.0.1:{port}\"\nname = \"node-{i}\"\n[cluster]\nhost = \"http://127.0.0.1:{port}\"\n\
-                 standalone = false\ncluster_nodes = {urls}\nsecret_file = \"mesh.secret\"\nretry_interval = \"200ms\"\n"
+                "listen = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{}\"\nname = \"node-{i}\"\n[cluster]\nhost = \"http://127.0.0.1:{port}\"\n\
+                 standalone = false\ncluster_nodes = {urls}\nsecret_file = \"mesh.secret\"\nretry_interval = \"200ms\"\n",
+                admins[i]
             ),
         )
         .unwrap();
@@ -507,7 +514,7 @@ async fn the_mesh_secret_is_never_logged() {
     let deadline = Instant::now() + TIMEOUT;
     loop {
         let mut ready = 0;
-        for port in &ports {
+        for port in &admins {
             let url = format!("http://127.0.0.1:{port}/readyz");
             if let Ok(res) = http.get(url).send().await
                 && res.status().is_success()

@@ -1,5 +1,6 @@
-//! The HTTP side of a running node: health, readiness, metrics, the demo
-//! page and its client script, and what unknown routes get.
+//! The HTTP side of a running node: on the client port the demo page, its
+//! client script and a bare `/healthz`; on the admin listener health,
+//! readiness and metrics; and what unknown routes get on each.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,9 +24,17 @@ async fn start(name: &str) -> RunningNode {
         .expect("bind failed")
 }
 
-/// Status, content type and body of one request.
+/// Status, content type and body of one request to the client port.
 async fn fetch(node: &RunningNode, method: reqwest::Method, path: &str) -> (u16, String, String) {
-    let url = format!("http://{}{path}", node.local_addr());
+    fetch_at(node.local_addr(), method, path).await
+}
+
+async fn fetch_at(
+    addr: std::net::SocketAddr,
+    method: reqwest::Method,
+    path: &str,
+) -> (u16, String, String) {
+    let url = format!("http://{addr}{path}");
     timeout(WAIT, async {
         let response = reqwest::Client::new().request(method, &url).send().await?;
         let status = response.status().as_u16();
@@ -46,17 +55,53 @@ async fn get(node: &RunningNode, path: &str) -> (u16, String, String) {
     fetch(node, reqwest::Method::GET, path).await
 }
 
+/// A GET on the node's admin listener.
+async fn admin(node: &RunningNode, path: &str) -> (u16, String, String) {
+    fetch_at(node.admin_addr(), reqwest::Method::GET, path).await
+}
+
 #[tokio::test]
 async fn healthz_answers_ok() {
     let node = start("node-a").await;
     let (status, _, body) = get(&node, "/healthz").await;
     assert_eq!((status, body.as_str()), (200, "ok\n"));
+    let (status, _, body) = admin(&node, "/healthz").await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+}
+
+/// The client port (which the gateway exposes) reveals no node internals.
+#[tokio::test]
+async fn readiness_and_metrics_are_not_on_the_client_port() {
+    let node = start("node-a").await;
+    assert_ne!(node.admin_addr(), node.local_addr());
+    assert!(node.admin_addr().ip().is_loopback());
+    for path in ["/readyz", "/metrics"] {
+        let (status, _, body) = get(&node, path).await;
+        assert_eq!((status, body), (404, format!("no route for {path}\n")));
+    }
+}
+
+#[tokio::test]
+async fn an_admin_token_guards_all_but_healthz() {
+    let mut config = config("node-t");
+    config.admin_token = Some(stickyio_shared::secret::Secret::new("t0ken"));
+    let node = timeout(WAIT, Node::bind(config)).await.unwrap().unwrap();
+    assert_eq!(admin(&node, "/healthz").await.0, 200);
+    assert_eq!(admin(&node, "/metrics").await.0, 401);
+    let url = format!("http://{}/readyz", node.admin_addr());
+    let authorized = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth("t0ken")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(authorized.status(), 200);
 }
 
 #[tokio::test]
 async fn readyz_is_ready_when_listening_standalone() {
     let node = start("node-a").await;
-    let (status, content_type, body) = get(&node, "/readyz").await;
+    let (status, content_type, body) = admin(&node, "/readyz").await;
     assert_eq!(status, 200);
     assert_eq!(content_type, "application/json");
     let report: Value = serde_json::from_str(&body).unwrap();
@@ -98,7 +143,7 @@ async fn plugged_in_checks_and_metrics_are_served() {
     links.inc_by(3);
     let node = node.serve();
 
-    let (status, _, body) = get(&node, "/readyz").await;
+    let (status, _, body) = admin(&node, "/readyz").await;
     assert_eq!(status, 503);
     let report: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(report["ready"], false);
@@ -108,7 +153,7 @@ async fn plugged_in_checks_and_metrics_are_served() {
         json!({"ready": false, "detail": {"unlinked": ["http://127.0.0.1:9"]}})
     );
 
-    let (_, _, metrics) = get(&node, "/metrics").await;
+    let (_, _, metrics) = admin(&node, "/metrics").await;
     assert!(
         metrics.contains("stickyio_node_mesh_links_opened_total{node=\"node-b\"} 3"),
         "{metrics}"
@@ -118,7 +163,7 @@ async fn plugged_in_checks_and_metrics_are_served() {
 #[tokio::test]
 async fn metrics_are_prometheus_text_with_every_series() {
     let node = start("node-a").await;
-    let (status, content_type, body) = get(&node, "/metrics").await;
+    let (status, content_type, body) = admin(&node, "/metrics").await;
     assert_eq!(status, 200);
     assert!(
         content_type.starts_with("application/openmetrics-text"),

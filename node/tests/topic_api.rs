@@ -13,8 +13,8 @@ use futures_util::FutureExt;
 use rust_socketio::asynchronous::{Client, ClientBuilder};
 use rust_socketio::{Event, Payload, TransportType};
 use serde_json::{Value, json};
-use stickyio_node::{Node, Relay, RunningNode, Then};
-use stickyio_shared::config::node::NodeConfig;
+use stickyio_node::{Handed, Node, Relay, RunningNode, Then};
+use stickyio_shared::config::node::{NodeConfig, PublishAck};
 use stickyio_shared::message::Publication;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
@@ -162,7 +162,7 @@ async fn metric(node: &RunningNode, name: &str) -> f64 {
 
 /// Like [`metric`], for the series whose labels include `label` (`key="value"`).
 async fn labelled_metric(node: &RunningNode, name: &str, label: &str) -> f64 {
-    let url = format!("http://{}/metrics", node.local_addr());
+    let url = format!("http://{}/metrics", node.admin_addr());
     let text = timeout(WAIT, async { reqwest::get(&url).await?.text().await })
         .await
         .expect("metrics timed out")
@@ -212,11 +212,15 @@ async fn subscribe_then_publish_delivers_the_documented_message() {
             .as_u64()
             .is_some_and(|t| t > 1_600_000_000_000)
     );
+    assert!(
+        message["cursor"].as_str().is_some_and(|c| c.len() > 20),
+        "{message}"
+    );
     let keys: Vec<&String> = message.as_object().unwrap().keys().collect();
     assert_eq!(
         keys.len(),
-        7,
-        "exactly id, topic, content, senderId, createdAt, node, patterns: {message}"
+        8,
+        "exactly id, topic, content, senderId, createdAt, node, patterns, cursor: {message}"
     );
 
     let second = publisher.publish("chat.room1", json!(2)).await;
@@ -416,7 +420,7 @@ async fn malformed_arguments_are_refused_with_invalid_payload() {
         ("publish", vec![json!({"topic": 5, "content": 1})]),
         ("publish", vec![json!({"topic": "a"})]),
         ("publish", vec![]),
-        ("subscribe", vec![json!({"pattern": "a"})]),
+        ("subscribe", vec![json!({"topic": "a"})]),
         ("unsubscribe", vec![json!(["a"])]),
     ];
     for (event, args) in cases {
@@ -430,7 +434,7 @@ async fn malformed_arguments_are_refused_with_invalid_payload() {
     let ack = client.request("subscribe", vec![]).await;
     assert_eq!(
         ack["error"]["message"],
-        "subscribe takes a pattern string such as \"news.*\" as its argument; none was sent"
+        "subscribe takes a pattern string such as \"news.*\", or {pattern, since} as its argument; none was sent"
     );
     let rejected = labelled_metric(&node, "rejected_total", "code=\"invalid_payload\"").await;
     assert_eq!(rejected, 9.0);
@@ -533,9 +537,9 @@ async fn subscriptions_are_removed_on_disconnect() {
 struct Recorder(Mutex<Vec<Arc<Publication>>>);
 
 impl Relay for Recorder {
-    fn relay(&self, publication: &Arc<Publication>, then: Then) {
+    fn relay(&self, publication: &Arc<Publication>, _: PublishAck, then: Then) {
         self.0.lock().unwrap().push(publication.clone());
-        then(Ok(()));
+        then(Handed::Taken);
     }
 }
 
@@ -558,15 +562,15 @@ async fn local_publishes_go_to_the_relay_and_relayed_ones_do_not() {
         .collect();
     assert_eq!(relayed, [id]);
 
-    let from_peer = Publication {
+    let from_peer = Arc::new(Publication {
         id: "node-b-1-1".into(),
         topic: "news.remote".into(),
         content: json!("from b"),
         sender_id: "abc".into(),
         created_at: 1,
         node: "node-b".into(),
-    };
-    assert_eq!(node.topics().deliver_relayed(&from_peer), 1);
+    });
+    assert_eq!(node.topics().deliver_relayed(&from_peer, None), 1);
     let message = sub.next_message().await;
     assert_eq!(message["node"], "node-b");
     assert_eq!(message["id"], "node-b-1-1");
@@ -578,11 +582,11 @@ async fn local_publishes_go_to_the_relay_and_relayed_ones_do_not() {
         "relayed ones are never relayed again"
     );
 
-    let nobody = Publication {
+    let nobody = Arc::new(Publication {
         topic: "sport.x".into(),
-        ..from_peer
-    };
-    assert_eq!(node.topics().deliver_relayed(&nobody), 0);
+        ..(*from_peer).clone()
+    });
+    assert_eq!(node.topics().deliver_relayed(&nobody, None), 0);
 }
 
 #[tokio::test]

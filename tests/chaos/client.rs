@@ -6,7 +6,9 @@
 //!
 //! A session ends on any failed request, or on a poll silent for longer than
 //! `pingInterval + pingTimeout` (a frozen node); the client then handshakes
-//! again through the gateway, as socket.io-client does, and resubscribes.
+//! again through the gateway, as socket.io-client does, and resubscribes
+//! from the last cursor it got (`subscribe {pattern, since}`), as the README
+//! tells apps to.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -52,6 +54,9 @@ pub struct Session {
     pub node: String,
     pub subscribed_at: Instant,
     pub ended_at: Option<Instant>,
+    /// Whether it resumed every missed message: `false` when it subscribed
+    /// without a cursor (none received yet) or the resume was not recovered.
+    pub resumed: bool,
 }
 
 #[derive(Debug, Default)]
@@ -65,6 +70,17 @@ pub struct Record {
     /// Every message id received, with the session (index in `sessions`)
     /// of each delivery.
     pub received: HashMap<String, Vec<usize>>,
+    /// The cursor of the last message received: where a new session resumes.
+    pub cursor: Option<String>,
+    /// Every resume: whether the history reached back, and what it replayed.
+    pub resumes: Vec<Resume>,
+}
+
+/// The ack of one `subscribe {pattern, since}`.
+#[derive(Debug, Clone)]
+pub struct Resume {
+    pub recovered: bool,
+    pub replayed: u64,
 }
 
 impl Record {
@@ -207,13 +223,35 @@ impl LoadClient {
         }
     }
 
+    /// Records the `message` packets among `packets`: their ids, under the
+    /// current session (`in_session`) or the one being opened, and the
+    /// last cursor.
+    fn record_messages(&self, packets: &[String], in_session: bool) {
+        let mut record = self.record.lock().expect("record");
+        for packet in packets {
+            let Some(rest) = packet.strip_prefix("42[\"message\",") else {
+                continue;
+            };
+            let message: Value =
+                serde_json::from_str(rest.trim_end_matches(']')).unwrap_or(Value::Null);
+            let id = message["id"].as_str().unwrap_or("?").to_owned();
+            let session = record.sessions.len() - usize::from(in_session);
+            record.received.entry(id).or_default().push(session);
+            if let Some(cursor) = message["cursor"].as_str() {
+                record.cursor = Some(cursor.to_owned());
+            }
+        }
+    }
+
     fn note_error(&self, error: String) {
         let mut record = self.record.lock().expect("record");
         record.errors.push((Instant::now(), error));
     }
 
     /// Handshake, namespace connect and subscribe; the open session.
-    async fn open(&self, source: Ipv4Addr, gateway: SocketAddr) -> Result<Conn, Broken> {
+    /// The open session, and whether it resumed from a cursor with nothing
+    /// missing.
+    async fn open(&self, source: Ipv4Addr, gateway: SocketAddr) -> Result<(Conn, bool), Broken> {
         let mut connector = HttpConnector::new();
         connector.set_local_address(Some(IpAddr::V4(source)));
         connector.set_nodelay(true);
@@ -258,15 +296,29 @@ impl LoadClient {
             return Err("no connect ack in 10 polls".into());
         }
         let ack = 0;
-        conn.post(emit(ack, "subscribe", &json!(self.topic)))
-            .await?;
+        let since = self.record.lock().expect("record").cursor.clone();
+        let subscribe = match &since {
+            Some(since) => json!({ "pattern": self.topic, "since": since }),
+            None => json!(self.topic),
+        };
+        conn.post(emit(ack, "subscribe", &subscribe)).await?;
         for _ in 0..10 {
-            for packet in conn.poll().await? {
+            let packets = conn.poll().await?;
+            // Replayed messages may come in the same poll as the ack.
+            self.record_messages(&packets, false);
+            for packet in packets {
                 if let Some(reply) = ack_of(&packet, ack) {
                     if reply["ok"] != true {
                         return Err(format!("subscribe refused: {reply}"));
                     }
-                    return Ok(conn);
+                    let recovered = reply["recovered"] == true;
+                    if since.is_some() {
+                        self.record.lock().expect("record").resumes.push(Resume {
+                            recovered,
+                            replayed: reply["replayed"].as_u64().unwrap_or(0),
+                        });
+                    }
+                    return Ok((conn, recovered));
                 }
             }
         }
@@ -285,8 +337,8 @@ impl LoadClient {
     ) {
         let mut seq = 0usize;
         while !stop.is_cancelled() {
-            let conn = match self.open(source, gateway).await {
-                Ok(conn) => Arc::new(conn),
+            let (conn, resumed) = match self.open(source, gateway).await {
+                Ok((conn, resumed)) => (Arc::new(conn), resumed),
                 Err(e) => {
                     self.note_error(e);
                     tokio::select! {
@@ -301,6 +353,7 @@ impl LoadClient {
                     node: conn.node.clone(),
                     subscribed_at: Instant::now(),
                     ended_at: None,
+                    resumed,
                 });
                 record.sessions.len() - 1
             };
@@ -373,15 +426,10 @@ impl LoadClient {
                     None => break Err("the poller stopped".into()),
                 },
             };
+            self.record_messages(&packets, true);
             let mut record = self.record.lock().expect("record");
             for packet in packets {
-                if let Some(rest) = packet.strip_prefix("42[\"message\",") {
-                    let message: Value =
-                        serde_json::from_str(rest.trim_end_matches(']')).unwrap_or(Value::Null);
-                    let id = message["id"].as_str().unwrap_or("?").to_owned();
-                    let session = record.sessions.len() - 1;
-                    record.received.entry(id).or_default().push(session);
-                } else if let Some(rest) = packet.strip_prefix("43") {
+                if let Some(rest) = packet.strip_prefix("43") {
                     let digits = rest.chars().take_while(char::is_ascii_digit).count();
                     let Ok(id) = rest[..digits].parse::<u64>() else {
                         continue;

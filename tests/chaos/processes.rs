@@ -79,6 +79,8 @@ fn free_ports(n: usize) -> Vec<u16> {
 pub struct NodeProcess {
     pub name: String,
     pub addr: SocketAddr,
+    /// Its admin listener: `/readyz`, `/metrics`.
+    pub admin: SocketAddr,
     config: PathBuf,
     child: Option<Child>,
 }
@@ -148,18 +150,19 @@ impl Cluster {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
         let names = ["node-a", "node-b", "node-c"];
-        let ports = free_ports(names.len());
+        let all = free_ports(names.len() * 2);
+        let (ports, admins) = all.split_at(names.len());
         let urls: Vec<String> = ports
             .iter()
             .map(|p| format!("\"http://127.0.0.1:{p}\""))
             .collect();
         let mut nodes = Vec::new();
-        for (name, port) in names.iter().zip(&ports) {
+        for ((name, port), admin) in names.iter().zip(ports).zip(admins) {
             let config = dir.join(format!("{name}.toml"));
             std::fs::write(
                 &config,
                 format!(
-                    "listen = \"127.0.0.1:{port}\"\nname = \"{name}\"\nping_interval = \"{}ms\"\nping_timeout = \"{}ms\"\n\
+                    "listen = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin}\"\nname = \"{name}\"\npublish_ack = \"replicated\"\nping_interval = \"{}ms\"\nping_timeout = \"{}ms\"\n\
                      [cluster]\nhost = \"http://127.0.0.1:{port}\"\nstandalone = false\ncluster_nodes = [{}]\n\
                      secret = \"{SECRET}\"\nretry_interval = \"300ms\"\n",
                     ping_interval().as_millis(),
@@ -171,6 +174,7 @@ impl Cluster {
             let mut node = NodeProcess {
                 name: name.to_string(),
                 addr: SocketAddr::from(([127, 0, 0, 1], *port)),
+                admin: SocketAddr::from(([127, 0, 0, 1], *admin)),
                 config,
                 child: None,
             };
@@ -228,7 +232,7 @@ impl Cluster {
     /// reachable peer.
     pub async fn all_ready(&self) -> bool {
         for node in &self.nodes {
-            if get_status(node.addr, "/readyz").await != Some(200) {
+            if get_status(node.admin, "/readyz").await != Some(200) {
                 return false;
             }
         }

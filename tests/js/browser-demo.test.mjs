@@ -1,7 +1,9 @@
 // The demo page in a real browser (Debian's Chromium, driven by
 // playwright-core) through the gateway: two tabs served by two different
-// nodes chat with each other. A screenshot of each tab is kept as a test
-// artifact in artifacts/.
+// nodes chat with each other; then, against node processes, the node of one
+// tab is killed and its chat carries on through the gateway with nothing
+// missing (the page resumes from its last cursor). A screenshot of each tab
+// is kept as a test artifact in artifacts/.
 //
 // A browser on this machine always connects from 127.0.0.1, so the gateway
 // would send both tabs to one node. As behind a real load balancer, the
@@ -14,7 +16,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
+import { startGateway } from "./gateway-process.mjs";
 import { freePortFlags, startLauncher } from "./launcher-process.mjs";
+import { startMesh } from "./node-process.mjs";
 
 const WAIT_MS = 15_000;
 const root = fileURLToPath(new URL("../..", import.meta.url));
@@ -65,10 +69,10 @@ after(async () => {
 });
 
 /** Opens the demo as a client at `ip`; resolves once its socket is connected. */
-async function openTab(ip) {
+async function openTab(ip, url = launcher.url) {
   const page = await context.newPage();
   await page.setExtraHTTPHeaders({ "X-Forwarded-For": ip });
-  await page.goto(launcher.url + "/", { timeout: WAIT_MS });
+  await page.goto(url + "/", { timeout: WAIT_MS });
   await page.waitForSelector("#status:has-text('connected as')", { timeout: WAIT_MS });
   await page.waitForSelector("#log li.info:has-text('joined chat.lobby')", { timeout: WAIT_MS });
   return { page, ip, node: (await page.textContent("#node")).trim() };
@@ -111,4 +115,49 @@ it("two tabs on different nodes chat through the gateway", async () => {
   mkdirSync(artifacts, { recursive: true });
   await first.page.screenshot({ path: join(artifacts, "demo-tab-1.png") });
   await second.page.screenshot({ path: join(artifacts, "demo-tab-2.png") });
+});
+
+it("the chat of a tab whose node is killed carries on through the gateway, nothing missing", async () => {
+  const nodes = await startMesh();
+  const gatewayToml =
+    'listen = "127.0.0.1:0"\nadmin = "127.0.0.1:0"\ntrusted_proxies = ["127.0.0.1/32"]\n' +
+    '[health]\ninterval = "200ms"\ntimeout = "200ms"\nrise = 1\nfall = 1\n' +
+    nodes.map((n) => `[[nodes]]\nname = "${n.name}"\naddr = "127.0.0.1:${n.port}"\n`).join("");
+  const gateway = await startGateway(gatewayToml);
+  try {
+    const first = await openTab("127.0.61.1", gateway.url);
+    let second;
+    for (let i = 2; i <= 20 && !second; i++) {
+      const tab = await openTab(`127.0.61.${i}`, gateway.url);
+      if (tab.node !== first.node) second = tab;
+      else await tab.page.close();
+    }
+    assert.ok(second, `every address landed on ${first.node}`);
+    await send(second, "bob", "before");
+    await first.page.waitForSelector("#log li:has-text('bob: before')", { timeout: WAIT_MS });
+
+    const doomed = nodes.find((n) => n.name === first.node);
+    assert.equal((await doomed.kill()).signal, "SIGKILL");
+    await first.page.waitForSelector("#status:has-text('disconnected')", { timeout: WAIT_MS });
+    for (let i = 1; i <= 5; i++) await send(second, "bob", `while down ${i}`);
+    await first.page.waitForSelector("#log li.info:has-text('missed message(s) replayed')", { timeout: WAIT_MS });
+    await send(second, "bob", "after");
+    await first.page.waitForSelector("#log li:has-text('bob: after')", { timeout: WAIT_MS });
+
+    const texts = await first.page.$$eval("#log li", (lis) => lis.map((li) => li.textContent));
+    const chat = texts.filter((t) => t.startsWith("bob: "));
+    assert.deepEqual(
+      chat.map((t) => t.split(" (")[0]),
+      ["bob: before", ...[1, 2, 3, 4, 5].map((i) => `bob: while down ${i}`), "bob: after"],
+      texts.join("\n"),
+    );
+    assert.ok(chat.some((t) => t.includes("replayed")), texts.join("\n"));
+    mkdirSync(artifacts, { recursive: true });
+    await first.page.screenshot({ path: join(artifacts, "demo-resumed-tab.png") });
+    await first.page.close();
+    await second.page.close();
+  } finally {
+    await gateway.stop();
+    for (const node of nodes) await node.stop();
+  }
 });

@@ -1,13 +1,14 @@
 // What a browser gets from stickyio-node over plain HTTP: the demo page, the
-// client script it loads, health, readiness and metrics.
+// client script it loads and a bare health check; and what the admin
+// listener serves operators: health, readiness and metrics.
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { startNode } from "./node-process.mjs";
 
 const WAIT_MS = 5_000;
 
-async function get(node, path) {
-  const response = await fetch(`${node.url}${path}`, { signal: AbortSignal.timeout(WAIT_MS) });
+async function get(node, path, base = node.url) {
+  const response = await fetch(`${base}${path}`, { signal: AbortSignal.timeout(WAIT_MS) });
   return { status: response.status, type: response.headers.get("content-type"), body: await response.text() };
 }
 
@@ -39,12 +40,17 @@ describe("stickyio-node HTTP", () => {
     assert.ok(script.body.startsWith(`/*!\n * Socket.IO v${version}\n`), "the vendored client is the npm version under test");
   });
 
-  it("answers /healthz, /readyz and /metrics", async () => {
+  it("answers a bare /healthz on the client port, and nothing about its internals", async () => {
     assert.deepEqual(await get(node, "/healthz"), { status: 200, type: "text/plain; charset=utf-8", body: "ok\n" });
-    const ready = await get(node, "/readyz");
+    for (const path of ["/readyz", "/metrics"]) assert.equal((await get(node, path)).status, 404, path);
+  });
+
+  it("answers /healthz, /readyz and /metrics on the admin listener", async () => {
+    assert.deepEqual(await get(node, "/healthz", node.adminUrl), { status: 200, type: "text/plain; charset=utf-8", body: "ok\n" });
+    const ready = await get(node, "/readyz", node.adminUrl);
     assert.equal(ready.status, 200);
     assert.deepEqual(JSON.parse(ready.body), { ready: true, node: "node-http", checks: { listening: { ready: true } } });
-    const metrics = await get(node, "/metrics");
+    const metrics = await get(node, "/metrics", node.adminUrl);
     assert.equal(metrics.status, 200);
     assert.match(metrics.body, /^stickyio_node_connected_sockets\{node="node-http"\} \d+$/m);
   });

@@ -1,8 +1,10 @@
 // Runs a real `stickyio-node` binary for the JS tests (and, through
 // `spawnLogged`, the gateway in gateway-process.mjs): a config file, JSON
-// logs, ready once it logs its "listening" line, which names the addresses
-// it bound (port 0 picks free ones). Stopped with SIGTERM (SIGKILL if it hangs).
+// logs, ready once it logs its "listening" line, which names the client and
+// admin addresses it bound (port 0 picks free ones). Stopped with SIGTERM
+// (SIGKILL if it hangs), or killed with SIGKILL on purpose.
 import { spawn } from "node:child_process";
+import { createServer } from "node:net";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -70,6 +72,13 @@ export async function spawnLogged(name, file, text, ready) {
         rmSync(dir, { recursive: true, force: true });
         return result;
       },
+      /** SIGKILL: the process dies at once, without a word to anyone. */
+      async kill() {
+        child.kill("SIGKILL");
+        const result = await exited;
+        rmSync(dir, { recursive: true, force: true });
+        return result;
+      },
     };
   } catch (e) {
     child.kill("SIGKILL");
@@ -80,16 +89,21 @@ export async function spawnLogged(name, file, text, ready) {
 
 /**
  * Starts a node named `name`; `settings` is extra node.toml text
- * (top-level keys such as `max_subscriptions = 3`); `listen` its address.
+ * (top-level keys such as `max_subscriptions = 3`, then tables); `listen`
+ * its client address (or `port` on 127.0.0.1); its admin listener takes any
+ * free port.
  */
-export async function startNode({ name = "node-js", settings = "", listen = "127.0.0.1:0" } = {}) {
-  const proc = await spawnLogged("stickyio-node", "node.toml", `listen = "${listen}"\nname = "${name}"\n${settings}`, "listening");
+export async function startNode({ name = "node-js", settings = "", port = 0, listen = `127.0.0.1:${port}` } = {}) {
+  const text = `listen = "${listen}"\nadmin = "127.0.0.1:0"\nname = "${name}"\n${settings}`;
+  const proc = await spawnLogged("stickyio-node", "node.toml", text, "listening");
   return {
     url: `http://${proc.ready.addr}`,
     addr: proc.ready.addr,
+    adminUrl: `http://${proc.ready.admin}`,
     logs: proc.lines,
     /** SIGTERM, then wait; resolves to {code, signal} of the exit. */
     stop: proc.stop,
+    kill: proc.kill,
   };
 }
 
@@ -106,4 +120,47 @@ export async function stopProcess(child, exited) {
   const result = await Promise.race([exited, hung]);
   clearTimeout(timer);
   return result;
+}
+
+/** `n` free loopback ports, all held until every one is picked. */
+export async function freePorts(n) {
+  const servers = await Promise.all(
+    Array.from({ length: n }, () => new Promise((resolve) => {
+      const server = createServer();
+      server.listen(0, "127.0.0.1", () => resolve(server));
+    })),
+  );
+  const ports = servers.map((s) => s.address().port);
+  await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
+  return ports;
+}
+
+/**
+ * Three (or `names.length`) nodes meshed with each other; `settings` is
+ * extra top-level node.toml text for each. Resolves once every node's
+ * /readyz says it is linked to every peer.
+ */
+export async function startMesh({ names = ["node-a", "node-b", "node-c"], settings = "" } = {}) {
+  const ports = await freePorts(names.length);
+  const urls = ports.map((p) => `"http://127.0.0.1:${p}"`).join(", ");
+  const nodes = await Promise.all(
+    names.map((name, i) =>
+      startNode({
+        name,
+        port: ports[i],
+        settings: `${settings}\n[cluster]\nhost = "http://127.0.0.1:${ports[i]}"\nstandalone = false\n` +
+          `cluster_nodes = [${urls}]\nsecret = "js-mesh-secret"\nretry_interval = "300ms"\n`,
+      }),
+    ),
+  );
+  const deadline = Date.now() + START_TIMEOUT_MS;
+  for (const node of nodes) {
+    for (;;) {
+      const ready = await fetch(`${node.adminUrl}/readyz`).then((r) => r.ok, () => false);
+      if (ready) break;
+      if (Date.now() > deadline) throw new Error(`${node.url} did not link to its peers within ${START_TIMEOUT_MS} ms`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+  return nodes.map((node, i) => ({ ...node, name: names[i], port: ports[i] }));
 }

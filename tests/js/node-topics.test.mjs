@@ -16,7 +16,7 @@ function request(socket, event, ...args) {
 }
 
 async function metric(node, series) {
-  const text = await (await fetch(`${node.url}/metrics`, { signal: AbortSignal.timeout(WAIT_MS) })).text();
+  const text = await (await fetch(`${node.adminUrl}/metrics`, { signal: AbortSignal.timeout(WAIT_MS) })).text();
   const line = text.split("\n").find((l) => l.startsWith(`stickyio_node_${series}{`));
   assert.ok(line, `no ${series} in\n${text}`);
   return Number(line.split(" ").pop());
@@ -117,7 +117,9 @@ for (const transport of ["polling", "websocket"]) {
         createdAt: first.createdAt,
         node: "node-js",
         patterns: ["news.*"],
+        cursor: first.cursor,
       });
+      assert.match(first.cursor, /^[A-Za-z0-9_-]{40,}$/, "an opaque, URL-safe cursor");
       assert.ok(Math.abs(first.createdAt - Date.now()) < 60_000, "createdAt is epoch milliseconds");
       assert.equal((await star.inbox.next()).content.text, "marker", "news.* must not receive news.eu.fr");
 
@@ -177,7 +179,8 @@ for (const transport of ["polling", "websocket"]) {
       assertError(await request(socket, "publish", { topic: "a" }), "invalid_payload");
       assertError(await request(socket, "publish"), "invalid_payload");
       assertError(await request(socket, "subscribe"), "invalid_payload");
-      assertError(await request(socket, "subscribe", { pattern: "a" }), "invalid_payload");
+      assertError(await request(socket, "subscribe", { topic: "a" }), "invalid_payload");
+      assertError(await request(socket, "subscribe", { pattern: "a", since: "garbage!" }), "invalid_cursor");
       assertError(await request(socket, "unsubscribe", 7), "invalid_payload");
     });
 

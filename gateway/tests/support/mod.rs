@@ -462,7 +462,7 @@ pub async fn admin(addr: SocketAddr, method: Method, path: &str) -> Reply {
 /// A node's Prometheus text. Every test reads node metrics through here, so
 /// moving them to another listener changes only this function.
 pub async fn node_metrics(node: &RunningNode) -> String {
-    let mut conn = HttpConn::open(Ipv4Addr::LOCALHOST, node.local_addr())
+    let mut conn = HttpConn::open(Ipv4Addr::LOCALHOST, node.admin_addr())
         .await
         .expect("node connect");
     let reply = conn.get("/metrics").await.expect("node /metrics");

@@ -58,7 +58,7 @@ impl TopicClient {
     }
 
     /// Emits `event` and waits for its ack.
-    async fn request(&self, event: &str, data: Value) -> Value {
+    pub async fn request(&self, event: &str, data: Value) -> Value {
         let (tx, mut rx) = mpsc::unbounded_channel();
         self.client
             .emit_with_ack(event, data, WAIT, move |payload, _| {

@@ -2,8 +2,8 @@
 //! either backend.
 //!
 //! Every node is bound on port 0 first; only then are the URLs known, so the
-//! backend is attached afterwards ([`stickyio_node::mesh::attach`] or
-//! [`stickyio_node::redis_backend::attach`]), exactly as `Node::bind` does.
+//! backend is attached afterwards ([`stickyio_node::Cluster::attach`]),
+//! exactly as `Node::bind` does.
 //! Mesh links can be routed through a forwarder, and a node can be given
 //! another secret.
 
@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
-use stickyio_node::{Node, RunningNode, mesh, redis_backend};
+use stickyio_node::{Node, RunningNode};
 use stickyio_shared::config::Duration as ConfigDuration;
-use stickyio_shared::config::node::{self, NodeConfig};
+use stickyio_shared::config::node::{self, HistoryConfig, NodeConfig};
 use tokio::time::{sleep, timeout};
 
 use super::client::WAIT;
@@ -58,6 +58,8 @@ pub struct Cluster {
     pub retry: Duration,
     /// `cluster.link_queue` of every node.
     pub link_queue: usize,
+    /// `[history]` of every node.
+    history: HistoryConfig,
     addrs: Vec<SocketAddr>,
     names: Vec<String>,
     routes: HashMap<(usize, usize), String>,
@@ -70,8 +72,10 @@ pub fn name(i: usize) -> String {
     format!("node-{}", char::from(b'a' + i as u8))
 }
 
-async fn prepare(name: &str, listen: SocketAddr) -> Node {
-    Node::prepare(NodeConfig::standalone(name, listen))
+async fn prepare(name: &str, listen: SocketAddr, history: &HistoryConfig) -> Node {
+    let mut config = NodeConfig::standalone(name, listen);
+    config.history = history.clone();
+    Node::prepare(config)
         .await
         .unwrap_or_else(|e| panic!("prepare {name}: {e}"))
 }
@@ -85,11 +89,22 @@ impl Cluster {
     }
 
     pub async fn bind_with(n: usize, retry: Duration, backend: Backend) -> Cluster {
+        Cluster::bind_with_history(n, retry, backend, HistoryConfig::default()).await
+    }
+
+    /// Like [`Cluster::bind_with`], every node keeping `history`.
+    pub async fn bind_with_history(
+        n: usize,
+        retry: Duration,
+        backend: Backend,
+        history: HistoryConfig,
+    ) -> Cluster {
         let k = CLUSTERS.fetch_add(1, Ordering::Relaxed);
         let mut slots = Vec::new();
         let mut addrs = Vec::new();
         for i in 0..n {
-            let node = prepare(&name(i), SocketAddr::from(([127, 77, k, i as u8 + 1], 0))).await;
+            let addr = SocketAddr::from(([127, 77, k, i as u8 + 1], 0));
+            let node = prepare(&name(i), addr, &history).await;
             addrs.push(node.local_addr());
             slots.push(Slot::Prepared(node));
         }
@@ -97,6 +112,7 @@ impl Cluster {
             backend,
             retry,
             link_queue: NodeConfig::standalone("n", addrs[0]).cluster.link_queue,
+            history,
             names: (0..n).map(name).collect(),
             addrs,
             routes: HashMap::new(),
@@ -120,7 +136,7 @@ impl Cluster {
         self.names[i] = name.to_owned();
         // Drops the bound listener first, so its port is free again.
         self.slots[i] = Slot::Stopped;
-        self.slots[i] = Slot::Prepared(prepare(name, self.addrs[i]).await);
+        self.slots[i] = Slot::Prepared(prepare(name, self.addrs[i], &self.history).await);
     }
 
     pub fn set_secret(&mut self, i: usize, secret: &str) {
@@ -168,15 +184,8 @@ impl Cluster {
 
     fn serve(&self, i: usize, mut node: Node) -> RunningNode {
         let config = self.config(i);
-        let attached = match self.backend {
-            Backend::Mesh => mesh::attach(&node, &config)
-                .map(drop)
-                .map_err(|e| e.to_string()),
-            Backend::Redis(_) => redis_backend::attach(&mut node, &config)
-                .map(drop)
-                .map_err(|e| e.to_string()),
-        };
-        attached.unwrap_or_else(|e| panic!("attach {}: {e}", self.names[i]));
+        stickyio_node::Cluster::attach(&mut node, &config)
+            .unwrap_or_else(|e| panic!("attach {}: {e}", self.names[i]));
         node.serve()
     }
 
@@ -189,12 +198,22 @@ impl Cluster {
 
     /// Starts node `i` again on the port it had.
     pub async fn restart(&mut self, i: usize) {
-        let node = prepare(&self.names[i], self.addrs[i]).await;
+        let node = prepare(&self.names[i], self.addrs[i], &self.history).await;
         self.slots[i] = Slot::Running(self.serve(i, node));
     }
 
+    /// Node `i`'s admin listener (a new port each time it is prepared).
+    fn admin_url(&self, i: usize) -> String {
+        let addr = match &self.slots[i] {
+            Slot::Prepared(node) => node.admin_addr(),
+            Slot::Running(node) => node.admin_addr(),
+            Slot::Stopped => panic!("node {i} is stopped: no admin listener"),
+        };
+        format!("http://{addr}")
+    }
+
     async fn get(&self, i: usize, path: &str) -> reqwest::Response {
-        let url = format!("{}{path}", self.url(i));
+        let url = format!("{}{path}", self.admin_url(i));
         timeout(WAIT, self.http.get(&url).send())
             .await
             .unwrap_or_else(|_| panic!("GET {url} timed out"))

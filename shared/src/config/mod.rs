@@ -74,6 +74,24 @@ pub trait Validate {
     fn validate(&self) -> Result<(), Violation>;
 }
 
+/// The rules every admin listener's token keys follow (`admin_token`,
+/// `admin_token_file`): one or the other, and not blank.
+pub(crate) fn check_admin_token(
+    token: Option<&crate::secret::Secret>,
+    file: Option<&Path>,
+) -> Result<(), Violation> {
+    if token.is_some() && file.is_some() {
+        return Err(Violation::new(
+            "admin_token_file",
+            "set either `admin_token` or `admin_token_file`, not both",
+        ));
+    }
+    if token.is_some_and(|t| t.expose().trim().is_empty()) {
+        return Err(Violation::new("admin_token", "must not be empty"));
+    }
+    Ok(())
+}
+
 /// Reads and validates a config file.
 pub fn load<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {

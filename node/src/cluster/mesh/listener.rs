@@ -6,7 +6,8 @@
 //! events go nowhere. An accepted peer gets `welcome` (its link waits for it)
 //! and each frame it sends is decoded, checked to come from that peer itself
 //! (one hop: a node only relays its own publications), deduplicated, and
-//! handed to [`Deliver`], which never relays it further.
+//! handed to the cluster's one inbound path ([`Inbound`]), which never
+//! relays it further.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Instant, SystemTime};
@@ -17,22 +18,15 @@ use serde::{Deserialize, Serialize};
 use socketioxide::SocketIo;
 use socketioxide::extract::{Data, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
-use stickyio_shared::message::Publication;
 use stickyio_shared::relay;
 use stickyio_shared::secret::Secret;
 
-use super::metrics::{MeshMetrics, OriginLabels};
-use crate::dedup::{Dedup, Key};
+use super::metrics::MeshMetrics;
+use crate::cluster::inbound::Inbound;
+use crate::cluster::millis;
 
 /// The namespace peers link to.
 pub const NAMESPACE: &str = "/cluster";
-
-/// Where relayed publications go: this node's local subscribers only.
-pub trait Deliver: Send + Sync + 'static {
-    /// Delivers to local sockets and returns how many received it. Must not
-    /// relay: that is what keeps the mesh one hop and loop-free.
-    fn deliver(&self, publication: &Publication) -> usize;
-}
 
 /// Why a `/cluster` connection was refused. The text goes back to the client
 /// in its `connect_error`; it never contains the secret.
@@ -77,7 +71,7 @@ pub struct InboundStatus {
 }
 
 #[derive(Debug)]
-struct Inbound {
+struct InboundLink {
     /// Sockets from this peer: briefly two while a lost one times out.
     sockets: usize,
     since: SystemTime,
@@ -87,9 +81,8 @@ pub struct Listener {
     node: String,
     secret: Secret,
     max_frame: usize,
-    dedup: Mutex<Dedup>,
-    deliver: Arc<dyn Deliver>,
-    inbound: Mutex<AHashMap<String, Inbound>>,
+    received: Inbound,
+    inbound: Mutex<AHashMap<String, InboundLink>>,
     metrics: Arc<MeshMetrics>,
 }
 
@@ -98,16 +91,14 @@ impl Listener {
         node: String,
         secret: Secret,
         max_frame: usize,
-        dedup: Dedup,
-        deliver: Arc<dyn Deliver>,
+        received: Inbound,
         metrics: Arc<MeshMetrics>,
     ) -> Arc<Self> {
         Arc::new(Listener {
             node,
             secret,
             max_frame,
-            dedup: Mutex::new(dedup),
-            deliver,
+            received,
             inbound: Mutex::new(AHashMap::new()),
             metrics,
         })
@@ -175,6 +166,27 @@ impl Listener {
             listener.receive(&from, frame.map_err(|e| e.to_string()));
             std::future::ready(())
         });
+        // The same, from a publisher waiting for a peer to hold it (the
+        // frame as text, see `link.rs`): once it is delivered here (and in
+        // this node's history), say so.
+        let listener = self.clone();
+        let from = peer.clone();
+        s.on(
+            "relay_held",
+            move |s: SocketRef, TryData(frame): TryData<serde_json::Value>| {
+                let frame = match frame {
+                    Ok(serde_json::Value::String(text)) => Ok(Bytes::from(text)),
+                    Ok(_) => Err("relay_held carries its frame as a string".to_owned()),
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Some(id) = listener.receive(&from, frame)
+                    && let Err(e) = s.emit("held", &id)
+                {
+                    tracing::debug!(node = from.node, error = %e, "could not confirm a held publication");
+                }
+                std::future::ready(())
+            },
+        );
         let listener = self.clone();
         let node = peer.node;
         s.on_disconnect(move || {
@@ -189,7 +201,9 @@ impl Listener {
         }
     }
 
-    fn receive(&self, peer: &PeerId, frame: Result<Bytes, String>) {
+    /// Handles one relay frame; the id of the publication it carried when it
+    /// was valid (delivered now, or already before).
+    fn receive(&self, peer: &PeerId, frame: Result<Bytes, String>) -> Option<String> {
         let bytes = match frame {
             Ok(bytes) => bytes,
             Err(e) => {
@@ -199,7 +213,7 @@ impl Listener {
                     "Dropped a relay event from {} without a binary frame: {e}",
                     peer.node
                 );
-                return;
+                return None;
             }
         };
         let publication = match relay::decode(&bytes, self.max_frame) {
@@ -211,7 +225,7 @@ impl Listener {
                     "Dropped a relay frame from {}: {e}",
                     peer.node
                 );
-                return;
+                return None;
             }
         };
         if publication.node != peer.node {
@@ -222,40 +236,22 @@ impl Listener {
                 peer.node,
                 publication.node
             );
-            return;
+            return None;
         }
-        let origin = OriginLabels {
-            origin: peer.node.clone(),
-        };
-        let key = Key {
-            origin: peer.node.clone(),
-            boot: peer.boot,
-            id: publication.id.clone(),
-        };
-        let first = self
-            .dedup
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .first_seen(key, Instant::now());
-        if !first {
-            self.metrics.deduplicated.get_or_create(&origin).inc();
-            tracing::debug!(
-                node = peer.node,
-                id = publication.id,
-                "Dropped a duplicate relayed publication"
-            );
-            return;
-        }
-        self.metrics.relayed_in.get_or_create(&origin).inc();
-        self.deliver.deliver(&publication);
+        let id = publication.id.clone();
+        self.received
+            .receive(&peer.node, peer.boot, publication, None, Instant::now());
+        Some(id)
     }
 
     fn connected(&self, node: &str, change: isize) {
         let mut inbound = self.inbound.lock().unwrap_or_else(PoisonError::into_inner);
-        let entry = inbound.entry(node.to_owned()).or_insert_with(|| Inbound {
-            sockets: 0,
-            since: SystemTime::now(),
-        });
+        let entry = inbound
+            .entry(node.to_owned())
+            .or_insert_with(|| InboundLink {
+                sockets: 0,
+                since: SystemTime::now(),
+            });
         let was = entry.sockets > 0;
         entry.sockets = entry.sockets.saturating_add_signed(change);
         if was != (entry.sockets > 0) {
@@ -269,15 +265,12 @@ impl Listener {
         let entry = inbound.get(node)?;
         Some(InboundStatus {
             connected: entry.sockets > 0,
-            since: super::millis(entry.since),
+            since: millis(entry.since),
         })
     }
 
     /// Relayed publications received from peer `node` and delivered.
     pub fn messages_in(&self, node: &str) -> u64 {
-        let origin = OriginLabels {
-            origin: node.to_owned(),
-        };
-        self.metrics.relayed_in.get_or_create(&origin).get()
+        self.received.messages_in(node)
     }
 }

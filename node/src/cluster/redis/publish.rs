@@ -9,6 +9,13 @@
 //! origin does not deliver it locally either. A publish is never retried, so
 //! it is never delivered twice.
 //!
+//! The same script appends the frame to the pool's history, the stream
+//! `{prefix}:history` (`XADD … MAXLEN ~ history.size`), and publishes it
+//! prefixed with its entry id, so every node (the origin too: it delivers
+//! its own publications when they come back) delivers in stream order and
+//! every cursor is a stream position. The publisher's ack waits until its
+//! own node delivered it ([`Shared::await_own`]).
+//!
 //! One task ([`run`]) sends the node's publishes to Redis in the order they
 //! were made and answers them in that order, so one socket's publishes stay
 //! in order. Whatever queued up while Redis answered the last batch goes out
@@ -24,7 +31,7 @@ use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 use super::{REDIS_TIMEOUT, Shared};
-use crate::topics::Then;
+use crate::topics::{Handed, Then};
 
 /// Most publishes sent in one pipeline.
 const MAX_BATCH: usize = 256;
@@ -45,16 +52,21 @@ pub async fn run(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
             .map(|job| (job.publication, job.then))
             .unzip();
         let outcomes = shared.publish(&publications).await;
-        for (then, taken) in thens.into_iter().zip(outcomes) {
-            then(taken);
+        for ((then, publication), taken) in thens.into_iter().zip(&publications).zip(outcomes) {
+            match taken {
+                Ok(()) => shared.await_own(&publication.id, then),
+                Err(why) => then(Handed::Refused(why)),
+            }
         }
     }
 }
 
 /// KEYS: the expected members' heartbeat keys (also their presence
 /// channels), the first ARGV[3] of which count even without a key.
-/// ARGV[1]: the relay channel, ARGV[2]: the frame.
-/// Returns the number of receivers, or the keys of unsubscribed members.
+/// ARGV[1]: the relay channel, ARGV[2]: the frame, ARGV[4]: the history
+/// stream, ARGV[5]: its length (0: no history).
+/// Returns the stream entry id ("" without history), or the keys of
+/// unsubscribed members.
 const SCRIPT: &str = r"
 local remembered = tonumber(ARGV[3])
 local counts = redis.call('PUBSUB', 'NUMSUB', unpack(KEYS))
@@ -67,7 +79,12 @@ end
 if #missing > 0 then
   return missing
 end
-return redis.call('PUBLISH', ARGV[1], ARGV[2])
+local id = ''
+if ARGV[5] ~= '0' then
+  id = redis.call('XADD', ARGV[4], 'MAXLEN', '~', ARGV[5], '*', 'f', ARGV[2])
+end
+redis.call('PUBLISH', ARGV[1], id .. '\n' .. ARGV[2])
+return id
 ";
 
 pub fn script() -> redis::Script {
@@ -104,7 +121,9 @@ impl Shared {
                         .arg(&keys)
                         .arg(&self.names.relay)
                         .arg(frame)
-                        .arg(expected.remembered);
+                        .arg(expected.remembered)
+                        .arg(&self.names.history)
+                        .arg(self.history_size);
                     None
                 }
                 Err(refused) => Some(Err(refused)),
@@ -169,7 +188,7 @@ impl Shared {
     /// What the publish script answered for one publication.
     fn taken(&self, reply: RedisResult<Value>) -> Result<(), String> {
         match reply {
-            Ok(Value::Int(_)) => {
+            Ok(Value::BulkString(_) | Value::SimpleString(_)) => {
                 self.metrics.published.inc();
                 Ok(())
             }

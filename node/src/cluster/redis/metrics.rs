@@ -9,7 +9,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::mesh::metrics::{OriginLabels, ReasonLabels};
+use crate::cluster::inbound::InboundMetrics;
+use crate::cluster::labels::ReasonLabels;
 
 /// A live member of the pool, by node name.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -38,8 +39,7 @@ pub struct RedisMetrics {
     pub member: Family<MemberLabels, Gauge>,
     pub published: Counter,
     pub refused: Family<ReasonLabels, Counter>,
-    pub relayed_in: Family<OriginLabels, Counter>,
-    pub deduplicated: Family<OriginLabels, Counter>,
+    pub inbound: InboundMetrics,
     pub rejected_frames: Family<ReasonLabels, Counter>,
     pub reconnects: Counter,
     pub name_conflict: Gauge,
@@ -77,12 +77,12 @@ impl RedisMetrics {
         registry.register(
             "redis_relayed_in",
             "Publications of other nodes received from Redis and delivered locally",
-            self.relayed_in.clone(),
+            self.inbound.relayed_in.clone(),
         );
         registry.register(
             "redis_deduplicated",
             "Publications received again and dropped",
-            self.deduplicated.clone(),
+            self.inbound.deduplicated.clone(),
         );
         registry.register(
             "redis_rejected_frames",

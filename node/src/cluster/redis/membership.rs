@@ -134,7 +134,7 @@ impl Membership {
             _ => {
                 self.conflict = Some(Conflict {
                     other_boot: other_boot.to_owned(),
-                    since: crate::mesh::millis(SystemTime::now()),
+                    since: crate::cluster::millis(SystemTime::now()),
                     last_seen: Some(now),
                 });
             }

@@ -1,64 +1,49 @@
 //! The topic cluster: every node links to every other node's `/cluster`
 //! namespace, so a publish reaches every subscriber in the pool.
 //!
-//! Each node dials each peer ([`link`]) and sends its own publications over
-//! that link, once; each node accepts its peers' links ([`listener`]) and
+//! Each node dials each peer (`link`) and sends its own publications over
+//! that link, once; each node accepts its peers' links (`listener`) and
 //! delivers what arrives locally, never further. That is one hop: no loops,
 //! no echo to the origin, and no partition while the links are up, whatever
 //! order nodes start in. Lost links are redialled every `retry_interval`.
 //!
 //! [`Mesh`] ties the two together for the node: it is the topic service's
 //! [`Relay`], adds `/cluster` to the node's `SocketIo`, reports link status
-//! for `/readyz` and counters for `/metrics`. [`attach`] plugs it into a
-//! [`Node`] before it serves.
+//! for `/readyz` and counters for `/metrics`. [`crate::cluster::Cluster`]
+//! plugs it into a node before it serves; it knows nothing of the server.
 
+mod confirm;
 mod link;
 mod listener;
 pub(crate) mod metrics;
 
-use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use socketioxide::SocketIo;
-use stickyio_shared::config::node::{NodeConfig, SECRET_ENV, SecretError};
+use stickyio_shared::config::node::{NodeConfig, PublishAck};
 use stickyio_shared::message::Publication;
 use stickyio_shared::relay;
 use stickyio_shared::secret::Secret;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::ClusterError;
+use crate::cluster::inbound::Inbound;
 use crate::readiness::{Check, Readiness};
-use crate::server::Node;
-use crate::topics::{Relay, Then, TopicService};
+use crate::topics::{Handed, Relay, Then};
 
-pub use crate::readiness::LinkState;
+pub use crate::cluster::LinkState;
+pub use crate::cluster::inbound::Deliver;
 pub use link::LinkStatus;
-pub use listener::{Deliver, InboundStatus};
+pub use listener::InboundStatus;
 
-use crate::dedup::Dedup;
-use link::{Link, LinkSettings};
+use confirm::Waiter;
+use link::{Frame, Link, LinkSettings};
 use listener::Listener;
 use metrics::MeshMetrics;
-
-/// Relayed ids remembered per node; far above what one node relays between
-/// a link failing and its redial.
-const DEDUP_CAPACITY: usize = 100_000;
-/// How long a relayed id is remembered: a resent frame arrives on the next
-/// link, within `retry_interval` plus a dial, so a few intervals suffice.
-const DEDUP_MIN_TTL: Duration = Duration::from_secs(120);
-
-#[derive(Debug, thiserror::Error)]
-pub enum MeshError {
-    #[error(transparent)]
-    Secret(#[from] SecretError),
-    #[error(
-        "cluster.standalone = false needs a mesh secret: set cluster.secret_file, cluster.secret or {SECRET_ENV}"
-    )]
-    NoSecret,
-}
 
 /// One peer as `/readyz` shows it: this node's link to it, and its link here.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -90,19 +75,21 @@ pub struct Mesh {
 }
 
 impl Mesh {
-    /// Resolves the secret and starts a link to every peer of `config`.
-    /// Relayed publications are handed to `deliver`. The links stop when
-    /// `shutdown` is cancelled. Needs a Tokio runtime.
+    /// Resolves the secret and starts a link to every peer of `config`,
+    /// introducing this node as incarnation `boot` (the topic service's, so
+    /// ids and links name one incarnation). Relayed publications are handed
+    /// to `deliver`. The links stop when `shutdown` is cancelled. Needs a
+    /// Tokio runtime.
     pub fn start(
         config: &NodeConfig,
+        boot: u64,
         deliver: Arc<dyn Deliver>,
         shutdown: CancellationToken,
-    ) -> Result<Arc<Mesh>, MeshError> {
+    ) -> Result<Arc<Mesh>, ClusterError> {
         let cluster = &config.cluster;
-        let secret = Secret::new(cluster.resolve_secret()?.ok_or(MeshError::NoSecret)?);
+        let secret = Secret::new(secret(config)?);
         let retry_interval = cluster.retry_interval.get();
         let max_frame = usize::try_from(config.max_payload).unwrap_or(usize::MAX);
-        let boot = rand::random::<u64>();
         let metrics = Arc::new(MeshMetrics::default());
         let (links, tasks) = cluster
             .peers()
@@ -119,13 +106,12 @@ impl Mesh {
                 Link::spawn(settings, &metrics, shutdown.child_token())
             })
             .unzip();
-        let dedup = Dedup::new(DEDUP_CAPACITY, DEDUP_MIN_TTL.max(retry_interval * 4));
+        let received = Inbound::new(retry_interval * 4, deliver, metrics.inbound.clone());
         let listener = Listener::new(
             config.name.clone(),
             secret,
             max_frame,
-            dedup,
-            deliver,
+            received,
             metrics.clone(),
         );
         Ok(Arc::new(Mesh {
@@ -188,44 +174,70 @@ impl Mesh {
 }
 
 impl Relay for Mesh {
-    /// Sends a publication made on this node once over each link, and lets
-    /// the publish go ahead at once. Never waits: a peer whose queue is full
-    /// or whose link is down misses it, and the drop is counted.
+    /// Sends a publication made on this node once over each link. Never
+    /// waits: a peer whose queue is full or whose link is down misses it,
+    /// and the drop is counted. With local acks the publish goes ahead at
+    /// once; replicated, once a peer says it holds it (`confirm`).
     /// Publications of other nodes are never relayed.
-    fn relay(&self, publication: &Arc<Publication>, then: Then) {
-        self.send(publication);
-        then(Ok(()));
+    fn relay(&self, publication: &Arc<Publication>, ack: PublishAck, then: Then) {
+        match ack {
+            PublishAck::Local => {
+                self.send(publication, None);
+                then(Handed::Taken);
+            }
+            PublishAck::Replicated => {
+                let waiter = Waiter::start(then, self.links.len());
+                self.send(publication, Some(waiter));
+            }
+        }
     }
 }
 
 impl Mesh {
-    fn send(&self, publication: &Arc<Publication>) {
+    fn send(&self, publication: &Arc<Publication>, waiter: Option<Arc<Waiter>>) {
         if publication.node != self.node {
             tracing::debug!(
                 origin = publication.node,
                 "not relaying a publication of another node"
             );
+            if let Some(waiter) = waiter {
+                self.links
+                    .iter()
+                    .for_each(|_| waiter.failed("not this node's"));
+            }
             return;
         }
-        let frame = match relay::encode(publication) {
-            Ok(frame) => Bytes::from(frame),
+        let bytes = match relay::encode(publication) {
+            Ok(bytes) => Bytes::from(bytes),
             Err(e) => {
                 tracing::error!(id = publication.id, "cannot encode a relay frame: {e}");
+                if let Some(waiter) = waiter {
+                    self.links
+                        .iter()
+                        .for_each(|_| waiter.failed("not encodable"));
+                }
                 return;
             }
         };
-        if frame.len() > self.max_frame {
+        let frame = Frame {
+            id: Arc::from(publication.id.as_str()),
+            bytes,
+            waiter,
+        };
+        if frame.bytes.len() > self.max_frame {
             tracing::warn!(
                 id = publication.id,
                 "not relaying a publication: its {}-byte frame exceeds max_payload ({})",
-                frame.len(),
+                frame.bytes.len(),
                 self.max_frame
             );
-            self.links.iter().for_each(|link| link.drop_too_large());
+            self.links
+                .iter()
+                .for_each(|link| link.drop_too_large(&frame));
             return;
         }
         for link in &self.links {
-            link.relay(&frame);
+            link.relay(frame.clone());
         }
     }
 }
@@ -244,42 +256,16 @@ impl Readiness for Mesh {
     }
 }
 
-/// Relayed publications go to the node's topic service, held weakly: the
-/// service holds the mesh as its relay, and a strong reference back would
-/// keep both alive after the node stops.
-struct LocalDelivery(Weak<TopicService>);
-
-impl Deliver for LocalDelivery {
-    fn deliver(&self, publication: &Publication) -> usize {
-        self.0
-            .upgrade()
-            .map_or(0, |topics| topics.deliver_relayed(publication))
-    }
-}
-
-/// Plugs a mesh into a prepared node: `/cluster` on its `SocketIo`, the
-/// relay on its topic service, counters on `/metrics`, link status on
-/// `/readyz`. `config` is normally [`Node::config`]; tests that bind every
-/// node on port 0 first pass the cluster they learned afterwards. The links
-/// stop when the node shuts down.
-pub fn attach(node: &Node, config: &NodeConfig) -> Result<Arc<Mesh>, MeshError> {
-    let deliver = Arc::new(LocalDelivery(Arc::downgrade(node.topics())));
-    let mesh = Mesh::start(config, deliver, node.shutdown_token())?;
-    mesh.register(node.io());
-    node.with_registry(|registry| mesh.register_metrics(registry));
-    node.add_readiness(mesh.clone());
-    node.topics().set_relay(mesh.clone());
-    Ok(mesh)
-}
-
 impl Drop for Mesh {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
 }
 
-/// Milliseconds since the Unix epoch, as `/readyz` reports times.
-pub(crate) fn millis(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+/// The mesh secret of `config`; a clustered mesh node must have one.
+pub fn secret(config: &NodeConfig) -> Result<String, ClusterError> {
+    config
+        .cluster
+        .resolve_secret()?
+        .ok_or(ClusterError::NoSecret)
 }

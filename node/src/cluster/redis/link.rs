@@ -2,7 +2,9 @@
 //! reconnect with backoff when any of it fails.
 //!
 //! One task owns both connections: a multiplexed one for commands (publish
-//! script, heartbeat) shared with publishers, and a subscriber. The node
+//! script, heartbeat) shared with publishers, and a subscriber. It is also
+//! where resumes read the history stream: between two deliveries, so a
+//! resumed socket misses nothing delivered meanwhile. The node
 //! counts as up only once it is subscribed and its heartbeat key is written,
 //! in that order, so a member with a key is always one that hears the relay
 //! channel. Anything wrong ends the session: both connections are dropped,
@@ -15,15 +17,16 @@ use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, StreamExt};
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
-use redis::{AsyncConnectionConfig, Client, Msg, RedisResult, Script};
+use redis::{AsyncConnectionConfig, Client, Msg, RedisResult, Script, Value};
+use stickyio_shared::message::Publication;
 use stickyio_shared::relay;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::MemberLabels;
-use super::{Current, REDIS_TIMEOUT, Shared};
-use crate::dedup::Key;
-use crate::mesh::metrics::OriginLabels;
-use crate::readiness::LinkState;
+use super::{Current, REDIS_TIMEOUT, ResumeJob, Shared};
+use crate::cluster::LinkState;
+use crate::cursor::Stamp;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -44,7 +47,12 @@ enum End {
 }
 
 /// Connects, serves, and reconnects until `shutdown`.
-pub async fn run(shared: Arc<Shared>, client: Client, shutdown: CancellationToken) {
+pub async fn run(
+    shared: Arc<Shared>,
+    client: Client,
+    mut resumes: mpsc::Receiver<ResumeJob>,
+    shutdown: CancellationToken,
+) {
     let mut backoff = FIRST_BACKOFF;
     loop {
         tracing::info!(node = %shared.node, "Trying to connect to Redis at {}", shared.url);
@@ -54,13 +62,18 @@ pub async fn run(shared: Arc<Shared>, client: Client, shutdown: CancellationToke
             opened = session => match opened {
                 Ok(session) => {
                     backoff = FIRST_BACKOFF;
-                    session.serve(&shared, &shutdown).await
+                    session.serve(&shared, &mut resumes, &shutdown).await
                 }
                 Err(e) => End::Lost(e),
             },
         };
         let was_up = shared.status().state == LinkState::Up;
         shared.set_connection(None);
+        shared.fail_own();
+        // Without Redis no history can be read: those resumes go live.
+        while let Ok(job) = resumes.try_recv() {
+            (job.then)(None);
+        }
         match end {
             End::Shutdown => {
                 shared.set_state(LinkState::Down, Some("shutting down".to_owned()));
@@ -142,7 +155,12 @@ impl Session {
         Ok(session)
     }
 
-    async fn serve(mut self, shared: &Shared, shutdown: &CancellationToken) -> End {
+    async fn serve(
+        mut self,
+        shared: &Shared,
+        resumes: &mut mpsc::Receiver<ResumeJob>,
+        shutdown: &CancellationToken,
+    ) -> End {
         let mut ticks = tokio::time::interval(shared.ttl / 3);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks.reset();
@@ -156,6 +174,10 @@ impl Session {
                     Some(message) => receive(shared, &message),
                     None => return End::Lost("Redis closed the subscriber connection".to_owned()),
                 },
+                Some(job) = resumes.recv() => {
+                    let entries = self.read_since(shared, job.since, job.limit).await;
+                    (job.then)(entries);
+                }
                 _ = ticks.tick() => {
                     if let Err(e) = self.heartbeat(shared, false).await {
                         break e;
@@ -200,7 +222,21 @@ impl Session {
         let work = async {
             let boot = shared.boot.to_string();
             let ttl = u64::try_from(shared.ttl.as_millis()).unwrap_or(u64::MAX);
-            let (previous, names): (Option<String>, Vec<String>) = redis::pipe()
+            let mut pipe = redis::pipe();
+            if shared.history_size > 0 {
+                // Age-trim the history too, so nothing older than history.ttl
+                // is replayed (MAXLEN in the publish script bounds its length).
+                let horizon = crate::cluster::millis(std::time::SystemTime::now()).saturating_sub(
+                    u64::try_from(shared.history_ttl.as_millis()).unwrap_or(u64::MAX),
+                );
+                pipe.cmd("XTRIM")
+                    .arg(&shared.names.history)
+                    .arg("MINID")
+                    .arg("~")
+                    .arg(horizon)
+                    .ignore();
+            }
+            let (previous, names): (Option<String>, Vec<String>) = pipe
                 .cmd("SET")
                 .arg(&shared.names.own)
                 .arg(&boot)
@@ -250,6 +286,51 @@ impl Session {
         Ok(())
     }
 
+    /// The history after `since` (at most `limit` entries), or `None` when
+    /// the stream no longer holds `since` itself (trimmed, or Redis lost
+    /// it), holds more than `limit` after it, or cannot be read.
+    async fn read_since(
+        &mut self,
+        shared: &Shared,
+        since: Stamp,
+        limit: usize,
+    ) -> Option<Vec<(Stamp, Publication)>> {
+        let mut xrange = redis::cmd("XRANGE");
+        xrange
+            .arg(&shared.names.history)
+            .arg(since.to_string())
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit.saturating_add(2));
+        let read = xrange.query_async::<Value>(&mut self.commands);
+        let entries = match tokio::time::timeout(REDIS_TIMEOUT, read).await {
+            Ok(Ok(Value::Array(entries))) => entries,
+            Ok(Ok(other)) => {
+                tracing::warn!(node = %shared.node, reply = ?other, "XRANGE answered something else than entries");
+                return None;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(node = %shared.node, error = %e, "cannot read the history stream");
+                return None;
+            }
+            Err(_) => {
+                tracing::warn!(node = %shared.node, timeout = ?REDIS_TIMEOUT, "the history stream was not read in time");
+                return None;
+            }
+        };
+        if entries.len() > limit.saturating_add(1) {
+            return None;
+        }
+        let mut entries = entries
+            .into_iter()
+            .filter_map(|entry| stream_entry(shared, entry));
+        match entries.next() {
+            Some((first, _)) if first == since => {}
+            _ => return None,
+        }
+        Some(entries.collect())
+    }
+
     /// Removes this node from the pool before it stops, so others stop
     /// expecting it at once rather than when its key expires.
     async fn leave(&mut self, shared: &Shared) {
@@ -272,13 +353,23 @@ impl Session {
     }
 }
 
-/// A message on a subscribed channel: a relay frame from another node is
-/// delivered locally, once; our own are skipped; nothing is published again.
+/// A message on a subscribed channel: `{entry id}\n{relay frame}`. A frame
+/// of another node is delivered locally, once; our own is delivered too (in
+/// the stream's order) and its publish acked; nothing is published again.
 fn receive(shared: &Shared, message: &Msg) {
     if message.get_channel_name() != shared.names.relay {
         return;
     }
-    let publication = match relay::decode(message.get_payload_bytes(), shared.max_frame) {
+    let payload = message.get_payload_bytes();
+    let Some(newline) = payload.iter().position(|b| *b == b'\n') else {
+        shared.metrics.reject_frame("no_entry_id");
+        tracing::warn!(node = %shared.node, "relay message from Redis without its entry id refused");
+        return;
+    };
+    let stamp = std::str::from_utf8(&payload[..newline])
+        .ok()
+        .and_then(Stamp::parse);
+    let publication = match relay::decode(&payload[newline + 1..], shared.max_frame) {
         Ok(publication) => publication,
         Err(e) => {
             shared.metrics.reject_frame(e.kind());
@@ -286,32 +377,51 @@ fn receive(shared: &Shared, message: &Msg) {
             return;
         }
     };
-    let Some(topics) = shared.topics.upgrade() else {
-        return;
-    };
-    if topics.minted_here(&publication) {
-        return;
-    }
     if publication.node == shared.node {
         // Ids read `{node}-{incarnation}-{sequence}`.
         let rest = &publication.id[publication.id.len().min(shared.node.len() + 1)..];
-        shared.conflict_seen(rest.split('-').next().unwrap_or(rest));
+        let boot = rest.split('-').next().unwrap_or(rest);
+        if boot == shared.boot.to_string() {
+            let id = publication.id.clone();
+            shared.received.own(publication, stamp);
+            shared.delivered_own(&id);
+            return;
+        }
+        shared.conflict_seen(boot);
     }
-    let origin = OriginLabels {
-        origin: publication.node.clone(),
+    // The id already names the origin's incarnation.
+    shared.received.receive(
+        &publication.node.clone(),
+        0,
+        publication,
+        stamp,
+        Instant::now(),
+    );
+}
+
+/// One `XRANGE` entry, `[id, [field, value, …]]`, as a publication; `None`
+/// (with a warning) when it is not one this backend wrote.
+fn stream_entry(shared: &Shared, entry: Value) -> Option<(Stamp, Publication)> {
+    let Value::Array(parts) = entry else {
+        return None;
     };
-    let key = Key {
-        origin: publication.node.clone(),
-        // The id already names the origin's incarnation.
-        boot: 0,
-        id: publication.id.clone(),
+    let mut parts = parts.into_iter();
+    let (Some(Value::BulkString(id)), Some(Value::Array(fields))) = (parts.next(), parts.next())
+    else {
+        return None;
     };
-    if !shared.dedup().first_seen(key, Instant::now()) {
-        shared.metrics.deduplicated.get_or_create(&origin).inc();
-        return;
+    let stamp = std::str::from_utf8(&id).ok().and_then(Stamp::parse)?;
+    let frame = fields.chunks(2).find_map(|pair| match pair {
+        [Value::BulkString(name), Value::BulkString(value)] if name == b"f" => Some(value),
+        _ => None,
+    })?;
+    match relay::decode(frame, shared.max_frame) {
+        Ok(publication) => Some((stamp, publication)),
+        Err(e) => {
+            tracing::warn!(node = %shared.node, entry = %stamp, error = %e, "history entry refused");
+            None
+        }
     }
-    topics.deliver_relayed(&publication);
-    shared.metrics.relayed_in.get_or_create(&origin).inc();
 }
 
 impl Shared {

@@ -1,17 +1,22 @@
-//! `node.toml`: the settings of one `stickyio-node`, including its `[cluster]`.
+//! `node.toml`: the settings of one `stickyio-node`. The node's own
+//! listeners and limits live here; its `[cluster]` table, the larger part,
+//! in `cluster`.
 
-use std::net::SocketAddr;
+mod cluster;
+
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, Duration, Validate, Violation};
 pub use crate::secret::SecretError;
+use crate::secret::{self, Secret};
+pub use cluster::{Backend, ClusterConfig, REDIS_PASSWORD_ENV, SECRET_ENV};
 
-/// Environment variable that can carry the mesh secret instead of the file.
-pub const SECRET_ENV: &str = "STICKYIO_CLUSTER_SECRET";
-/// Environment variable that can carry the Redis password instead of the file.
-pub const REDIS_PASSWORD_ENV: &str = "STICKYIO_REDIS_PASSWORD";
+/// Environment variable that can carry the node's admin token instead of the
+/// file; apart from the gateway's so the two can differ.
+pub const ADMIN_TOKEN_ENV: &str = "STICKYIO_NODE_ADMIN_TOKEN";
 /// Largest `send_buffer`: beyond it one slow socket could hold gigabytes.
 const MAX_SEND_BUFFER: usize = 65_536;
 
@@ -20,6 +25,17 @@ const MAX_SEND_BUFFER: usize = 65_536;
 pub struct NodeConfig {
     /// Address the Socket.IO and HTTP server binds.
     pub listen: SocketAddr,
+    /// Operator listener: `/healthz`, `/readyz`, `/metrics`. Loopback by
+    /// default, so node internals are never on the client port.
+    #[serde(default = "defaults::admin")]
+    pub admin: SocketAddr,
+    /// Bearer token the admin listener requires (all but `/healthz`).
+    /// Prefer `admin_token_file` or [`ADMIN_TOKEN_ENV`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<Secret>,
+    /// A file holding the admin token, relative to the config file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<PathBuf>,
     /// This node's name: shown on the demo page, in `message.node` and metrics.
     pub name: String,
     #[serde(default = "defaults::ping_interval")]
@@ -51,84 +67,59 @@ pub struct NodeConfig {
     /// How long a request body may take to arrive, whole (slow bodies).
     #[serde(default = "defaults::body_read_timeout")]
     pub body_read_timeout: Duration,
+    /// When a publish is acked: at once, or once another node (or Redis)
+    /// holds it. A publish may ask for `"replicated"` itself.
+    #[serde(default)]
+    pub publish_ack: PublishAck,
+    #[serde(default)]
+    pub history: HistoryConfig,
     #[serde(default)]
     pub cluster: ClusterConfig,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClusterConfig {
-    /// This node's own URL as its peers dial it; skipped in `cluster_nodes`.
-    #[serde(default)]
-    pub host: Option<String>,
-    #[serde(default = "defaults::standalone")]
-    pub standalone: bool,
-    /// Every node of the mesh, this one included or not.
-    #[serde(default)]
-    pub cluster_nodes: Vec<String>,
-    /// The mesh secret inline. Prefer `secret_file` or the environment.
-    #[serde(default, skip_serializing)]
-    pub secret: Option<String>,
-    /// A file holding the mesh secret, relative to the config file.
-    #[serde(default)]
-    pub secret_file: Option<PathBuf>,
-    #[serde(default = "defaults::retry_interval")]
-    pub retry_interval: Duration,
-    /// Relay frames queued per peer link before new ones are dropped.
-    #[serde(default = "defaults::link_queue")]
-    pub link_queue: usize,
-    /// What carries publications between nodes: links of their own, or Redis.
-    #[serde(default)]
-    pub backend: Backend,
-    /// `redis://host:port[/db]` or `rediss://…` (TLS). A user name may be in
-    /// the URL; the password may not (it would be printed by `check`).
-    #[serde(default)]
-    pub redis_url: Option<String>,
-    /// A file holding the Redis password, relative to the config file; else
-    /// [`REDIS_PASSWORD_ENV`] is read.
-    #[serde(default)]
-    pub redis_password_file: Option<PathBuf>,
-    /// Start of every Redis channel and key this pool uses, so several pools
-    /// can share one Redis.
-    #[serde(default = "defaults::redis_prefix")]
-    pub redis_prefix: String,
-    /// How long a node's heartbeat key lives; refreshed every third of it.
-    #[serde(default = "defaults::redis_heartbeat_ttl")]
-    pub redis_heartbeat_ttl: Duration,
-}
-
-/// The cluster backend: how a publication reaches the other nodes.
+/// When the node acks a publish.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Backend {
-    /// Every node links to every other node (`cluster_nodes`, `secret`).
+pub enum PublishAck {
+    /// Once delivered here and handed to the cluster: fast, but lost if this
+    /// node dies before relaying it.
     #[default]
-    Mesh,
-    /// Every node publishes to and subscribes on one Redis (`redis_url`).
-    Redis,
+    Local,
+    /// Once at least one other node (mesh) or Redis holds it, so a resume
+    /// from a cursor finds it whichever node fails.
+    Replicated,
 }
 
-impl Default for ClusterConfig {
+/// `[history]`: what each node remembers so a client can resume from a
+/// cursor. Bounded in count and in age; `size = 0` turns it off (and
+/// messages carry no cursor).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Messages kept, the oldest forgotten first.
+    #[serde(default = "defaults::history_size")]
+    pub size: usize,
+    /// How long a message is kept at most.
+    #[serde(default = "defaults::history_ttl")]
+    pub ttl: Duration,
+}
+
+impl Default for HistoryConfig {
     fn default() -> Self {
-        ClusterConfig {
-            host: None,
-            standalone: defaults::standalone(),
-            cluster_nodes: Vec::new(),
-            secret: None,
-            secret_file: None,
-            retry_interval: defaults::retry_interval(),
-            link_queue: defaults::link_queue(),
-            backend: Backend::default(),
-            redis_url: None,
-            redis_password_file: None,
-            redis_prefix: defaults::redis_prefix(),
-            redis_heartbeat_ttl: defaults::redis_heartbeat_ttl(),
+        HistoryConfig {
+            size: defaults::history_size(),
+            ttl: defaults::history_ttl(),
         }
     }
 }
 
 mod defaults {
+    use std::net::{Ipv4Addr, SocketAddr};
+
     use super::Duration;
+    pub fn admin() -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 9100))
+    }
     pub fn ping_interval() -> Duration {
         Duration::from_secs(25)
     }
@@ -160,33 +151,37 @@ mod defaults {
     pub fn body_read_timeout() -> Duration {
         Duration::from_secs(30)
     }
-    pub fn standalone() -> bool {
-        true
+    /// A few minutes of a busy chat room; a few MB (BENCHMARKS.md).
+    pub fn history_size() -> usize {
+        10_000
     }
-    pub fn retry_interval() -> Duration {
-        Duration::from_secs(5)
-    }
-    pub fn link_queue() -> usize {
-        4096
-    }
-    pub fn redis_prefix() -> String {
-        "stickyio".to_owned()
-    }
-    pub fn redis_heartbeat_ttl() -> Duration {
-        Duration::from_secs(3)
+    /// Longer than any client takes to notice a dead node and reconnect.
+    pub fn history_ttl() -> Duration {
+        Duration::from_secs(300)
     }
 }
 
+/// Largest `history.size`: beyond it one node's history could hold gigabytes.
+const MAX_HISTORY_SIZE: usize = 1_000_000;
+/// Shortest `history.ttl`: a resume must be able to reach back past the
+/// seconds a client takes to reconnect.
+const MIN_HISTORY_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl NodeConfig {
-    /// Reads, validates and resolves `node.toml`: a relative `secret_file`
-    /// or `redis_password_file` is taken from the config file's directory.
+    /// Reads, validates and resolves `node.toml`: a relative `secret_file`,
+    /// `redis_password_file` or `admin_token_file` is taken from the config
+    /// file's directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let mut config: NodeConfig = super::load(path)?;
         if let Some(dir) = path.parent() {
             let cluster = &mut config.cluster;
-            for file in [&mut cluster.secret_file, &mut cluster.redis_password_file]
-                .into_iter()
-                .flatten()
+            for file in [
+                &mut cluster.secret_file,
+                &mut cluster.redis_password_file,
+                &mut config.admin_token_file,
+            ]
+            .into_iter()
+            .flatten()
             {
                 if file.is_relative() {
                     *file = dir.join(&*file);
@@ -196,10 +191,15 @@ impl NodeConfig {
         Ok(config)
     }
 
-    /// A standalone node on `listen` with every other setting at its default.
+    /// A standalone node on `listen` with every other setting at its
+    /// default, but for `admin`: loopback port 0 (a free port), since this
+    /// is how tests and embedders start nodes, several at a time.
     pub fn standalone(name: impl Into<String>, listen: SocketAddr) -> Self {
         NodeConfig {
             listen,
+            admin: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            admin_token: None,
+            admin_token_file: None,
             name: name.into(),
             ping_interval: defaults::ping_interval(),
             ping_timeout: defaults::ping_timeout(),
@@ -210,47 +210,23 @@ impl NodeConfig {
             max_connections: defaults::max_connections(),
             header_read_timeout: defaults::header_read_timeout(),
             body_read_timeout: defaults::body_read_timeout(),
+            publish_ack: PublishAck::default(),
+            history: HistoryConfig::default(),
             cluster: ClusterConfig::default(),
         }
     }
-}
 
-impl ClusterConfig {
-    /// Peer URLs to dial: `cluster_nodes` without this node's own `host`.
-    pub fn peers(&self) -> Vec<String> {
-        let own = self.host.as_deref().map(normalize_url);
-        self.cluster_nodes
-            .iter()
-            .filter(|u| Some(normalize_url(u)) != own)
-            .cloned()
-            .collect()
-    }
-
-    /// The mesh secret: inline, else `secret_file`, else the environment.
-    pub fn resolve_secret(&self) -> Result<Option<String>, SecretError> {
-        crate::secret::resolve(
-            self.secret.as_deref(),
-            self.secret_file.as_deref(),
-            "cluster.secret_file",
-            SECRET_ENV,
-        )
-    }
-
-    /// The Redis password: `redis_password_file`, else the environment, else none.
-    pub fn resolve_redis_password(&self) -> Result<Option<String>, SecretError> {
-        crate::secret::resolve(
-            None,
-            self.redis_password_file.as_deref(),
-            "cluster.redis_password_file",
-            REDIS_PASSWORD_ENV,
-        )
+    /// The admin token: inline, else `admin_token_file`, else the environment.
+    pub fn resolve_admin_token(&self) -> Result<Option<Secret>, SecretError> {
+        let token = secret::resolve(
+            self.admin_token.as_ref().map(Secret::expose),
+            self.admin_token_file.as_deref(),
+            "admin_token_file",
+            ADMIN_TOKEN_ENV,
+        )?;
+        Ok(token.map(Secret::new))
     }
 }
-
-fn normalize_url(url: &str) -> String {
-    url.trim_end_matches('/').to_ascii_lowercase()
-}
-
 impl Validate for NodeConfig {
     fn validate(&self) -> Result<(), Violation> {
         if self.name.is_empty()
@@ -303,167 +279,22 @@ impl Validate for NodeConfig {
                 "must be greater than 0",
             ));
         }
+        if self.history.size > MAX_HISTORY_SIZE {
+            return Err(Violation::new(
+                "history.size",
+                format!("must be at most {MAX_HISTORY_SIZE} messages (0 turns history off)"),
+            ));
+        }
+        if self.history.ttl.get() < MIN_HISTORY_TTL {
+            return Err(Violation::new(
+                "history.ttl",
+                format!("must be at least {}", Duration(MIN_HISTORY_TTL)),
+            ));
+        }
+        super::check_admin_token(self.admin_token.as_ref(), self.admin_token_file.as_deref())?;
         self.cluster.validate()
     }
 }
-
-impl ClusterConfig {
-    fn validate(&self) -> Result<(), Violation> {
-        for (i, url) in self.cluster_nodes.iter().enumerate() {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(Violation::new(
-                    format!("cluster.cluster_nodes[{i}]"),
-                    format!("{url:?} is not an http:// or https:// URL"),
-                ));
-            }
-        }
-        if let Some(host) = &self.host
-            && !(host.starts_with("http://") || host.starts_with("https://"))
-        {
-            return Err(Violation::new(
-                "cluster.host",
-                format!("{host:?} is not an http:// or https:// URL"),
-            ));
-        }
-        if self.secret.is_some() && self.secret_file.is_some() {
-            return Err(Violation::new(
-                "cluster.secret_file",
-                "set either `secret` or `secret_file`, not both",
-            ));
-        }
-        if self.secret.as_deref() == Some("") {
-            return Err(Violation::new("cluster.secret", "must not be empty"));
-        }
-        if self.retry_interval.get().is_zero() {
-            return Err(Violation::new(
-                "cluster.retry_interval",
-                "must be greater than 0",
-            ));
-        }
-        if self.link_queue == 0 {
-            return Err(Violation::new("cluster.link_queue", "must be at least 1"));
-        }
-        match self.backend {
-            Backend::Mesh => self.validate_mesh(),
-            Backend::Redis => self.validate_redis(),
-        }
-    }
-
-    fn validate_mesh(&self) -> Result<(), Violation> {
-        let redis_only = [
-            ("redis_url", self.redis_url.is_some()),
-            ("redis_password_file", self.redis_password_file.is_some()),
-            (
-                "redis_prefix",
-                self.redis_prefix != defaults::redis_prefix(),
-            ),
-            (
-                "redis_heartbeat_ttl",
-                self.redis_heartbeat_ttl != defaults::redis_heartbeat_ttl(),
-            ),
-        ];
-        if let Some((key, _)) = redis_only.iter().find(|(_, set)| *set) {
-            return Err(Violation::new(
-                format!("cluster.{key}"),
-                "is only used with backend = \"redis\"; set `backend = \"redis\"` or remove it",
-            ));
-        }
-        if self.standalone {
-            return Ok(());
-        }
-        if self.host.is_none() {
-            return Err(Violation::new(
-                "cluster.standalone",
-                "a clustered node needs `cluster.host`, its own URL as peers dial it",
-            ));
-        }
-        if self.peers().is_empty() {
-            return Err(Violation::new(
-                "cluster.cluster_nodes",
-                "standalone = false needs at least one peer other than this node's own `host`",
-            ));
-        }
-        let env_secret = std::env::var(SECRET_ENV).is_ok_and(|s| !s.is_empty());
-        if self.secret.is_none() && self.secret_file.is_none() && !env_secret {
-            return Err(Violation::new(
-                "cluster.standalone",
-                format!(
-                    "standalone = false needs a mesh secret: set `secret_file`, `secret`, or {SECRET_ENV}"
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    /// The mesh's peer list and secret mean nothing over Redis, and a config
-    /// that has them was probably meant for the mesh: refused, not ignored.
-    fn validate_redis(&self) -> Result<(), Violation> {
-        let mesh_only = [
-            ("cluster_nodes", !self.cluster_nodes.is_empty()),
-            ("secret", self.secret.is_some()),
-            ("secret_file", self.secret_file.is_some()),
-        ];
-        if let Some((key, _)) = mesh_only.iter().find(|(_, set)| *set) {
-            return Err(Violation::new(
-                format!("cluster.{key}"),
-                "is only used with backend = \"mesh\"; with backend = \"redis\" nodes find each other through Redis, and Redis auth and TLS carry trust",
-            ));
-        }
-        let Some(url) = &self.redis_url else {
-            return Err(Violation::new(
-                "cluster.backend",
-                "backend = \"redis\" needs `redis_url`, e.g. \"redis://127.0.0.1:6379\"",
-            ));
-        };
-        check_redis_url(url).map_err(|why| Violation::new("cluster.redis_url", why))?;
-        let prefix = &self.redis_prefix;
-        if prefix.is_empty()
-            || prefix
-                .chars()
-                .any(|c| c.is_control() || c.is_whitespace() || "*?[]\\".contains(c))
-        {
-            return Err(Violation::new(
-                "cluster.redis_prefix",
-                "must be non-empty, without spaces, control characters or any of * ? [ ] \\",
-            ));
-        }
-        if self.redis_heartbeat_ttl.get() < std::time::Duration::from_millis(300) {
-            return Err(Violation::new(
-                "cluster.redis_heartbeat_ttl",
-                "must be at least 300ms (it is refreshed every third of it)",
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// Checks the shape of a Redis URL; the client parses it fully when the node
-/// starts (and `stickyio-node check` does too).
-fn check_redis_url(url: &str) -> Result<(), String> {
-    let Some(rest) = url
-        .strip_prefix("redis://")
-        .or_else(|| url.strip_prefix("rediss://"))
-    else {
-        return Err(format!("{url:?} is not a redis:// or rediss:// URL"));
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host = match authority.rsplit_once('@') {
-        Some((user_info, host)) => {
-            if user_info.contains(':') {
-                return Err(format!(
-                    "holds a password; put it in `redis_password_file` or {REDIS_PASSWORD_ENV} instead, so it is never printed or logged"
-                ));
-            }
-            host
-        }
-        None => authority,
-    };
-    if host.is_empty() || host.starts_with(':') {
-        return Err(format!("{url:?} names no host"));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -507,6 +338,68 @@ retry_interval = "5s"
         assert_eq!(c.max_payload, 1_000_000);
         assert_eq!(c.max_message_bytes, 65_536);
         assert_eq!(c.send_buffer, 1024);
+        assert_eq!(c.admin.to_string(), "127.0.0.1:9100");
+        assert_eq!(c.history, HistoryConfig::default());
+        assert_eq!(c.history.size, 10_000);
+        assert_eq!(c.publish_ack, PublishAck::Local);
+    }
+
+    #[test]
+    fn history_and_publish_ack_are_read_and_bounded() {
+        let base = "listen = \"127.0.0.1:0\"\nname = \"n\"\n";
+        let c: NodeConfig = parse(
+            &format!("{base}publish_ack = \"replicated\"\n[history]\nsize = 0\nttl = \"1m\"\n"),
+            "n.toml",
+        )
+        .unwrap();
+        assert_eq!(c.publish_ack, PublishAck::Replicated);
+        assert_eq!(
+            (c.history.size, c.history.ttl),
+            (0, Duration::from_secs(60))
+        );
+        let err = |text: &str| {
+            parse::<NodeConfig>(&format!("{base}{text}"), "n.toml")
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            err("[history]\nsize = 2000000\n"),
+            "n.toml:4:8: `history.size`: must be at most 1000000 messages (0 turns history off)"
+        );
+        assert_eq!(
+            err("[history]\nttl = \"1s\"\n"),
+            "n.toml:4:7: `history.ttl`: must be at least 10s"
+        );
+        assert!(err("publish_ack = \"sometimes\"\n").starts_with("n.toml:3:15: unknown variant"));
+    }
+
+    #[test]
+    fn the_admin_token_is_checked_and_never_rendered() {
+        let base = "listen = \"127.0.0.1:0\"\nname = \"n\"\n";
+        let both = format!("{base}admin_token = \"a\"\nadmin_token_file = \"f\"\n");
+        assert_eq!(
+            parse::<NodeConfig>(&both, "n.toml")
+                .unwrap_err()
+                .to_string(),
+            "n.toml:4:20: `admin_token_file`: set either `admin_token` or `admin_token_file`, not both"
+        );
+        let empty = format!("{base}admin_token = \" \"\n");
+        assert_eq!(
+            parse::<NodeConfig>(&empty, "n.toml")
+                .unwrap_err()
+                .to_string(),
+            "n.toml:3:15: `admin_token`: must not be empty"
+        );
+        let set = format!("{base}admin = \"0.0.0.0:9100\"\nadmin_token = \"t0p-s3cret\"\n");
+        let c: NodeConfig = parse(&set, "n.toml").unwrap();
+        assert_eq!(
+            c.resolve_admin_token()
+                .unwrap()
+                .map(|t| t.expose().to_owned()),
+            Some("t0p-s3cret".to_owned())
+        );
+        let rendered = toml::to_string(&c).unwrap();
+        assert!(!rendered.contains("t0p-s3cret"), "{rendered}");
     }
 
     #[test]

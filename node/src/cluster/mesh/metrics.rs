@@ -10,6 +10,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::cluster::inbound::InboundMetrics;
+use crate::cluster::labels::ReasonLabels;
+
 /// A peer link, named by the URL this node dials.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PeerLabels {
@@ -25,22 +28,10 @@ pub struct DropLabels {
     pub reason: &'static str,
 }
 
-/// A peer node, named by the name it authenticated with.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OriginLabels {
-    pub origin: String,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabels {
-    pub reason: &'static str,
-}
-
 #[derive(Debug, Default)]
 pub struct MeshMetrics {
     pub relayed_out: Family<PeerLabels, Counter>,
-    pub relayed_in: Family<OriginLabels, Counter>,
-    pub deduplicated: Family<OriginLabels, Counter>,
+    pub inbound: InboundMetrics,
     pub dropped: Family<DropLabels, Counter>,
     pub rejected_frames: Family<ReasonLabels, Counter>,
     pub refused_peers: Family<ReasonLabels, Counter>,
@@ -59,12 +50,12 @@ impl MeshMetrics {
         registry.register(
             "cluster_relayed_in",
             "Relayed publications received from a peer and delivered locally",
-            self.relayed_in.clone(),
+            self.inbound.relayed_in.clone(),
         );
         registry.register(
             "cluster_deduplicated",
             "Relayed publications dropped because they had already been delivered",
-            self.deduplicated.clone(),
+            self.inbound.deduplicated.clone(),
         );
         registry.register(
             "cluster_dropped",

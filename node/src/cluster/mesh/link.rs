@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use ahash::AHashMap;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use prometheus_client::metrics::counter::Counter;
@@ -35,8 +36,9 @@ use tokio_util::sync::CancellationToken;
 
 use stickyio_shared::config;
 
+use super::confirm::Waiter;
 use super::metrics::{DropLabels, MeshMetrics, PeerLabels};
-use crate::readiness::LinkState;
+use crate::cluster::{LinkState, millis};
 use stickyio_shared::secret::Secret;
 
 /// How long a dial (handshake and the peer's answer) may take.
@@ -45,6 +47,41 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Room for the few client events a link sees (welcome, error, close).
 const EVENT_QUEUE: usize = 16;
+
+/// One publication for a peer: its encoded frame and, when its publisher
+/// waits for a peer to hold it, the [`Waiter`] to tell.
+#[derive(Clone)]
+pub struct Frame {
+    pub bytes: Bytes,
+    pub id: Arc<str>,
+    pub waiter: Option<Arc<Waiter>>,
+}
+
+impl Frame {
+    /// This link will never confirm the frame.
+    pub fn fail(&self, why: &str) {
+        if let Some(waiter) = &self.waiter {
+            waiter.failed(why);
+        }
+    }
+
+    /// The event carrying it. `relay_held` asks the peer to answer `held`
+    /// with the id once it holds it, and carries the frame as text: a binary
+    /// event is two websocket messages, and the second waits for the peer's
+    /// delayed TCP ack of the first (Nagle; rust_socketio leaves it on),
+    /// some 40 ms that a publisher waiting for `held` would feel. Plain
+    /// relays stay binary: a busy link coalesces them.
+    fn payload(&self) -> (&'static str, Payload) {
+        match &self.waiter {
+            // A frame is JSON, so UTF-8: nothing is lost.
+            Some(_) => (
+                "relay_held",
+                Payload::Text(vec![json!(String::from_utf8_lossy(&self.bytes))]),
+            ),
+            None => ("relay", Payload::Binary(self.bytes.clone())),
+        }
+    }
+}
 
 /// Who dials whom, and how.
 #[derive(Debug, Clone)]
@@ -93,7 +130,7 @@ struct Status {
 pub struct Link {
     url: String,
     retry_interval: Duration,
-    queue: mpsc::Sender<Bytes>,
+    queue: mpsc::Sender<Frame>,
     up: AtomicBool,
     status: Mutex<Status>,
     out: Counter,
@@ -197,25 +234,29 @@ impl Link {
     }
 
     /// Queues one encoded frame for the peer without ever waiting.
-    pub fn relay(&self, frame: &Bytes) {
+    pub fn relay(&self, frame: Frame) {
         if !self.up.load(Ordering::Acquire) {
             self.dropped_link_down.inc();
+            frame.fail("link_down");
             return;
         }
-        match self.queue.try_send(frame.clone()) {
+        match self.queue.try_send(frame) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
+            Err(TrySendError::Full(frame)) => {
                 self.dropped_queue_full.inc();
+                frame.fail("queue_full");
             }
-            Err(TrySendError::Closed(_)) => {
+            Err(TrySendError::Closed(frame)) => {
                 self.dropped_link_down.inc();
+                frame.fail("link_down");
             }
         }
     }
 
     /// Counts a frame that could not be relayed to any peer because of its size.
-    pub fn drop_too_large(&self) {
+    pub fn drop_too_large(&self, frame: &Frame) {
         self.dropped_too_large.inc();
+        frame.fail("too_large");
     }
 
     pub fn status(&self) -> LinkStatus {
@@ -224,7 +265,7 @@ impl Link {
             url: self.url.clone(),
             node: status.node.clone(),
             state: status.state,
-            since: super::millis(status.since),
+            since: millis(status.since),
             messages_out: self.out.get(),
             dropped: self.dropped_link_down.get()
                 + self.dropped_queue_full.get()
@@ -237,11 +278,11 @@ impl Link {
     async fn run(
         self: Arc<Self>,
         settings: LinkSettings,
-        mut queue: mpsc::Receiver<Bytes>,
+        mut queue: mpsc::Receiver<Frame>,
         shutdown: CancellationToken,
     ) {
         let url = settings.url.as_str();
-        let mut unsent: Option<Bytes> = None;
+        let mut unsent: Option<Frame> = None;
         loop {
             tracing::info!(peer = url, "Trying to connect to {url}");
             let dialed = dial(&settings, &shutdown).await;
@@ -249,9 +290,20 @@ impl Link {
                 Ok((client, mut events, node)) => {
                     tracing::info!(peer = url, node = node.as_deref(), "Linked to {url}");
                     self.set_up(node);
+                    let mut pending = AHashMap::new();
                     let end = self
-                        .pump(&client, &mut events, &mut queue, &mut unsent, &shutdown)
+                        .pump(
+                            &client,
+                            &mut events,
+                            &mut queue,
+                            &mut unsent,
+                            &mut pending,
+                            &shutdown,
+                        )
                         .await;
+                    for waiter in pending.into_values() {
+                        waiter.failed("the link was lost before the peer confirmed");
+                    }
                     self.up.store(false, Ordering::Release);
                     close(&client).await;
                     end
@@ -259,8 +311,9 @@ impl Link {
                 Err(e) => {
                     // The frame whose write failed is only worth resending
                     // on the very next link, not after a longer outage.
-                    if unsent.take().is_some() {
+                    if let Some(frame) = unsent.take() {
                         self.dropped_link_down.inc();
+                        frame.fail("link_down");
                     }
                     End::Lost(e)
                 }
@@ -281,8 +334,9 @@ impl Link {
             }
             // Publications queued for a link that is gone are not kept for
             // later: a peer that comes back gets what is published from then on.
-            while queue.try_recv().is_ok() {
+            while let Ok(frame) = queue.try_recv() {
                 self.dropped_link_down.inc();
+                frame.fail("link_down");
             }
             tracing::info!(
                 peer = url,
@@ -290,7 +344,10 @@ impl Link {
                 config::Duration(settings.retry_interval)
             );
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => {
+                    self.set_down(LinkState::Down, Some("this node is shutting down".into()));
+                    return;
+                }
                 _ = tokio::time::sleep(settings.retry_interval) => {}
             }
         }
@@ -299,20 +356,21 @@ impl Link {
     /// Writes queued frames until the link fails or the node shuts down. An
     /// idle link is probed every `retry_interval`, so a link the peer closed
     /// without a word is noticed even when nothing is published.
+    /// Frames sent with `relay_held` wait in `pending` for the peer's
+    /// `held`.
     async fn pump(
         &self,
         client: &Client,
-        events: &mut mpsc::Receiver<PeerEvent>,
-        queue: &mut mpsc::Receiver<Bytes>,
-        unsent: &mut Option<Bytes>,
+        events: &mut PeerEvents,
+        queue: &mut mpsc::Receiver<Frame>,
+        unsent: &mut Option<Frame>,
+        pending: &mut AHashMap<Arc<str>, Arc<Waiter>>,
         shutdown: &CancellationToken,
     ) -> End {
-        if let Some(frame) = unsent.take() {
-            if let Err(e) = write(client, "relay", Payload::Binary(frame.clone())).await {
-                *unsent = Some(frame);
-                return End::Lost(e);
-            }
-            self.out.inc();
+        if let Some(frame) = unsent.take()
+            && let Err(e) = self.send(client, frame, unsent, pending).await
+        {
+            return End::Lost(e);
         }
         let mut probe = tokio::time::interval(self.retry_interval);
         probe.reset();
@@ -320,18 +378,21 @@ impl Link {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return End::Shutdown,
-                event = events.recv() => match event {
+                event = events.control.recv() => match event {
                     Some(PeerEvent::Welcome(_)) => {}
                     Some(PeerEvent::Error(e)) => return End::Lost(LinkError::Transport(e)),
                     Some(PeerEvent::Closed) | None => return End::Lost(LinkError::Closed),
                 },
+                Some(id) = events.held.recv() => {
+                    if let Some(waiter) = pending.remove(id.as_str()) {
+                        waiter.confirmed();
+                    }
+                }
                 frame = queue.recv() => {
                     let Some(frame) = frame else { return End::Shutdown };
-                    if let Err(e) = write(client, "relay", Payload::Binary(frame.clone())).await {
-                        *unsent = Some(frame);
+                    if let Err(e) = self.send(client, frame, unsent, pending).await {
                         return End::Lost(e);
                     }
-                    self.out.inc();
                     probe.reset();
                 }
                 _ = probe.tick() => {
@@ -341,6 +402,26 @@ impl Link {
                 }
             }
         }
+    }
+
+    /// Writes one frame; a frame whose write failed is kept in `unsent`.
+    async fn send(
+        &self,
+        client: &Client,
+        frame: Frame,
+        unsent: &mut Option<Frame>,
+        pending: &mut AHashMap<Arc<str>, Arc<Waiter>>,
+    ) -> Result<(), LinkError> {
+        let (event, payload) = frame.payload();
+        if let Err(e) = write(client, event, payload).await {
+            *unsent = Some(frame);
+            return Err(e);
+        }
+        self.out.inc();
+        if let Some(waiter) = frame.waiter {
+            pending.insert(frame.id, waiter);
+        }
+        Ok(())
     }
 
     fn set_up(&self, node: Option<String>) {
@@ -369,13 +450,21 @@ impl Link {
     }
 }
 
+/// What rust_socketio's callbacks hand the link task: control events, and
+/// the ids the peer says it holds (`held`, as many as frames in flight).
+struct PeerEvents {
+    control: mpsc::Receiver<PeerEvent>,
+    held: mpsc::Receiver<String>,
+}
+
 /// Connects to the peer's `/cluster` namespace and waits for its answer:
 /// `welcome` when the secret was accepted, a connect error when refused.
 async fn dial(
     settings: &LinkSettings,
     shutdown: &CancellationToken,
-) -> Result<(Client, mpsc::Receiver<PeerEvent>, Option<String>), LinkError> {
+) -> Result<(Client, PeerEvents, Option<String>), LinkError> {
     let (tx, mut events) = mpsc::channel(EVENT_QUEUE);
+    let (on_held, held) = mpsc::channel(settings.queue.max(1));
     let on_welcome = tx.clone();
     let on_error = tx.clone();
     let on_close = tx;
@@ -387,6 +476,16 @@ async fn dial(
             // A full channel only loses a duplicate signal: the task is
             // already handling an earlier one.
             let _ = on_welcome.try_send(PeerEvent::Welcome(welcome_node(&payload)));
+            async {}.boxed()
+        })
+        .on("held", move |payload, _| {
+            // A full channel loses a confirmation: that publish then waits
+            // for another peer, or times out unconfirmed.
+            if let Payload::Text(values) = &payload
+                && let Some(id) = values.first().and_then(|v| v.as_str())
+            {
+                let _ = on_held.try_send(id.to_owned());
+            }
             async {}.boxed()
         })
         .on(Event::Error, move |payload, _| {
@@ -408,7 +507,9 @@ async fn dial(
     let answer = tokio::select! {
         _ = shutdown.cancelled() => LinkError::ShuttingDown,
         answer = tokio::time::timeout(CONNECT_TIMEOUT, events.recv()) => match answer {
-            Ok(Some(PeerEvent::Welcome(node))) => return Ok((client, events, node)),
+            Ok(Some(PeerEvent::Welcome(node))) => {
+                return Ok((client, PeerEvents { control: events, held }, node));
+            }
             Ok(Some(PeerEvent::Error(text))) => match text.strip_prefix(CONNECT_ERROR) {
                 Some(refusal) => LinkError::Refused(refusal_message(refusal)),
                 None => LinkError::Transport(text),

@@ -1,0 +1,37 @@
+//! A node's shutdown waits for its cluster backend: once
+//! `RunningNode::shutdown` returns, every mesh link task has finished.
+
+use std::time::Duration;
+
+use stickyio_node::{Cluster, Node};
+use stickyio_shared::config::node::NodeConfig;
+use tokio::time::timeout;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn shutdown_joins_every_mesh_link() {
+    // A port freed on an address no other test binds: refused, every time.
+    let gone = tokio::net::TcpListener::bind("127.78.0.1:0").await.unwrap();
+    let peer = format!("http://{}", gone.local_addr().unwrap());
+    drop(gone);
+    let toml = format!(
+        "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nname = \"node-a\"\n[cluster]\n\
+         host = \"http://node-a.invalid:3001\"\nstandalone = false\ncluster_nodes = [\"{peer}\"]\n\
+         secret = \"s\"\nretry_interval = \"100ms\"\n"
+    );
+    let config: NodeConfig = stickyio_shared::config::parse(&toml, "node.toml").unwrap();
+    let node = timeout(WAIT, Node::bind(config)).await.unwrap().unwrap();
+    let Cluster::Mesh(mesh) = node.cluster().clone() else {
+        panic!("a clustered node.toml with the default backend runs the mesh");
+    };
+    // Let the link fail a dial or two, so it is between retries.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    timeout(WAIT, node.shutdown()).await.unwrap().unwrap();
+    let link = &mesh.status().peers[0].link;
+    assert_eq!(
+        link.last_error.as_deref(),
+        Some("this node is shutting down"),
+        "the link task ran to its end before shutdown returned: {link:?}"
+    );
+}
