@@ -89,6 +89,7 @@ impl Topology {
                     name: n.name.clone(),
                     addr: n.listen.to_string(),
                     weight: 1,
+                    check_port: None,
                 })
                 .collect();
         }

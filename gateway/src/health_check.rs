@@ -97,12 +97,12 @@ async fn check(upstream: &Arc<Upstream>, health: &HealthConfig) -> CheckResult {
 async fn probe(upstream: &Arc<Upstream>, health: &HealthConfig) -> Result<(), String> {
     if health.check == CheckKind::Tcp {
         return upstream
-            .dial()
+            .dial_check()
             .await
             .map(drop)
             .map_err(|e| format!("connect: {e}"));
     }
-    let mut conn = NodeConn::connect(upstream)
+    let mut conn = NodeConn::connect_check(upstream)
         .await
         .map_err(|e| e.to_string())?;
     let request = format!(

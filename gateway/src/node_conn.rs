@@ -52,7 +52,19 @@ pub struct NodeConn {
 
 impl NodeConn {
     pub async fn connect(node: &Arc<Upstream>) -> Result<NodeConn, NodeError> {
-        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, node.dial()).await {
+        Self::opened(node, node.dial()).await
+    }
+
+    /// A connection for a health check (to `check_port` when set).
+    pub async fn connect_check(node: &Arc<Upstream>) -> Result<NodeConn, NodeError> {
+        Self::opened(node, node.dial_check()).await
+    }
+
+    async fn opened(
+        node: &Arc<Upstream>,
+        dial: impl std::future::Future<Output = io::Result<TcpStream>>,
+    ) -> Result<NodeConn, NodeError> {
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, dial).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => return Err(NodeError::Connect(e)),
             Err(_) => return Err(NodeError::ConnectTimeout),

@@ -26,6 +26,8 @@ pub struct Upstream {
     pub addr: String,
     /// `addr` when it is an IP literal: connected to without a DNS lookup.
     socket: Option<SocketAddr>,
+    /// Where health checks go when not to `addr` (`nodes[].check_port`).
+    check_addr: Option<String>,
     weight: AtomicU32,
     /// The active checks pass (by `rise`/`fall`).
     checks_pass: AtomicBool,
@@ -74,6 +76,13 @@ impl Upstream {
             name: entry.name.clone(),
             addr: entry.addr.clone(),
             socket: entry.addr.parse().ok(),
+            check_addr: entry.check_port.map(|port| {
+                let host = entry
+                    .addr
+                    .rsplit_once(':')
+                    .map_or(entry.addr.as_str(), |(h, _)| h);
+                format!("{host}:{port}")
+            }),
             weight: AtomicU32::new(entry.weight),
             checks_pass: AtomicBool::new(true),
             ejected: AtomicBool::new(false),
@@ -91,10 +100,20 @@ impl Upstream {
             name: name.to_owned(),
             addr: addr.to_owned(),
             weight: 1,
+            check_port: None,
         };
         let node = Upstream::new(&entry, metrics);
         node.draining.store(true, Ordering::Relaxed);
         node
+    }
+
+    /// Opens the TCP connection a health check uses: to `check_port` when
+    /// set, else as [`Upstream::dial`].
+    pub async fn dial_check(&self) -> std::io::Result<tokio::net::TcpStream> {
+        match &self.check_addr {
+            Some(addr) => tokio::net::TcpStream::connect(addr.as_str()).await,
+            None => self.dial().await,
+        }
     }
 
     /// Opens a TCP connection to the node (resolving `addr` if it is a name).

@@ -454,7 +454,13 @@ async fn replicas_that_disagree_on_a_nodes_health_both_serve_its_sessions() {
     let all: Vec<&RunningNode> = pool.iter().collect();
     let strict = "[health]\npath = \"/readyz\"\nexpect_status = \"200-299\"\npanic_threshold = 0\n";
     // `[health]` comes once: the strict replica's replaces the tests' default.
-    let strict_toml = replica_toml(&all).replace("[health]\n", strict);
+    // Its checks go to each node's admin listener, where `/readyz` lives.
+    let mut strict_toml = replica_toml(&all).replace("[health]\n", strict);
+    for node in &all {
+        let entry = format!("addr = \"{}\"\n", node.local_addr());
+        let with_check = format!("{entry}check_port = {}\n", node.admin_addr().port());
+        strict_toml = strict_toml.replace(&entry, &with_check);
+    }
     let replicas = Replicas::start("health", [strict_toml, replica_toml(&all)]).await;
     let healthy = |nodes: Vec<Value>| {
         nodes

@@ -238,6 +238,11 @@ pub struct NodeEntry {
     /// Relative share of clients.
     #[serde(default = "defaults::weight")]
     pub weight: u32,
+    /// Health checks go to this port of the node's host instead of `addr`'s
+    /// (HAProxy's `check port`): a stickyio node's admin listener, whose
+    /// `/readyz` says whether it is linked to its peers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_port: Option<u16>,
 }
 
 impl Default for HealthConfig {
@@ -720,7 +725,8 @@ weight = 1
             vec![NodeEntry {
                 name: "node-a".into(),
                 addr: "127.0.0.1:3001".into(),
-                weight: 1
+                weight: 1,
+                check_port: None,
             }]
         );
     }
