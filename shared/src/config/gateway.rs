@@ -784,7 +784,10 @@ weight = 1
         let e = err(&NODES.replace("127.0.0.1:2", "http://x:2"));
         assert!(e.contains("is not host:port (bad host name)"), "{e}");
         let e = err(&NODES.replace("name = \"b\"", "name = \"b c\""));
-        assert!(e.contains("`nodes[1].name`: must be 1 to 255 bytes, without spaces"), "{e}");
+        assert!(
+            e.contains("`nodes[1].name`: must be 1 to 255 bytes, without spaces"),
+            "{e}"
+        );
         // A route tag carries the name behind a one-byte length.
         let long = format!("name = \"{}\"", "b".repeat(256));
         let e = err(&NODES.replace("name = \"b\"", &long));
