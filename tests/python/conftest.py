@@ -140,7 +140,7 @@ class Pool:
         (tmp / "mesh.secret").write_text("python-tests-mesh-secret-0123456789\n")
         for name, port in self.ports.items():
             (tmp / f"{name}.toml").write_text(
-                f'listen = "127.0.0.1:{port}"\nname = "{name}"\n'
+                f'listen = "127.0.0.1:{port}"\nadmin = "127.0.0.1:0"\nname = "{name}"\n'
                 f'[cluster]\nhost = "http://127.0.0.1:{port}"\nstandalone = false\n'
                 f"cluster_nodes = {json.dumps(urls)}\n"
                 'secret_file = "mesh.secret"\nretry_interval = "500ms"\n'
