@@ -502,19 +502,7 @@ impl GatewayConfig {
     /// The admin listener can reload the config and reveals the topology:
     /// off loopback it needs a token, unless explicitly opened.
     fn validate_admin(&self) -> Result<(), Violation> {
-        if self.admin_token.is_some() && self.admin_token_file.is_some() {
-            return Err(Violation::new(
-                "admin_token_file",
-                "set either `admin_token` or `admin_token_file`, not both",
-            ));
-        }
-        if self
-            .admin_token
-            .as_ref()
-            .is_some_and(|t| t.expose().trim().is_empty())
-        {
-            return Err(Violation::new("admin_token", "must not be empty"));
-        }
+        super::check_admin_token(self.admin_token.as_ref(), self.admin_token_file.as_deref())?;
         let token_set = self.admin_token.is_some()
             || self.admin_token_file.is_some()
             || std::env::var(ADMIN_TOKEN_ENV).is_ok_and(|t| !t.is_empty());
