@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, Duration, Validate, Violation};
+use super::{ConfigError, Duration, Validate, Violation, has_blank};
 use crate::secret::{self, Secret, SecretError};
 
 /// Environment variable that can carry the admin token instead of the file.
@@ -638,11 +638,6 @@ impl NodeEntry {
         }
         Ok(())
     }
-}
-
-/// Whitespace or control characters, which no name or path may hold.
-fn has_blank(s: &str) -> bool {
-    s.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 /// `host:port` with a DNS name, an IPv4 address or a bracketed IPv6 address.

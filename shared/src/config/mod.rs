@@ -92,6 +92,12 @@ pub(crate) fn check_admin_token(
     Ok(())
 }
 
+/// Whitespace or control characters, which no name or path may hold: the
+/// one rule for node names (gateway and node) and paths.
+pub(crate) fn has_blank(s: &str) -> bool {
+    s.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
 /// Reads and validates a config file.
 pub fn load<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {

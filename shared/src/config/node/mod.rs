@@ -229,12 +229,7 @@ impl NodeConfig {
 }
 impl Validate for NodeConfig {
     fn validate(&self) -> Result<(), Violation> {
-        if self.name.is_empty()
-            || self
-                .name
-                .chars()
-                .any(|c| c.is_control() || c.is_whitespace())
-        {
+        if self.name.is_empty() || super::has_blank(&self.name) {
             return Err(Violation::new(
                 "name",
                 "must be non-empty, without spaces or control characters",
