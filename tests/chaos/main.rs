@@ -65,7 +65,11 @@ fn source(i: usize) -> Ipv4Addr {
 /// One injected failure.
 struct Fault {
     node: String,
+    /// Just before the signal was sent.
     at: Instant,
+    /// Once the signal was delivered: between `at` and `done` the node may
+    /// still have acked a publish, and its ack reached the client later.
+    done: Instant,
     /// Clients on `node` when it failed.
     affected: Vec<usize>,
 }
@@ -95,9 +99,17 @@ impl Run {
         self.faults.push(Fault {
             node: node.to_owned(),
             at,
+            done: at,
             affected,
         });
         at
+    }
+
+    /// Marks the last fault as in effect; call it once the signal is sent.
+    fn fault_done(&mut self) {
+        if let Some(fault) = self.faults.last_mut() {
+            fault.done = Instant::now();
+        }
     }
 
     /// Waits until every client affected by the last fault has a session on
@@ -220,6 +232,7 @@ async fn chaos_under_load() {
     // The snapshot of who is where comes first: a kill ends sessions at once.
     run.fault("node-b");
     cluster.node("node-b").kill();
+    run.fault_done();
     let storm = reload_storm(&cluster, 10, 5, reload_pause);
     let (killed_recovery, (acc1, ref1)) =
         tokio::join!(run.recovered(bound + RECOVERY_SLACK), storm);
@@ -230,6 +243,7 @@ async fn chaos_under_load() {
     // Fault 2: SIGSTOP node-c for `freeze`, then SIGCONT.
     run.fault("node-c");
     cluster.node("node-c").signal("-STOP");
+    run.fault_done();
     let storm = reload_storm(&cluster, 10, 3, reload_pause);
     let (frozen_recovery, (acc2, ref2)) = tokio::join!(
         async {
@@ -355,7 +369,7 @@ async fn chaos_under_load() {
             let failing = run.faults.iter().any(|f| {
                 f.node == p.origin
                     && p.acked_at + IN_FLIGHT_WINDOW >= f.at
-                    && p.sent_at <= f.at + IN_FLIGHT_WINDOW
+                    && p.sent_at <= f.done + IN_FLIGHT_WINDOW
             });
             if failing && !unresumable {
                 held_elsewhere += 1;
@@ -399,16 +413,28 @@ async fn chaos_under_load() {
             if record.received.contains_key(&p.id) {
                 continue;
             }
+            // Sent before the fault took effect, acked at most the window
+            // before it: the node may have failed before relaying it. Its
+            // ack can reach the client after `done`, from the socket buffer.
             let in_flight = run.faults.iter().any(|f| {
-                f.node == p.origin && p.acked_at <= f.at && f.at - p.acked_at <= IN_FLIGHT_WINDOW
+                f.node == p.origin && p.sent_at <= f.done && p.acked_at + IN_FLIGHT_WINDOW >= f.at
             });
             assert!(
                 in_flight,
-                "healthy client {i} never got {} (topic {}, acked by {} at {:?} after start; deliveries dropped by nodes: {dropped:?})",
+                "healthy client {i} never got {} (topic {}, sent at {:?}, acked by {} at {:?} after start; faults (node, from, to) {:?}; deliveries dropped by nodes: {dropped:?})",
                 p.id,
                 p.topic,
+                p.sent_at.saturating_duration_since(started),
                 p.origin,
-                p.acked_at - started.min(p.acked_at)
+                p.acked_at.saturating_duration_since(started),
+                run.faults
+                    .iter()
+                    .map(|f| (
+                        f.node.as_str(),
+                        f.at.saturating_duration_since(started),
+                        f.done.saturating_duration_since(started)
+                    ))
+                    .collect::<Vec<_>>()
             );
             lost_in_flight += 1;
         }
