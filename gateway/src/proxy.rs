@@ -83,7 +83,7 @@ pub async fn handle(
         Some(tagged) => router::session(&snapshot, ip, state.session_node(&snapshot, tagged)),
         None => router::route(&snapshot, ip),
     };
-    if route.candidates.is_empty() {
+    if route.node().is_none() {
         state.metrics.rejected("no_healthy_node");
         return Ok(body::error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -162,10 +162,10 @@ impl Exchange<'_> {
         upgrade: Option<OnUpgrade>,
         query: &EngineQuery,
         session: Option<&Tagged>,
-        route: &Route,
+        route: &Route<'_>,
         mut turn: Option<Turn>,
     ) -> Response<Body> {
-        let (candidates, pinned) = (&route.candidates, route.reason == Reason::Session);
+        let pinned = route.reason == Reason::Session;
         let (mut parts, body) = req.into_parts();
         let protocol = parts.headers.get(UPGRADE).cloned();
         let client_chunked = parts.headers.contains_key(TRANSFER_ENCODING);
@@ -188,7 +188,7 @@ impl Exchange<'_> {
             parts.headers.remove(SEC_WEBSOCKET_EXTENSIONS);
         }
         if !parts.headers.contains_key(HOST)
-            && let Some(first) = candidates.first()
+            && let Some(first) = route.node()
             && let Ok(host) = HeaderValue::from_str(&first.addr)
         {
             parts.headers.insert(HOST, host);
@@ -245,7 +245,7 @@ impl Exchange<'_> {
         let mut upgrade = upgrade;
         let mut errors = Vec::new();
         let bodyless = body.is_none() && framing == RequestBody::None;
-        for upstream in candidates {
+        for upstream in route.candidates() {
             let retryable = bodyless && !pinned;
             let outgoing = Outgoing {
                 method: &parts.method,

@@ -21,11 +21,13 @@ use stickyio_shared::placement::{self, ClientKey};
 
 use crate::upstream::{Snapshot, Upstream};
 
-pub struct Route {
+/// A route borrows the nodes of the snapshot it was made from: placing a
+/// client then costs no reference-count traffic for each node. A session's
+/// node may be outside the snapshot (draining, unlisted), so it is owned.
+pub struct Route<'s> {
     pub key: ClientKey,
-    /// Nodes to try, best first: the session's node alone, or the healthy
-    /// nodes in rendezvous order. Empty when no node can take the request.
-    pub candidates: Vec<Arc<Upstream>>,
+    session: Option<Arc<Upstream>>,
+    ranked: Vec<&'s Arc<Upstream>>,
     pub reason: Reason,
 }
 
@@ -68,18 +70,21 @@ impl fmt::Display for Reason {
     }
 }
 
-impl Route {
+impl Route<'_> {
+    /// Nodes to try, best first: the session's node alone, or the healthy
+    /// nodes in rendezvous order. None when no node can take the request.
+    pub fn candidates(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.session.iter().chain(self.ranked.iter().copied())
+    }
+
     pub fn node(&self) -> Option<&Arc<Upstream>> {
-        self.candidates.first()
+        self.candidates().next()
     }
 }
 
 /// The rendezvous ranking of every node of `snapshot` for `key`.
-pub fn ranking(snapshot: &Snapshot, key: &ClientKey) -> Vec<Arc<Upstream>> {
+pub fn ranking<'s>(snapshot: &'s Snapshot, key: &ClientKey) -> Vec<&'s Arc<Upstream>> {
     placement::rank(key, &snapshot.nodes, |n| (n.name.as_str(), n.weight()))
-        .into_iter()
-        .cloned()
-        .collect()
 }
 
 pub fn client_key(snapshot: &Snapshot, ip: IpAddr) -> ClientKey {
@@ -96,24 +101,26 @@ pub fn fail_open(snapshot: &Snapshot) -> Option<(usize, usize)> {
 }
 
 /// A request of a session on `node`: it goes there and nowhere else.
-pub fn session(snapshot: &Snapshot, ip: IpAddr, node: Arc<Upstream>) -> Route {
+pub fn session(snapshot: &Snapshot, ip: IpAddr, node: Arc<Upstream>) -> Route<'static> {
     Route {
         key: client_key(snapshot, ip),
-        candidates: vec![node],
+        session: Some(node),
+        ranked: Vec::new(),
         reason: Reason::Session,
     }
 }
 
 /// Places a new client from `ip`.
-pub fn route(snapshot: &Snapshot, ip: IpAddr) -> Route {
+pub fn route(snapshot: &Snapshot, ip: IpAddr) -> Route<'_> {
     let key = client_key(snapshot, ip);
     let ranked = ranking(snapshot, &key);
     if let Some((healthy, total)) = fail_open(snapshot) {
-        let live: Vec<Arc<Upstream>> = ranked.iter().filter(|n| !n.is_ejected()).cloned().collect();
+        let live: Vec<_> = ranked.iter().filter(|n| !n.is_ejected()).copied().collect();
         return Route {
             key,
+            session: None,
             // Every node refused a connection: try them all once more.
-            candidates: if live.is_empty() { ranked } else { live },
+            ranked: if live.is_empty() { ranked } else { live },
             reason: Reason::FailOpen { healthy, total },
         };
     }
@@ -122,7 +129,7 @@ pub fn route(snapshot: &Snapshot, ip: IpAddr) -> Route {
         .take_while(|n| !n.is_healthy())
         .map(|n| n.name.clone())
         .collect();
-    let candidates: Vec<Arc<Upstream>> = ranked.into_iter().filter(|n| n.is_healthy()).collect();
+    let candidates: Vec<_> = ranked.into_iter().filter(|n| n.is_healthy()).collect();
     let reason = match (candidates.is_empty(), down.is_empty()) {
         (true, _) => Reason::NoHealthyNode { down },
         (false, true) => Reason::FirstChoice,
@@ -130,7 +137,8 @@ pub fn route(snapshot: &Snapshot, ip: IpAddr) -> Route {
     };
     Route {
         key,
-        candidates,
+        session: None,
+        ranked: candidates,
         reason,
     }
 }
@@ -149,8 +157,8 @@ mod tests {
         Registry::default().initial(config, &Metrics::default())
     }
 
-    fn names(route: &Route) -> Vec<&str> {
-        route.candidates.iter().map(|n| n.name.as_str()).collect()
+    fn names<'a>(route: &'a Route<'_>) -> Vec<&'a str> {
+        route.candidates().map(|n| n.name.as_str()).collect()
     }
 
     #[test]

@@ -54,23 +54,23 @@ impl ClientKey {
         self.prefix
     }
 
-    /// Hash input for one node: a family tag, the masked address bytes, then
-    /// the node name's UTF-8 bytes. The tag fixes the address length, so the
-    /// concatenation is unambiguous.
-    fn message(&self, node: &str) -> Vec<u8> {
-        let mut m = Vec::with_capacity(17 + node.len());
+    /// The hash state after this key's part of every node's hash input: a
+    /// family tag and the masked address bytes. The name's UTF-8 bytes
+    /// follow; the tag fixes the address length, so the concatenation is
+    /// unambiguous. Computed once per ranking, not once per node.
+    fn hasher(&self) -> Sip24 {
+        let mut h = Sip24::new(&KEY);
         match self.network {
             IpAddr::V4(v4) => {
-                m.push(4);
-                m.extend_from_slice(&v4.octets());
+                h.write(&[4]);
+                h.write(&v4.octets());
             }
             IpAddr::V6(v6) => {
-                m.push(6);
-                m.extend_from_slice(&v6.octets());
+                h.write(&[6]);
+                h.write(&v6.octets());
             }
         }
-        m.extend_from_slice(node.as_bytes());
-        m
+        h
     }
 }
 
@@ -91,7 +91,14 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
 
 /// The 64-bit placement hash of `(key, node)`: SipHash-2-4 keyed with [`KEY`].
 pub fn hash(key: &ClientKey, node: &str) -> u64 {
-    siphash24(&KEY, &key.message(node))
+    node_hash(key.hasher(), node)
+}
+
+/// Streamed from the key's state, not concatenated into a buffer: no
+/// allocation per node on the routing path of every new client.
+fn node_hash(mut key_state: Sip24, node: &str) -> u64 {
+    key_state.write(node.as_bytes());
+    key_state.finish()
 }
 
 /// Rendezvous score of a node with `weight` for `key`; the highest wins.
@@ -100,8 +107,12 @@ pub fn hash(key: &ClientKey, node: &str) -> u64 {
 /// the logarithmic method: a node's share of keys is proportional to its
 /// weight, and adding or removing one node moves only that node's share.
 pub fn score(key: &ClientKey, node: &str, weight: u32) -> f64 {
+    score_of(hash(key, node), weight)
+}
+
+fn score_of(hash: u64, weight: u32) -> f64 {
     // 53 high bits and a half-step offset: exactly representable, never 0 or 1.
-    let u = ((hash(key, node) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    let u = ((hash >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
     -f64::from(weight) / u.ln()
 }
 
@@ -113,46 +124,77 @@ pub fn rank<'a, T>(
     nodes: &'a [T],
     name_weight: impl Fn(&T) -> (&str, u32),
 ) -> Vec<&'a T> {
-    let mut scored: Vec<(f64, &str, &'a T)> = nodes
+    let key_state = key.hasher();
+    // Scores are never negative (nor NaN), and the bits of non-negative
+    // floats order as the floats do: integer compares sort faster.
+    let mut scored: Vec<(u64, &str, &'a T)> = nodes
         .iter()
         .map(|n| {
             let (name, weight) = name_weight(n);
-            (score(key, name, weight), name, n)
+            let hash = node_hash(key_state.clone(), name);
+            (score_of(hash, weight).to_bits(), name, n)
         })
         .collect();
-    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+    scored.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
     scored.into_iter().map(|(_, _, n)| n).collect()
 }
 
-/// SipHash-2-4 (Aumasson and Bernstein, 2012) of `data` under a 128-bit key.
-fn siphash24(key: &[u8; 16], data: &[u8]) -> u64 {
-    let word = |b: &[u8]| {
-        let mut w = [0u8; 8];
-        w[..b.len()].copy_from_slice(b);
-        u64::from_le_bytes(w)
-    };
-    let (k0, k1) = (word(&key[..8]), word(&key[8..]));
-    let mut v = [
-        k0 ^ 0x736f_6d65_7073_6575,
-        k1 ^ 0x646f_7261_6e64_6f6d,
-        k0 ^ 0x6c79_6765_6e65_7261,
-        k1 ^ 0x7465_6462_7974_6573,
-    ];
-    let chunks = data.chunks_exact(8);
-    let tail = chunks.remainder();
-    for chunk in chunks {
-        let m = word(chunk);
-        v[3] ^= m;
-        sip_rounds(&mut v, 2);
-        v[0] ^= m;
+/// SipHash-2-4 (Aumasson and Bernstein, 2012) over input fed in pieces:
+/// the hash of their concatenation.
+#[derive(Clone)]
+struct Sip24 {
+    v: [u64; 4],
+    /// Bytes not yet compressed (fewer than 8), little-endian in the low bits.
+    tail: u64,
+    tail_len: usize,
+    /// Total input length; only its low byte enters the hash.
+    len: usize,
+}
+
+impl Sip24 {
+    fn new(key: &[u8; 16]) -> Sip24 {
+        let word = |half: &[u8]| half.iter().rev().fold(0, |w, &b| w << 8 | u64::from(b));
+        let (k0, k1) = (word(&key[..8]), word(&key[8..]));
+        Sip24 {
+            v: [
+                k0 ^ 0x736f_6d65_7073_6575,
+                k1 ^ 0x646f_7261_6e64_6f6d,
+                k0 ^ 0x6c79_6765_6e65_7261,
+                k1 ^ 0x7465_6462_7974_6573,
+            ],
+            tail: 0,
+            tail_len: 0,
+            len: 0,
+        }
     }
-    let last = word(tail) | ((data.len() as u64 & 0xff) << 56);
-    v[3] ^= last;
-    sip_rounds(&mut v, 2);
-    v[0] ^= last;
-    v[2] ^= 0xff;
-    sip_rounds(&mut v, 4);
-    v[0] ^ v[1] ^ v[2] ^ v[3]
+
+    /// A byte at a time: inputs here are a few bytes of address and a node
+    /// name, and this measured fewer instructions than word-wise copying.
+    fn write(&mut self, data: &[u8]) {
+        self.len = self.len.wrapping_add(data.len());
+        for &byte in data {
+            self.tail |= u64::from(byte) << (8 * self.tail_len);
+            self.tail_len += 1;
+            if self.tail_len == 8 {
+                self.compress(self.tail);
+                (self.tail, self.tail_len) = (0, 0);
+            }
+        }
+    }
+
+    fn compress(&mut self, m: u64) {
+        self.v[3] ^= m;
+        sip_rounds(&mut self.v, 2);
+        self.v[0] ^= m;
+    }
+
+    fn finish(mut self) -> u64 {
+        let last = self.tail | ((self.len as u64 & 0xff) << 56);
+        self.compress(last);
+        self.v[2] ^= 0xff;
+        sip_rounds(&mut self.v, 4);
+        self.v[0] ^ self.v[1] ^ self.v[2] ^ self.v[3]
+    }
 }
 
 fn sip_rounds(v: &mut [u64; 4], rounds: usize) {
@@ -202,6 +244,12 @@ mod tests {
             .collect()
     }
 
+    fn siphash24(key: &[u8; 16], data: &[u8]) -> u64 {
+        let mut h = Sip24::new(key);
+        h.write(data);
+        h.finish()
+    }
+
     #[test]
     fn siphash_matches_the_reference_vectors() {
         // From the SipHash paper, appendix A, and the reference implementation's vectors.
@@ -211,6 +259,25 @@ mod tests {
         assert_eq!(siphash24(&key, &[]), 0x726f_db47_dd0e_0e31);
         let msg: Vec<u8> = (0..8).collect();
         assert_eq!(siphash24(&key, &msg), 0x93f5_f579_9a93_2462);
+    }
+
+    #[test]
+    fn siphash_of_pieces_is_the_hash_of_their_concatenation() {
+        let key: [u8; 16] = std::array::from_fn(|i| i as u8);
+        let msg: Vec<u8> = (0..40).collect();
+        for split in 0..=msg.len() {
+            for second in split..=msg.len() {
+                let mut h = Sip24::new(&key);
+                h.write(&msg[..split]);
+                h.write(&msg[split..second]);
+                h.write(&msg[second..]);
+                assert_eq!(
+                    h.finish(),
+                    siphash24(&key, &msg),
+                    "split at {split}, {second}"
+                );
+            }
+        }
     }
 
     #[test]
