@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use stickyio_node::Node;
 use stickyio_shared::config::node::NodeConfig;
-use tokio::time::sleep;
+use stickyio_testkit::eventually;
 
 /// Log lines, captured for one test.
 #[derive(Clone, Default)]
@@ -52,12 +52,10 @@ async fn by_default_a_failed_dial_is_retried_every_five_seconds() {
         .finish();
     tracing::subscriber::set_global_default(subscriber).unwrap();
     let node = Node::bind(config).await.unwrap();
-    for _ in 0..100 {
-        if logs.text().contains("Waiting 5s before retrying") {
-            break;
-        }
-        sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the node says when it retries", || {
+        std::future::ready(logs.text().contains("Waiting 5s before retrying"))
+    })
+    .await;
     let text = logs.text();
     assert!(text.contains("Waiting 5s before retrying"), "{text}");
     assert!(
