@@ -1,17 +1,18 @@
 //! A node's shutdown waits for its cluster backend: once
 //! `RunningNode::shutdown` returns, every mesh link task has finished.
 
+use std::net::Ipv4Addr;
+
 use stickyio_node::{Cluster, Node};
 use stickyio_shared::config::node::NodeConfig;
+use stickyio_testkit::net::refused_url;
 use stickyio_testkit::{TIMEOUT as WAIT, eventually};
 use tokio::time::timeout;
 
 #[tokio::test]
 async fn shutdown_joins_every_mesh_link() {
-    // A port freed on an address no other test binds: refused, every time.
-    let gone = tokio::net::TcpListener::bind("127.78.0.1:0").await.unwrap();
-    let peer = format!("http://{}", gone.local_addr().unwrap());
-    drop(gone);
+    // An address no other test of this binary binds.
+    let peer = refused_url(Ipv4Addr::new(127, 78, 0, 1));
     let toml = format!(
         "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nname = \"node-a\"\n[cluster]\n\
          host = \"http://node-a.invalid:3001\"\nstandalone = false\ncluster_nodes = [\"{peer}\"]\n\

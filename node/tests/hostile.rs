@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use stickyio_testkit::polling::SEP;
 use stickyio_testkit::websocket::subscribe_over_websocket;
-use stickyio_testkit::{ChildProcess, TIMEOUT, TempDir, eventually, free_ports};
+use stickyio_testkit::{ChildProcess, PollingSession, TIMEOUT, TempDir, eventually, free_ports};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -82,49 +82,12 @@ impl NodeProcess {
         )
     }
 
-    /// Handshake and namespace connect over polling; the sid.
+    /// Handshake and namespace connect over polling, by the kit's client;
+    /// the sid.
     async fn session(&self, source: Ipv4Addr) -> Result<String, String> {
-        let http = self.http(source);
-        let open = http
-            .get(self.url(""))
-            .send()
+        PollingSession::open(source, self.addr)
             .await
-            .map_err(|e| e.to_string())?;
-        if !open.status().is_success() {
-            return Err(format!("handshake: {}", open.status()));
-        }
-        let body = open.text().await.map_err(|e| e.to_string())?;
-        let json: serde_json::Value = serde_json::from_str(body.trim_start_matches('0'))
-            .map_err(|e| format!("{body}: {e}"))?;
-        let sid = json["sid"].as_str().ok_or("no sid")?.to_owned();
-        let sid_query = format!("&sid={sid}");
-        let posted = http
-            .post(self.url(&sid_query))
-            .body("40")
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        if !posted.status().is_success() {
-            return Err(format!("connect: {}", posted.status()));
-        }
-        // The connect answer, perhaps after a ping (answered).
-        for _ in 0..3 {
-            let polled = http
-                .get(self.url(&sid_query))
-                .send()
-                .await
-                .map_err(|e| e.to_string())?
-                .text()
-                .await
-                .map_err(|e| e.to_string())?;
-            if polled.split(SEP).any(|p| p.starts_with("40{")) {
-                return Ok(sid);
-            }
-            if polled.split(SEP).any(|p| p == "2") {
-                let _ = http.post(self.url(&sid_query)).body("3").send().await;
-            }
-        }
-        Err("no namespace connect in 3 polls".into())
+            .map(|session| session.sid)
     }
 
     async fn serves_real_clients(&self, first: u8) {

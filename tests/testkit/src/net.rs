@@ -40,3 +40,12 @@ pub async fn connect_from(source: Ipv4Addr, target: SocketAddr) -> std::io::Resu
         .await
         .map_err(|_| std::io::Error::other("connect timed out"))?
 }
+
+/// `http://` and a port just freed on `ip`: connecting is refused, every
+/// time, as long as no other test binds on `ip` (give each test its own).
+pub fn refused_url(ip: Ipv4Addr) -> String {
+    let gone = std::net::TcpListener::bind((ip, 0)).expect("bind a loopback port");
+    let url = format!("http://{}", gone.local_addr().expect("bound address"));
+    drop(gone);
+    url
+}
