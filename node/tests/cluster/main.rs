@@ -1,7 +1,10 @@
 //! The topic cluster end to end: real nodes in-process, rust_socketio clients
-//! on each, and what they receive when nodes publish, die, come back, lose
+//! on each, and what they receive when nodes publish, stop, come back, lose
 //! a link, or hold the wrong secret. Delivery is checked over both backends
 //! (the mesh, and Redis on a `redis-server` of the test's own) by one body.
+//!
+//! By concern: `delivery` (both backends), `mesh_faults`, `redis_faults`;
+//! here, what they share.
 
 mod delivery;
 mod forwarder;
