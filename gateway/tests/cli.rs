@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use support::TempDir;
+use support::{ChildProcess, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_stickyio-gateway");
 
@@ -87,14 +87,6 @@ fn wait_for(lines: &mpsc::Receiver<String>, text: &str) -> Option<String> {
     wait_for_within(lines, text, Duration::from_secs(10))
 }
 
-fn signal(child: &std::process::Child, which: &str) {
-    let sent = Command::new("kill")
-        .args([which, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success(), "kill {which}");
-}
-
 #[cfg(unix)]
 #[test]
 fn sighup_reloads_and_sigterm_stops_the_gateway_with_exit_code_zero() {
@@ -110,14 +102,15 @@ fn sighup_reloads_and_sigterm_stops_the_gateway_with_exit_code_zero() {
     .unwrap();
     let path = watched.path("gateway.toml");
     std::os::unix::fs::symlink(&target, &path).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["--log-json", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = log_lines(child.stdout.take().unwrap());
+    let mut child = ChildProcess::spawn(
+        Command::new(BIN)
+            .args(["--log-json", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped()),
+        "stickyio-gateway",
+    );
+    let lines = log_lines(child.child().stdout.take().unwrap());
     let line = wait_for(&lines, "gateway listening").expect("the gateway logs that it listens");
     assert!(
         serde_json::from_str::<serde_json::Value>(&line).is_ok(),
@@ -133,18 +126,11 @@ fn sighup_reloads_and_sigterm_stops_the_gateway_with_exit_code_zero() {
         wait_for_within(&lines, "config reloaded", Duration::from_millis(500)).is_none(),
         "the watcher must not see the target's directory"
     );
-    signal(&child, "-HUP");
+    child.signal("HUP");
     let line = wait_for(&lines, "config reloaded").expect("SIGHUP reloads the config");
     assert!(line.contains("reweighted"), "{line}");
 
-    signal(&child, "-TERM");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the gateway did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    child.signal("TERM");
+    let status = child.wait_exit();
     assert!(status.success(), "{status}");
 }

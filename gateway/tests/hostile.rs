@@ -6,29 +6,25 @@
 //! or a close, real clients keep being served, memory stays bounded, and the
 //! process never dies.
 
-#[path = "../../tests/hostile_support/mod.rs"]
-mod hostile_support;
-
 mod support;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use stickyio_node::Node;
 use stickyio_shared::config::node::NodeConfig;
+use stickyio_testkit::ChildProcess;
+use stickyio_testkit::websocket::subscribe_over_websocket;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const BIN: &str = env!("CARGO_BIN_EXE_stickyio-gateway");
-/// Growth of the gateway's resident memory any one attack may cause.
-const RSS_BOUND_KB: u64 = 96 * 1024;
 
 /// A gateway process; killed when dropped.
 struct GatewayProcess {
-    child: Child,
+    process: ChildProcess,
     addr: SocketAddr,
     _dir: TempDir,
 }
@@ -36,28 +32,20 @@ struct GatewayProcess {
 impl GatewayProcess {
     async fn start(tag: &str, nodes: &[(&str, SocketAddr)], limits: &str) -> Self {
         let dir = TempDir::new(tag);
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("reserve a port")
-            .port();
+        let port = free_port();
         let text = gateway_toml(nodes, "").replace(
             "listen = \"127.0.0.1:0\"",
             &format!("listen = \"127.0.0.1:{port}\""),
         ) + &format!("\n[limits]\n{limits}\n");
         let config = dir.path("gateway.toml");
         std::fs::write(&config, text).unwrap();
-        let child = Command::new(BIN)
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start stickyio-gateway");
+        let process = ChildProcess::spawn(
+            ChildProcess::quiet(BIN).arg("--config").arg(&config),
+            "stickyio-gateway",
+        );
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let gateway = GatewayProcess {
-            child,
+            process,
             addr,
             _dir: dir,
         };
@@ -70,14 +58,11 @@ impl GatewayProcess {
 
     /// Resident memory, in KiB.
     fn rss_kb(&self) -> u64 {
-        hostile_support::rss_kb(self.child.id())
+        self.process.rss_kb()
     }
 
     fn assert_alive(&mut self) {
-        assert!(
-            self.child.try_wait().expect("wait").is_none(),
-            "the gateway process died"
-        );
+        self.process.assert_running("the hostile clients");
     }
 
     /// A few full sessions from fresh addresses all succeed.
@@ -88,20 +73,6 @@ impl GatewayProcess {
                 .unwrap_or_else(|e| panic!("a real client was not served: {e}"));
         }
     }
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn assert_rss_bounded(before: u64, after: u64, what: &str) {
-    assert!(
-        after.saturating_sub(before) < RSS_BOUND_KB,
-        "{what}: gateway RSS grew from {before} KiB to {after} KiB"
-    );
 }
 
 /// Reads until the peer closes; what it sent. `None` if still open at `limit`.
@@ -131,8 +102,8 @@ async fn five_thousand_idle_connections_are_closed_and_real_clients_served_meanw
     }
     let opened = Instant::now();
     gw.serves_real_clients(0).await;
-    let during = gw.rss_kb();
-    assert_rss_bounded(before, during, "5,000 idle connections");
+    gw.process
+        .assert_rss_bounded(before, "5,000 idle connections");
     // Every idle connection is closed by the header read timeout.
     let mut reads = tokio::task::JoinSet::new();
     for mut stream in idle {
@@ -250,7 +221,8 @@ async fn slowloris_headers_and_slow_bodies_are_cut_off() {
         "{:?}",
         started.elapsed()
     );
-    assert_rss_bounded(before, gw.rss_kb(), "slowloris and slow bodies");
+    gw.process
+        .assert_rss_bounded(before, "slowloris and slow bodies");
     gw.serves_real_clients(30).await;
     gw.assert_alive();
     let _ = node.shutdown().await;
@@ -329,7 +301,8 @@ async fn header_floods_and_oversized_bodies_get_4xx_and_memory_stays_bounded() {
             );
         }
     }
-    assert_rss_bounded(before, gw.rss_kb(), "header floods and oversized bodies");
+    gw.process
+        .assert_rss_bounded(before, "header floods and oversized bodies");
     gw.serves_real_clients(40).await;
     gw.assert_alive();
     let _ = node.shutdown().await;
@@ -402,7 +375,7 @@ async fn websockets_keep_their_place_under_the_connection_limit() {
     let mut sockets = Vec::new();
     for i in 0..5 {
         let mut stream = connect_from(client_ip(80 + i), gw.addr).await.unwrap();
-        hostile_support::subscribe_over_websocket(&mut stream, "hostile.limit").await;
+        subscribe_over_websocket(&mut stream, "hostile.limit").await;
         sockets.push(stream);
     }
     let mut over = connect_from(client_ip(90), gw.addr).await.unwrap();
@@ -435,7 +408,7 @@ async fn a_websocket_client_that_never_reads_does_not_hold_up_others() {
     let before = gw.rss_kb();
     // The lazy client: a websocket that subscribes, then never reads.
     let mut lazy = connect_from(client_ip(70), gw.addr).await.unwrap();
-    hostile_support::subscribe_over_websocket(&mut lazy, "hostile.flood").await;
+    subscribe_over_websocket(&mut lazy, "hostile.flood").await;
     let mut watcher = PollingSession::open(client_ip(71), gw.addr).await.unwrap();
     let ack = watcher
         .emit_ack("subscribe", &serde_json::json!("hostile.flood"))
@@ -474,7 +447,8 @@ async fn a_websocket_client_that_never_reads_does_not_hold_up_others() {
         .expect("watcher")
         .expect("a reading subscriber keeps getting messages");
     assert_eq!(seen, 1000, "every message reached the reading subscriber");
-    assert_rss_bounded(before, gw.rss_kb(), "a client that never reads");
+    gw.process
+        .assert_rss_bounded(before, "a client that never reads");
     gw.serves_real_clients(80).await;
     gw.assert_alive();
     drop(lazy);

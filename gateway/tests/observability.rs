@@ -3,9 +3,6 @@
 //! running gateway or node (mesh and Redis backends), and `promtool` accepts
 //! the rules, passes their unit tests and accepts the scrape config.
 
-#[allow(dead_code)] // this binary only starts a server
-#[path = "../../node/tests/cluster_support/redis_server.rs"]
-mod redis_server;
 mod support;
 
 use std::collections::BTreeSet;
@@ -13,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use http::Method;
-use redis_server::RedisServer;
 use stickyio_gateway::Gateway;
+use stickyio_testkit::RedisServer;
 use support::*;
 
 fn observability_dir() -> PathBuf {
@@ -174,7 +171,7 @@ fn promtool_accepts_the_rules_their_tests_and_the_scrape_config() {
     for token in ["gateway-admin.token", "node-admin.token"] {
         std::fs::write(copy.path(token), "token\n").unwrap();
     }
-    promtool(&copy.0, &["check", "config", "prometheus.yml"]);
+    promtool(copy.dir(), &["check", "config", "prometheus.yml"]);
 }
 
 #[test]
@@ -187,7 +184,7 @@ fn a_bad_rule_fails_promtool() {
     .unwrap();
     let out = Command::new("promtool")
         .args(["check", "rules", "bad.yml"])
-        .current_dir(&copy.0)
+        .current_dir(copy.dir())
         .output()
         .expect("promtool runs");
     assert!(

@@ -4,15 +4,12 @@
 //! every message reaches every client exactly once, whichever node it was
 //! published on.
 
-#[allow(dead_code)] // this binary only starts a server
-#[path = "../../node/tests/cluster_support/redis_server.rs"]
-mod redis_server;
 mod support;
 
 use http::Method;
-use redis_server::RedisServer;
 use serde_json::{Value, json};
 use stickyio_gateway::Gateway;
+use stickyio_testkit::RedisServer;
 use support::*;
 
 const NAMES: [&str; 3] = ["node-a", "node-b", "node-c"];

@@ -9,7 +9,6 @@ use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
@@ -128,29 +127,21 @@ async fn the_admin_token_guards_every_endpoint_but_healthz_and_the_page() {
 /// `STICKYIO_ADMIN_TOKEN` (which would supply a token), and returns what it
 /// printed on stderr once it exits, as it must, with a failure.
 fn refused_start(config: &std::path::Path) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_stickyio-gateway"))
-        .arg("--config")
-        .arg(config)
-        .env_remove(stickyio_shared::config::gateway::ADMIN_TOKEN_ENV)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start stickyio-gateway");
-    let deadline = Instant::now() + TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the gateway started on {}", config.display());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let mut child = ChildProcess::spawn(
+        Command::new(env!("CARGO_BIN_EXE_stickyio-gateway"))
+            .arg("--config")
+            .arg(config)
+            .env_remove(stickyio_shared::config::gateway::ADMIN_TOKEN_ENV)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+        "stickyio-gateway",
+    );
+    // It exits by itself, refusing the config; one that serves is killed.
+    let status = child.wait_exit();
     let mut stderr = String::new();
     let _ = child
+        .child()
         .stderr
         .take()
         .map(|mut e| e.read_to_string(&mut stderr));

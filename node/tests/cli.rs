@@ -1,31 +1,20 @@
 //! The `stickyio-node` binary: `check` on good and bad configs, serving
 //! until SIGTERM with a clean exit, and reaching Redis over TLS.
 
-#[allow(dead_code)] // this binary only starts a server
-#[path = "cluster_support/redis_server.rs"]
-mod redis_server;
-
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use redis_server::RedisServer;
 use stickyio_shared::config::node::NodeConfig;
+use stickyio_testkit::{ChildProcess, RedisServer, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_stickyio-node");
 const WAIT: Duration = Duration::from_secs(15);
 
-/// A fresh directory for one test's files.
-fn temp_dir(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("stickyio-node-cli-{}-{test}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(name);
+fn write(dir: &TempDir, name: &str, text: &str) -> PathBuf {
+    let path = dir.path(name);
     std::fs::write(&path, text).unwrap();
     path
 }
@@ -60,7 +49,7 @@ fn check_prints(config: &Path, lines: &[&str]) -> String {
 
 #[test]
 fn check_prints_the_effective_config_with_defaults() {
-    let dir = temp_dir("good");
+    let dir = TempDir::new("good");
     let path = write(
         &dir,
         "node.toml",
@@ -79,12 +68,11 @@ fn check_prints_the_effective_config_with_defaults() {
     );
     let reparsed: NodeConfig = stickyio_shared::config::parse(&printed, "printed").unwrap();
     assert_eq!(reparsed, NodeConfig::load(&path).unwrap());
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
 fn check_never_prints_the_inline_secret() {
-    let dir = temp_dir("secret");
+    let dir = TempDir::new("secret");
     let text = "listen = \"127.0.0.1:3001\"\nname = \"node-a\"\n[cluster]\nhost = \"http://127.0.0.1:3001\"\n\
                 standalone = false\ncluster_nodes = [\"http://127.0.0.1:3002\"]\nsecret = \"hunter2\"\n";
     let output = check(&write(&dir, "node.toml", text));
@@ -92,12 +80,11 @@ fn check_never_prints_the_inline_secret() {
     let printed = String::from_utf8(output.stdout).unwrap();
     assert!(printed.contains("standalone = false"), "{printed}");
     assert!(!printed.contains("hunter2"), "{printed}");
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
 fn check_accepts_a_redis_node_and_never_prints_its_password() {
-    let dir = temp_dir("redis");
+    let dir = TempDir::new("redis");
     write(&dir, "redis.password", "correct-horse\n");
     let text = "listen = \"127.0.0.1:3001\"\nname = \"node-a\"\n[cluster]\nstandalone = false\n\
                 backend = \"redis\"\nredis_url = \"rediss://stickyio@127.0.0.1:6380/2\"\n\
@@ -113,7 +100,7 @@ fn check_accepts_a_redis_node_and_never_prints_its_password() {
     );
     assert!(!printed.contains("correct-horse"), "{printed}");
 
-    std::fs::remove_file(dir.join("redis.password")).unwrap();
+    std::fs::remove_file(dir.path("redis.password")).unwrap();
     let output = check(&path);
     assert!(!output.status.success());
     let err = stderr(&output);
@@ -133,12 +120,11 @@ fn check_accepts_a_redis_node_and_never_prints_its_password() {
             && !err.contains("pw@"),
         "{err}"
     );
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
 fn check_rejects_bad_configs_with_file_line_column() {
-    let dir = temp_dir("bad");
+    let dir = TempDir::new("bad");
     let cases = [
         (
             "unknown.toml",
@@ -173,13 +159,12 @@ fn check_rejects_bad_configs_with_file_line_column() {
         );
         assert!(output.stdout.is_empty(), "{name}: printed a config");
     }
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
 fn check_reports_missing_files() {
-    let dir = temp_dir("missing");
-    let output = check(&dir.join("absent.toml"));
+    let dir = TempDir::new("missing");
+    let output = check(&dir.path("absent.toml"));
     assert!(!output.status.success());
     assert!(
         stderr(&output).contains("absent.toml: cannot read config"),
@@ -196,25 +181,22 @@ fn check_reports_missing_files() {
         err.contains("cluster.secret_file") && err.contains("no.secret"),
         "{err}"
     );
-    std::fs::remove_dir_all(dir).ok();
 }
 
-/// Kills the child if a test fails before it exits by itself.
-struct Running(Child);
-
 /// Starts `stickyio-node --log-json --config <config>` with `envs`; its log
-/// lines arrive on the returned channel.
-fn spawn_logged(config: &Path, envs: &[(&str, String)]) -> (Running, mpsc::Receiver<String>) {
-    let child = Command::new(BIN)
-        .args(["--log-json", "--config"])
-        .arg(config)
-        .envs(envs.iter().map(|(k, v)| (k, v)))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("cannot run stickyio-node");
-    let mut child = Running(child);
-    let stdout = child.0.stdout.take().unwrap();
+/// lines arrive on the returned channel. Killed if a test fails before it
+/// exits by itself.
+fn spawn_logged(config: &Path, envs: &[(&str, String)]) -> (ChildProcess, mpsc::Receiver<String>) {
+    let mut child = ChildProcess::spawn(
+        Command::new(BIN)
+            .args(["--log-json", "--config"])
+            .arg(config)
+            .envs(envs.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+        "stickyio-node",
+    );
+    let stdout = child.child().stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -224,31 +206,9 @@ fn spawn_logged(config: &Path, envs: &[(&str, String)]) -> (Running, mpsc::Recei
     (child, rx)
 }
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.0.kill().ok();
-        self.0.wait().ok();
-    }
-}
-
-/// Waits up to [`WAIT`] for the child to exit.
-fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "did not exit in {WAIT:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn serves_until_sigterm_then_exits_zero() {
-    let dir = temp_dir("serve");
+    let dir = TempDir::new("serve");
     let path = write(
         &dir,
         "node.toml",
@@ -277,25 +237,19 @@ fn serves_until_sigterm_then_exits_zero() {
     std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
 
-    let pid = child.0.id().to_string();
-    let kill = Command::new("sh")
-        .args(["-c", "kill -TERM \"$0\"", &pid])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let status = wait_exit(&mut child.0);
+    child.signal("TERM");
+    let status = child.wait_exit();
     assert!(status.success(), "exit status {status:?}");
     let stopped =
         std::iter::from_fn(|| rx.recv_timeout(WAIT).ok()).any(|line| line.contains("\"stopped\""));
     assert!(stopped, "no \"stopped\" log line");
-    std::fs::remove_dir_all(dir).ok();
 }
 
 /// `rediss://` with a private CA, trusted through `SSL_CERT_FILE` as
 /// operators do: the node connects over TLS (rustls) and joins the pool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_reaches_redis_over_tls() {
-    let dir = temp_dir("tls");
+    let dir = TempDir::new("tls");
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -347,5 +301,4 @@ async fn a_node_reaches_redis_over_tls() {
     .await
     .unwrap();
     assert!(joined, "no \"Connected to Redis\" over TLS");
-    std::fs::remove_dir_all(dir).ok();
 }

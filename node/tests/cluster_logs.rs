@@ -2,12 +2,14 @@
 //! `stickyio-node` starts. Alone in its test binary: it installs the global
 //! log subscriber, which tests running in parallel would otherwise share.
 
+use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use stickyio_node::Node;
 use stickyio_shared::config::node::NodeConfig;
-use tokio::time::sleep;
+use stickyio_testkit::eventually;
+use stickyio_testkit::net::refused_url;
 
 /// Log lines, captured for one test.
 #[derive(Clone, Default)]
@@ -33,10 +35,8 @@ impl Logs {
 /// without `retry_interval` redials every 5 s, and says so.
 #[tokio::test]
 async fn by_default_a_failed_dial_is_retried_every_five_seconds() {
-    // A port freed on an address no other test binds: refused, every time.
-    let gone = tokio::net::TcpListener::bind("127.77.0.1:0").await.unwrap();
-    let peer = format!("http://{}", gone.local_addr().unwrap());
-    drop(gone);
+    // An address no other test of this binary binds.
+    let peer = refused_url(Ipv4Addr::new(127, 77, 0, 1));
     let toml = format!(
         "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nname = \"node-a\"\n[cluster]\nhost = \"http://node-a.invalid:3001\"\n\
          standalone = false\ncluster_nodes = [\"{peer}\"]\nsecret = \"s\"\n"
@@ -52,12 +52,10 @@ async fn by_default_a_failed_dial_is_retried_every_five_seconds() {
         .finish();
     tracing::subscriber::set_global_default(subscriber).unwrap();
     let node = Node::bind(config).await.unwrap();
-    for _ in 0..100 {
-        if logs.text().contains("Waiting 5s before retrying") {
-            break;
-        }
-        sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the node says when it retries", || {
+        std::future::ready(logs.text().contains("Waiting 5s before retrying"))
+    })
+    .await;
     let text = logs.text();
     assert!(text.contains("Waiting 5s before retrying"), "{text}");
     assert!(

@@ -2,13 +2,10 @@
 //! bare socketioxide servers that host only `/cluster`, with raw
 //! rust_socketio clients playing well-behaved and hostile peers.
 
-#[path = "cluster_support/peer.rs"]
-mod peer;
-
+use std::future::ready;
 use std::sync::Arc;
 use std::time::Duration;
 
-use peer::{next_event, no_event, raw_peer};
 use rust_socketio::Payload;
 use serde_json::json;
 use socketioxide::SocketIo;
@@ -18,15 +15,16 @@ use stickyio_shared::config::Duration as ConfigDuration;
 use stickyio_shared::config::node::{NodeConfig, PublishAck};
 use stickyio_shared::message::Publication;
 use stickyio_shared::relay;
+use stickyio_testkit::peer::{next_event, no_event, raw_peer};
+use stickyio_testkit::{TIMEOUT as WAIT, eventually};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tokio::time::{sleep, timeout};
+use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
 const SECRET: &str = "mesh-test-secret";
 const RETRY: Duration = Duration::from_millis(300);
-const WAIT: Duration = Duration::from_secs(10);
 
 /// Relayed publications land here instead of on sockets.
 struct Inbox(mpsc::UnboundedSender<Publication>);
@@ -155,17 +153,6 @@ async fn start_alone(listener: TcpListener, url: &str) -> Bare {
     .await
 }
 
-/// Polls `check` every 25 ms until it holds, at most `WAIT`.
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..(WAIT.as_millis() / 25) {
-        if check() {
-            return;
-        }
-        sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting until {what}");
-}
-
 fn linked(node: &Bare) -> bool {
     node.mesh
         .status()
@@ -194,7 +181,7 @@ async fn two_nodes_relay_each_publication_once_each_way() {
     let nodes = [a_url.as_str(), b_url.as_str()];
     let mut a = start("node-a", la, &a_url, &nodes, SECRET).await;
     let mut b = start("node-b", lb, &b_url, &nodes, SECRET).await;
-    eventually("both links are up", || linked(&a) && linked(&b)).await;
+    eventually("both links are up", || ready(linked(&a) && linked(&b))).await;
 
     for i in 0..20 {
         a.relay(&a.publication(i, "chat.room1"));
@@ -234,7 +221,7 @@ async fn relayed_publications_are_never_relayed_again() {
     let mut b = start("node-b", lb, &b_url, &nodes, SECRET).await;
     let mut c = start("node-c", lc, &c_url, &nodes, SECRET).await;
     eventually("all links are up", || {
-        linked(&a) && linked(&b) && linked(&c)
+        ready(linked(&a) && linked(&b) && linked(&c))
     })
     .await;
 
@@ -242,10 +229,20 @@ async fn relayed_publications_are_never_relayed_again() {
     a.relay(&original);
     let at_b = next(&mut b.inbox).await;
     assert_eq!(next(&mut c.inbox).await, original);
-    // Even if a node tried, a publication of another origin does not leave it.
+    // Even if a node tried, a publication of another origin does not leave
+    // it. The receivers' origin check and dedup would hide a relay, so B's
+    // own links must have sent nothing at all.
     b.relay(&at_b);
     nothing_more(&mut b.inbox).await;
     nothing_more(&mut c.inbox).await;
+    let sent: Vec<u64> = b
+        .mesh
+        .status()
+        .peers
+        .iter()
+        .map(|p| p.link.messages_out)
+        .collect();
+    assert_eq!(sent, [0, 0], "B relayed a publication of node-a");
     for node in [a, b, c] {
         node.stop().await;
     }
@@ -260,7 +257,7 @@ async fn a_first_dial_that_fails_is_retried_until_the_peer_appears() {
     let nodes = [a_url.as_str(), b_url.as_str()];
     let a = start("node-a", la, &a_url, &nodes, SECRET).await;
     eventually("the first dial has failed", || {
-        a.mesh.status().peers[0].link.state == LinkState::Down
+        ready(a.mesh.status().peers[0].link.state == LinkState::Down)
     })
     .await;
     assert!(
@@ -273,7 +270,7 @@ async fn a_first_dial_that_fails_is_retried_until_the_peer_appears() {
         .await
         .unwrap();
     let mut b = start("node-b", lb, &b_url, &nodes, SECRET).await;
-    eventually("A's link to B is up", || linked(&a)).await;
+    eventually("A's link to B is up", || ready(linked(&a))).await;
     a.relay(&a.publication(2, "after.the.redial"));
     assert_eq!(
         next(&mut b.inbox).await.id,
@@ -293,9 +290,11 @@ async fn a_node_with_the_wrong_secret_is_refused_both_ways() {
     let mut a = start("node-a", la, &a_url, &nodes, SECRET).await;
     let mut b = start("node-b", lb, &b_url, &nodes, "not-the-secret").await;
     eventually("both links are refused", || {
-        [&a, &b]
-            .iter()
-            .all(|n| n.mesh.status().peers[0].link.state == LinkState::Refused)
+        ready({
+            [&a, &b]
+                .iter()
+                .all(|n| n.mesh.status().peers[0].link.state == LinkState::Refused)
+        })
     })
     .await;
     let peer = &a.mesh.status().peers[0];
@@ -405,11 +404,11 @@ async fn a_lost_link_is_noticed_and_redialled_when_the_peer_returns() {
     let nodes = [a_url.as_str(), b_url.as_str()];
     let a = start("node-a", la, &a_url, &nodes, SECRET).await;
     let b = start("node-b", lb, &b_url, &nodes, SECRET).await;
-    eventually("both links are up", || linked(&a) && linked(&b)).await;
+    eventually("both links are up", || ready(linked(&a) && linked(&b))).await;
 
     b.stop().await;
     eventually("A noticed B is gone", || {
-        a.mesh.status().peers[0].link.state == LinkState::Down
+        ready(a.mesh.status().peers[0].link.state == LinkState::Down)
     })
     .await;
     let peer = &a.mesh.status().peers[0];
@@ -424,7 +423,7 @@ async fn a_lost_link_is_noticed_and_redialled_when_the_peer_returns() {
         .unwrap();
     let restarted = std::time::Instant::now();
     let mut b = start("node-b", lb, &b_url, &nodes, SECRET).await;
-    eventually("A's link to B is back", || linked(&a)).await;
+    eventually("A's link to B is back", || ready(linked(&a))).await;
     assert!(
         restarted.elapsed() < RETRY + Duration::from_secs(3),
         "{:?}",

@@ -1,20 +1,18 @@
 //! A node's shutdown waits for its cluster backend: once
 //! `RunningNode::shutdown` returns, every mesh link task has finished.
 
-use std::time::Duration;
+use std::net::Ipv4Addr;
 
 use stickyio_node::{Cluster, Node};
 use stickyio_shared::config::node::NodeConfig;
+use stickyio_testkit::net::refused_url;
+use stickyio_testkit::{TIMEOUT as WAIT, eventually};
 use tokio::time::timeout;
-
-const WAIT: Duration = Duration::from_secs(10);
 
 #[tokio::test]
 async fn shutdown_joins_every_mesh_link() {
-    // A port freed on an address no other test binds: refused, every time.
-    let gone = tokio::net::TcpListener::bind("127.78.0.1:0").await.unwrap();
-    let peer = format!("http://{}", gone.local_addr().unwrap());
-    drop(gone);
+    // An address no other test of this binary binds.
+    let peer = refused_url(Ipv4Addr::new(127, 78, 0, 1));
     let toml = format!(
         "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nname = \"node-a\"\n[cluster]\n\
          host = \"http://node-a.invalid:3001\"\nstandalone = false\ncluster_nodes = [\"{peer}\"]\n\
@@ -25,8 +23,11 @@ async fn shutdown_joins_every_mesh_link() {
     let Cluster::Mesh(mesh) = node.cluster().clone() else {
         panic!("a clustered node.toml with the default backend runs the mesh");
     };
-    // Let the link fail a dial or two, so it is between retries.
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    // The link has failed a dial, so it is between retries.
+    eventually("the first dial fails", || {
+        std::future::ready(mesh.status().peers[0].link.last_error.is_some())
+    })
+    .await;
     timeout(WAIT, node.shutdown()).await.unwrap().unwrap();
     let link = &mesh.status().peers[0].link;
     assert_eq!(

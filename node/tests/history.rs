@@ -4,19 +4,15 @@
 //! bad cursors are refused (`invalid_cursor`); a replicated publish is acked
 //! only once a peer holds it. Over the mesh, and over Redis (Streams).
 
-// The helpers of every cluster test; this one uses part of them.
-#[allow(dead_code)]
-mod cluster_support;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
-use cluster_support::client::{GRACE, TopicClient};
-use cluster_support::nodes::{Backend, Cluster};
-use cluster_support::redis_server::RedisServer;
 use serde_json::{Value, json};
 use stickyio_shared::config::Duration as ConfigDuration;
 use stickyio_shared::config::node::HistoryConfig;
+use stickyio_testkit::RedisServer;
+use stickyio_testkit::node_cluster::{Backend, Cluster};
+use stickyio_testkit::topic_client::{GRACE, TopicClient};
 
 const RETRY: Duration = Duration::from_millis(300);
 
@@ -78,7 +74,7 @@ async fn resume_after_a_node_stops(backend: Backend) {
     let cursor = last_cursor(&before);
 
     subscriber.close().await;
-    cluster.kill(0).await;
+    cluster.stop_node(0).await;
     let missed = publish_numbered(&publisher, "chat.room1", 10, 10).await;
     sent.extend(missed.iter().cloned());
 
@@ -139,7 +135,7 @@ async fn the_redis_stream_outlives_nodes_but_not_a_redis_restart() {
     let missed = publish_numbered(&publisher, "s.x", 3, 4).await;
 
     // Node 0 restarts: a fresh process, but the stream still has it all.
-    cluster.kill(0).await;
+    cluster.stop_node(0).await;
     cluster.restart(0).await;
     cluster.joined(&[0, 1]).await;
     let mut resumed = TopicClient::connect(&cluster.url(0)).await;
@@ -236,7 +232,7 @@ async fn a_history_that_does_not_reach_back_is_not_recovered() {
     assert_eq!(late.next().await["id"], live.as_str(), "live from now");
 
     // A node restarted after the cursor was minted lost what came before.
-    cluster.kill(0).await;
+    cluster.stop_node(0).await;
     cluster.restart(0).await;
     cluster.joined(&[0, 1]).await;
     let restarted = TopicClient::connect(&cluster.url(0)).await;
@@ -330,7 +326,7 @@ async fn a_replicated_publish_waits_for_a_peer() {
         )
         .await;
     assert_eq!(ack["ok"], true, "{ack}");
-    cluster.kill(1).await;
+    cluster.stop_node(1).await;
     cluster.links_become(&[(0, 1)], "down").await;
     let ack = publisher
         .request(

@@ -6,6 +6,7 @@
 //! client does receive afterwards and assert it is the next message: a node
 //! delivers before it acks, so the marker cannot overtake an earlier message.
 
+use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,6 +17,9 @@ use serde_json::{Value, json};
 use stickyio_node::{Handed, Node, Relay, RunningNode, Then};
 use stickyio_shared::config::node::{NodeConfig, PublishAck};
 use stickyio_shared::message::Publication;
+use stickyio_testkit::connect_from;
+use stickyio_testkit::websocket::subscribe_over_websocket;
+use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
 
@@ -595,10 +599,22 @@ async fn shutdown_disconnects_clients_and_stops_listening() {
     let addr = node.local_addr();
     let client = TestClient::connect(&node).await;
     client.subscribe("a").await;
+    // A raw websocket client, to see its transport close: socketioxide
+    // closes the Engine.IO transport at shutdown, which rust_socketio does
+    // not report.
+    let mut raw = connect_from(Ipv4Addr::LOCALHOST, addr)
+        .await
+        .expect("connect");
+    subscribe_over_websocket(&mut raw, "a").await;
     timeout(WAIT, node.shutdown())
         .await
         .expect("shutdown timed out")
         .expect("shutdown failed");
+    let mut rest = Vec::new();
+    // EOF or a reset: either way the client sees its session end.
+    let _ = timeout(WAIT, raw.read_to_end(&mut rest))
+        .await
+        .expect("the node closed the client's websocket");
     let refused = timeout(WAIT, tokio::net::TcpStream::connect(addr))
         .await
         .expect("connect timed out");

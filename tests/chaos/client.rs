@@ -17,16 +17,17 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
+use stickyio_testkit::Reply;
+use stickyio_testkit::polling::SEP;
 use tokio_util::sync::CancellationToken;
 
 use crate::processes::{ping_interval, ping_timeout};
 
-const SEP: char = '\u{1e}';
 /// Longest wait for any one request: a node silent for longer than its
 /// `pingInterval + pingTimeout` is as dead to a client as one that is gone.
 fn request_timeout() -> Duration {
@@ -134,19 +135,8 @@ impl Conn {
                 .request(req)
                 .await
                 .map_err(|e| format!("request: {e}"))?;
-            let status = res.status();
-            let node = res
-                .headers()
-                .get("x-stickyio-node")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let body = res
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| format!("body: {e}"))?
-                .to_bytes();
-            Ok((status, node, String::from_utf8_lossy(&body).into_owned()))
+            let reply = Reply::read(res).await?;
+            Ok((reply.status, reply.node, reply.body))
         };
         tokio::time::timeout(limit, exchange)
             .await

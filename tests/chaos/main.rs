@@ -242,7 +242,7 @@ async fn chaos_under_load() {
 
     // Fault 2: SIGSTOP node-c for `freeze`, then SIGCONT.
     run.fault("node-c");
-    cluster.node("node-c").signal("-STOP");
+    cluster.node("node-c").signal("STOP");
     run.fault_done();
     let storm = reload_storm(&cluster, 10, 3, reload_pause);
     let (frozen_recovery, (acc2, ref2)) = tokio::join!(
@@ -254,7 +254,7 @@ async fn chaos_under_load() {
         },
         storm
     );
-    cluster.node("node-c").signal("-CONT");
+    cluster.node("node-c").signal("CONT");
     let heal_after_resume = cluster.healed("SIGCONT").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     // Publishing ends; clients keep reading while the last messages land.
@@ -269,7 +269,7 @@ async fn chaos_under_load() {
     // Deliveries the nodes dropped (a socket's send buffer full or closed).
     let mut dropped = Vec::new();
     for node in &cluster.nodes {
-        let n = processes::metric(node.admin, "stickyio_node_dropped").await;
+        let n = processes::metric(node.admin, "stickyio_node_dropped_total").await;
         dropped.push(format!("{}={n}", node.name));
     }
 
@@ -468,7 +468,7 @@ async fn chaos_under_load() {
         "20 reloads, 5 of them invalid"
     );
     if fail_open() {
-        let open = metric(cluster.admin_addr, "stickyio_gateway_fail_open ").await;
+        let open = metric(cluster.admin_addr, "stickyio_gateway_fail_open").await;
         let placed = metric(
             cluster.admin_addr,
             "stickyio_gateway_fail_open_requests_total",

@@ -3,9 +3,9 @@
 //! killed with SIGKILL, frozen with SIGSTOP and restarted like in production.
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use stickyio_testkit::{ChildProcess, HttpConn, TempDir, free_ports, metric_sum};
 
 /// Engine.IO ping interval of every node: short, so failures show quickly
 /// (`STICKYIO_CHAOS_PING_INTERVAL_MS`, default 1000).
@@ -65,58 +66,36 @@ fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// Ports for the nodes, chosen by the kernel and released for the nodes to
-/// bind (they must be known before start: every node lists every peer).
-fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("reserve a port"))
-        .collect();
-    held.iter()
-        .map(|l| l.local_addr().expect("reserved address").port())
-        .collect()
-}
-
 pub struct NodeProcess {
     pub name: String,
     pub addr: SocketAddr,
     /// Its admin listener: `/readyz`, `/metrics`.
     pub admin: SocketAddr,
     config: PathBuf,
-    child: Option<Child>,
+    process: Option<ChildProcess>,
 }
 
 impl NodeProcess {
     fn spawn(&mut self) {
-        let child = Command::new(bin("stickyio-node"))
-            .arg("--config")
-            .arg(&self.config)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start stickyio-node");
-        self.child = Some(child);
+        self.process = Some(ChildProcess::spawn(
+            ChildProcess::quiet(bin("stickyio-node"))
+                .arg("--config")
+                .arg(&self.config),
+            &self.name,
+        ));
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
+    /// Sends signal `name` (`STOP`, `CONT`, …).
+    pub fn signal(&self, name: &str) {
+        self.process
+            .as_ref()
+            .unwrap_or_else(|| panic!("{} is not running", self.name))
+            .signal(name);
     }
 
-    pub fn signal(&self, which: &str) {
-        let status = Command::new("kill")
-            .args([which, &self.pid().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill {which} {}", self.name);
-    }
-
-    /// SIGKILL, then reap.
+    /// SIGKILL (a frozen node too), then reap.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process = None;
     }
 
     pub fn restart(&mut self) {
@@ -125,19 +104,11 @@ impl NodeProcess {
     }
 }
 
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        if self.child.is_some() {
-            self.signal("-CONT");
-        }
-        self.kill();
-    }
-}
-
 pub struct Cluster {
-    pub dir: PathBuf,
+    /// The configs, removed with the cluster.
+    _dir: TempDir,
     pub nodes: Vec<NodeProcess>,
-    gateway: Child,
+    _gateway: ChildProcess,
     pub gateway_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub gateway_config: PathBuf,
@@ -146,11 +117,9 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start() -> Cluster {
-        let dir = std::env::temp_dir().join(format!("stickyio-chaos-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
+        let dir = TempDir::new("chaos");
         let names = ["node-a", "node-b", "node-c"];
-        let all = free_ports(names.len() * 2);
+        let all: [u16; 6] = free_ports();
         let (ports, admins) = all.split_at(names.len());
         let urls: Vec<String> = ports
             .iter()
@@ -158,7 +127,7 @@ impl Cluster {
             .collect();
         let mut nodes = Vec::new();
         for ((name, port), admin) in names.iter().zip(ports).zip(admins) {
-            let config = dir.join(format!("{name}.toml"));
+            let config = dir.path(&format!("{name}.toml"));
             std::fs::write(
                 &config,
                 format!(
@@ -176,7 +145,7 @@ impl Cluster {
                 addr: SocketAddr::from(([127, 0, 0, 1], *port)),
                 admin: SocketAddr::from(([127, 0, 0, 1], *admin)),
                 config,
-                child: None,
+                process: None,
             };
             node.spawn();
             nodes.push(node);
@@ -202,23 +171,25 @@ impl Cluster {
                 node.name, node.addr
             ));
         }
-        let gateway_config = dir.join("gateway.toml");
+        let gateway_config = dir.path("gateway.toml");
         std::fs::write(&gateway_config, &gateway_text).expect("write gateway config");
-        let mut gateway = Command::new(bin("stickyio-gateway"))
-            .arg("--config")
-            .arg(&gateway_config)
-            .arg("--log-json")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start stickyio-gateway");
-        let (gateway_addr, admin_addr) = listening_addrs(gateway.stdout.take().expect("stdout"));
+        let mut gateway = ChildProcess::spawn(
+            Command::new(bin("stickyio-gateway"))
+                .arg("--config")
+                .arg(&gateway_config)
+                .arg("--log-json")
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null()),
+            "stickyio-gateway",
+        );
+        let (gateway_addr, admin_addr) =
+            listening_addrs(gateway.child().stdout.take().expect("stdout"));
         let cluster = Cluster {
-            dir,
+            _dir: dir,
             nodes,
-            gateway,
+            _gateway: gateway,
             gateway_addr,
             admin_addr,
             gateway_config,
@@ -276,14 +247,6 @@ impl Cluster {
     }
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = self.gateway.kill();
-        let _ = self.gateway.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// Reads the gateway's JSON log until it names its bound addresses.
 fn listening_addrs(log: std::process::ChildStdout) -> (SocketAddr, SocketAddr) {
     let (tx, rx) = mpsc::channel();
@@ -321,23 +284,14 @@ fn listening_addrs(log: std::process::ChildStdout) -> (SocketAddr, SocketAddr) {
 /// Sum of the samples of metric `name` on `addr`'s `/metrics` (0 when it
 /// cannot be read).
 pub async fn metric(addr: SocketAddr, name: &str) -> f64 {
-    let client: Client<HttpConnector, Full<bytes::Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
-    let Ok(req) = http::Request::get(format!("http://{addr}/metrics")).body(Full::default()) else {
-        return 0.0;
+    let exchange = async {
+        let mut conn = HttpConn::open(Ipv4Addr::LOCALHOST, addr).await?;
+        conn.get("/metrics").await
     };
-    let Ok(Ok(res)) = tokio::time::timeout(Duration::from_secs(2), client.request(req)).await
-    else {
-        return 0.0;
-    };
-    let Ok(body) = res.into_body().collect().await else {
-        return 0.0;
-    };
-    String::from_utf8_lossy(&body.to_bytes())
-        .lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    match exchange.await {
+        Ok(reply) => metric_sum(&reply.body, name),
+        Err(_) => 0.0,
+    }
 }
 
 /// The status of `GET path` on `addr`, or `None` when there is no answer in 1 s.

@@ -807,33 +807,11 @@ weight = 1
         assert!(e.starts_with("gateway.toml:1:15:"), "{e}");
     }
 
-    /// With `STICKYIO_ADMIN_TOKEN` set the token is supplied, so the test
-    /// runs again in a child process of this binary without it, and passes
-    /// only if that run passed (`true`: the caller has nothing left to do).
-    fn rerun_without_admin_token_env(test: &str) -> bool {
-        if std::env::var_os(ADMIN_TOKEN_ENV).is_none() {
-            return false;
-        }
-        let exe = std::env::current_exe().expect("the test binary");
-        let out = std::process::Command::new(exe)
-            .args([test, "--exact"])
-            .env_remove(ADMIN_TOKEN_ENV)
-            .output()
-            .expect("run the test binary again");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && stdout.contains("test result: ok. 1 passed"),
-            "{test} without {ADMIN_TOKEN_ENV}:\n{stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        true
-    }
-
     #[test]
     fn a_non_loopback_admin_needs_a_token_or_an_explicit_opening() {
         let name =
             "config::gateway::tests::a_non_loopback_admin_needs_a_token_or_an_explicit_opening";
-        if rerun_without_admin_token_env(name) {
+        if crate::config::rerun_without_env(name, ADMIN_TOKEN_ENV) {
             return;
         }
         let e = err(&format!("admin = \"0.0.0.0:9090\"\n{NODES}"));

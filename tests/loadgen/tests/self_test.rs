@@ -14,6 +14,7 @@ use stickyio_loadgen::workloads::{Run, churn, fanout, idle, roundtrip};
 use stickyio_node::{Node, RunningNode};
 use stickyio_shared::config::gateway::GatewayConfig;
 use stickyio_shared::config::node::NodeConfig;
+use stickyio_testkit::eventually;
 
 struct Setup {
     nodes: Vec<RunningNode>,
@@ -45,27 +46,23 @@ impl Setup {
     }
 
     /// Until a handshake through the gateway succeeds (health checks have
-    /// marked the nodes up), at most 10 s.
+    /// marked the nodes up).
     async fn wait_ready(&self) {
         let target = Target {
             addr: self.gateway.local_addr(),
             path: "/socket.io/".into(),
             timeout: Duration::from_secs(2),
         };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
+        eventually("a handshake through the gateway succeeds", || async {
             match Session::open(&target, "127.0.0.1".parse().unwrap(), Transport::Polling).await {
                 Ok(session) => {
                     let _ = session.close().await;
-                    return;
+                    true
                 }
-                Err(e) if tokio::time::Instant::now() < deadline => {
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => panic!("gateway never became ready: {e}"),
+                Err(_) => false,
             }
-        }
+        })
+        .await;
     }
 
     fn run(&self, targets: Vec<SocketAddr>, block: u8) -> Run {

@@ -2,12 +2,13 @@
 //! tests: no persistence, stopped (and restartable on the same port) at will,
 //! killed when dropped.
 
-use std::net::TcpListener;
 use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::process::{Child, Command};
 use tokio::time::{sleep, timeout};
+
+use crate::net::free_port;
 
 const BINARY: &str = "redis-server";
 /// Longest wait for redis-server to accept connections, or to exit.
@@ -139,11 +140,4 @@ impl RedisServer {
         let _ = child.kill().await;
         false
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }

@@ -8,7 +8,6 @@
 //! another secret.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
@@ -17,9 +16,9 @@ use serde_json::Value;
 use stickyio_node::{Node, RunningNode};
 use stickyio_shared::config::Duration as ConfigDuration;
 use stickyio_shared::config::node::{self, HistoryConfig, NodeConfig};
-use tokio::time::{sleep, timeout};
 
-use super::client::WAIT;
+use crate::http_conn::{Reply, get};
+use crate::wait::eventually;
 
 pub const SECRET: &str = "cluster-test-secret";
 /// Heartbeat TTL of Redis-backed test nodes: short, so a member that is
@@ -65,7 +64,6 @@ pub struct Cluster {
     routes: HashMap<(usize, usize), String>,
     secrets: Vec<String>,
     slots: Vec<Slot>,
-    http: reqwest::Client,
 }
 
 pub fn name(i: usize) -> String {
@@ -118,7 +116,6 @@ impl Cluster {
             routes: HashMap::new(),
             secrets: vec![SECRET.to_owned(); n],
             slots,
-            http: reqwest::Client::builder().no_proxy().build().unwrap(),
         }
     }
 
@@ -190,7 +187,7 @@ impl Cluster {
     }
 
     /// Shuts node `i` down gracefully: its sockets and links close.
-    pub async fn kill(&mut self, i: usize) {
+    pub async fn stop_node(&mut self, i: usize) {
         if let Slot::Running(node) = std::mem::replace(&mut self.slots[i], Slot::Stopped) {
             node.shutdown().await.unwrap();
         }
@@ -203,30 +200,27 @@ impl Cluster {
     }
 
     /// Node `i`'s admin listener (a new port each time it is prepared).
-    fn admin_url(&self, i: usize) -> String {
-        let addr = match &self.slots[i] {
+    fn admin_addr(&self, i: usize) -> SocketAddr {
+        match &self.slots[i] {
             Slot::Prepared(node) => node.admin_addr(),
             Slot::Running(node) => node.admin_addr(),
             Slot::Stopped => panic!("node {i} is stopped: no admin listener"),
-        };
-        format!("http://{addr}")
+        }
     }
 
-    async fn get(&self, i: usize, path: &str) -> reqwest::Response {
-        let url = format!("{}{path}", self.admin_url(i));
-        timeout(WAIT, self.http.get(&url).send())
-            .await
-            .unwrap_or_else(|_| panic!("GET {url} timed out"))
-            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+    async fn get(&self, i: usize, path: &str) -> Reply {
+        get(self.admin_addr(i), path).await
     }
 
     pub async fn readyz(&self, i: usize) -> (u16, Value) {
-        let response = self.get(i, "/readyz").await;
-        (response.status().as_u16(), response.json().await.unwrap())
+        let reply = self.get(i, "/readyz").await;
+        let body = serde_json::from_str(&reply.body)
+            .unwrap_or_else(|e| panic!("/readyz is not JSON ({e}): {}", reply.body));
+        (reply.status.as_u16(), body)
     }
 
     pub async fn metrics(&self, i: usize) -> String {
-        self.get(i, "/metrics").await.text().await.unwrap()
+        self.get(i, "/metrics").await.body
     }
 
     /// Node `from`'s link to node `to`, as its `/readyz` reports it.
@@ -293,27 +287,7 @@ impl Cluster {
 
     pub async fn stop(mut self) {
         for i in 0..self.slots.len() {
-            self.kill(i).await;
+            self.stop_node(i).await;
         }
     }
-}
-
-/// Polls `check` every 50 ms until it holds; panics after about [`WAIT`].
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let polls = WAIT.as_millis() / 50;
-    let outcome = timeout(WAIT * 2, async {
-        for _ in 0..polls {
-            if check().await {
-                return true;
-            }
-            sleep(Duration::from_millis(50)).await;
-        }
-        false
-    })
-    .await;
-    assert_eq!(outcome, Ok(true), "timed out waiting until {what}");
 }

@@ -1,5 +1,5 @@
 //! A topic API client on rust_socketio for the cluster tests. Its callbacks
-//! only forward into channels; every wait is bounded by [`WAIT`].
+//! only forward into channels; every wait is bounded by [`TIMEOUT`].
 
 use std::time::Duration;
 
@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::{sleep, timeout};
 
-/// The longest any single expected event may take.
-pub const WAIT: Duration = Duration::from_secs(10);
+use crate::wait::TIMEOUT;
+
 /// How long to watch for a message that must not come.
 pub const GRACE: Duration = Duration::from_millis(500);
 
@@ -51,7 +51,7 @@ impl TopicClient {
             .connect()
             .await
             .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
-        timeout(WAIT, connected.recv())
+        timeout(TIMEOUT, connected.recv())
             .await
             .unwrap_or_else(|_| panic!("{url} did not accept the socket in time"));
         TopicClient { client, messages }
@@ -61,7 +61,7 @@ impl TopicClient {
     pub async fn request(&self, event: &str, data: Value) -> Value {
         let (tx, mut rx) = mpsc::unbounded_channel();
         self.client
-            .emit_with_ack(event, data, WAIT, move |payload, _| {
+            .emit_with_ack(event, data, TIMEOUT, move |payload, _| {
                 if let Some(ack) = first_value(payload) {
                     let _ = tx.send(ack);
                 }
@@ -69,7 +69,7 @@ impl TopicClient {
             })
             .await
             .unwrap_or_else(|e| panic!("emit {event}: {e}"));
-        timeout(WAIT, rx.recv())
+        timeout(TIMEOUT, rx.recv())
             .await
             .ok()
             .flatten()
@@ -104,7 +104,7 @@ impl TopicClient {
     /// Publishes without waiting for the ack, as a client in a hurry does.
     pub async fn publish_unacked(&self, topic: &str, content: Value) {
         timeout(
-            WAIT,
+            TIMEOUT,
             self.client
                 .emit("publish", json!({ "topic": topic, "content": content })),
         )
@@ -115,7 +115,7 @@ impl TopicClient {
 
     /// The next `message` event.
     pub async fn next(&mut self) -> Value {
-        timeout(WAIT, self.messages.recv())
+        timeout(TIMEOUT, self.messages.recv())
             .await
             .ok()
             .flatten()

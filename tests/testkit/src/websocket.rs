@@ -1,18 +1,6 @@
-//! What the gateway's and the node's hostile-client tests share: the
-//! resident memory of a spawned process, and a websocket client that
-//! subscribes and then never reads. Included by path from `gateway/tests/hostile.rs`
-//! and `node/tests/hostile.rs`; Cargo does not build this folder as a test.
-
-/// Resident memory of process `pid`, in KiB, from /proc.
-pub fn rss_kb(pid: u32) -> u64 {
-    let status =
-        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process is alive");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
+//! A websocket client written from RFC 6455 on a raw stream: it upgrades,
+//! connects the Socket.IO main namespace and subscribes, then may never read
+//! again, as the hostile-client tests of the gateway and the node need.
 
 /// A client-to-server websocket text frame (clients must mask).
 fn masked_text_frame(text: &str) -> Vec<u8> {
