@@ -37,8 +37,9 @@ def color(setup):
 def bars(table, title, value, unit, path, log=False):
     """One panel per workload, one horizontal bar per setup."""
     workloads = list(table)
-    fig, axes = plt.subplots(len(workloads), 1, figsize=(8, 2.0 * len(workloads)))
-    for ax, workload in zip(axes, workloads):
+    # squeeze=False: a grid even for one workload (BENCH_WORKLOADS=w4).
+    fig, axes = plt.subplots(len(workloads), 1, figsize=(8, 2.0 * len(workloads)), squeeze=False)
+    for ax, workload in zip(axes[:, 0], workloads):
         setups = list(table[workload])
         values = [value(table[workload][s]) for s in setups]
         ax.barh(setups, values, color=[color(s) for s in setups])
@@ -66,8 +67,8 @@ def cdf(table, path):
     complete = all(all(k in v for k, _ in PERCENTILES) for w in present for v in table[w].values())
     if not present or not complete:
         return None
-    fig, axes = plt.subplots(1, len(present), figsize=(6 * len(present), 4))
-    for ax, workload in zip(axes if len(present) > 1 else [axes], present):
+    fig, axes = plt.subplots(1, len(present), figsize=(6 * len(present), 4), squeeze=False)
+    for ax, workload in zip(axes[0], present):
         for setup, v in table[workload].items():
             xs = [v[k] / 1000 for k, _ in PERCENTILES]
             ys = [q for _, q in PERCENTILES]

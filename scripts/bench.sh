@@ -15,7 +15,9 @@
 # BENCH_PROFILE (1 = also perf-profile the machine under W1 through the
 # gateway, default 1), BENCH_NICE (niceness of everything the run starts,
 # default -10 when root: other work on the machine gets less of the two
-# cores while the numbers are taken, equally for every setup).
+# cores while the numbers are taken, equally for every setup),
+# BENCH_WORKLOADS (which of w1 w2 w3 w4 w5 to run, default all; e.g.
+# BENCH_WORKLOADS=w4 to rerun the idle-memory comparison alone).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -24,6 +26,17 @@ warmup=${BENCH_WARMUP:-2s}
 rounds=${BENCH_ROUNDS:-2}
 out=${BENCH_OUT:-$root/bench/results}
 profile=${BENCH_PROFILE:-1}
+workloads=" ${BENCH_WORKLOADS:-w1 w2 w3 w4 w5} "
+for w in $workloads; do
+  case $w in
+  w1 | w2 | w3 | w4 | w5) ;;
+  *)
+    echo "BENCH_WORKLOADS: unknown workload '$w' (expected some of w1 w2 w3 w4 w5)" >&2
+    exit 2
+    ;;
+  esac
+done
+wanted() { [[ $workloads == *" $1 "* ]]; }
 if [ "$(id -u)" -eq 0 ]; then
   renice -n "${BENCH_NICE:--10}" -p $$ >/dev/null
 fi
@@ -290,21 +303,21 @@ in_order() { # round, setups...: forward on odd rounds, reverse on even
 
 for round in $(seq "$rounds"); do
   step "Round $round of $rounds"
-  for setup in $(in_order "$round" "${proxy_setups[@]}"); do
+  wanted w1 && for setup in $(in_order "$round" "${proxy_setups[@]}"); do
     measure w1-polling "$setup" "$round" roundtrip --clients 200 --transport polling
   done
-  for setup in $(in_order "$round" "${proxy_setups[@]}"); do
+  wanted w2 && for setup in $(in_order "$round" "${proxy_setups[@]}"); do
     measure w2-websocket "$setup" "$round" roundtrip --clients 200 --transport websocket
   done
-  for setup in $(in_order "$round" "${proxy_setups[@]}"); do
+  wanted w3 && for setup in $(in_order "$round" "${proxy_setups[@]}"); do
     measure w3-churn "$setup" "$round" churn --clients 50 --transport polling
   done
-  for setup in $(in_order "$round" "${idle_setups[@]}"); do
+  wanted w4 && for setup in $(in_order "$round" "${idle_setups[@]}"); do
     # Memory of the process in front of the nodes only.
     pick=proxy_pid measure w4-idle "$setup" "$round" idle --websockets 6000 --polling 1500 --open-concurrency 200
     sleep 2 # let the closed sessions drain before the next setup
   done
-  for setup in $(in_order "$round" "${fanout_setups[@]}"); do
+  wanted w5 && for setup in $(in_order "$round" "${fanout_setups[@]}"); do
     measure w5-fanout "$setup" "$round" fanout --subscribers 300 --publishers 3 --window 16
   done
 done

@@ -84,15 +84,26 @@ impl NodeConn {
     }
 
     /// Reads until a whole response head has arrived.
+    ///
+    /// Waits for the socket to be readable before it takes a buffer: a long
+    /// poll waits here for up to `pingInterval`, and a buffer reserved for
+    /// that whole time would be 8 KiB per idle polling session.
     pub async fn read_head(&mut self, method: &Method) -> Result<ResponseHead, NodeError> {
         loop {
             if let Some(head) = wire::parse_response_head(&mut self.buf, method)? {
                 return Ok(head);
             }
+            if self.buf.is_empty() {
+                // Drop spare capacity left by an earlier response.
+                self.buf = BytesMut::new();
+            }
+            self.stream.readable().await?;
             self.buf.reserve(READ_CHUNK);
-            let n = tokio::io::AsyncReadExt::read_buf(&mut self.stream, &mut self.buf).await?;
-            if n == 0 {
-                return Err(NodeError::Closed);
+            match self.stream.try_read_buf(&mut self.buf) {
+                Ok(0) => return Err(NodeError::Closed),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -126,6 +137,9 @@ impl Reuse {
 
     fn put(&self, mut conn: NodeConn) {
         conn.reused = true;
+        // Idle, it holds no buffer: what is left of the last read's
+        // allocation goes back now, not when the next request comes.
+        conn.buf = BytesMut::new();
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
     }
 }
