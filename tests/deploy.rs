@@ -5,6 +5,10 @@
 //! byte for byte in a scratch directory that also holds a dummy `mesh.secret`,
 //! which is where the deployments put the real one.
 
+// A panic is how a test fails, with its message; the support modules' `pub`
+// items are their interface to the test files that include them.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

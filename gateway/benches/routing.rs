@@ -15,6 +15,9 @@
 //!
 //! Run with `cargo bench -p stickyio-gateway --bench routing`.
 
+// A benchmark: a panic with its message is report enough.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;

@@ -3,6 +3,10 @@
 //! a link, or hold the wrong secret. Delivery is checked over both backends
 //! (the mesh, and Redis on a `redis-server` of the test's own) by one body.
 
+// A panic is how a test fails, with its message; the support modules' `pub`
+// items are their interface to the test files that include them.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 mod cluster_support;
 
 use std::collections::{BTreeSet, HashMap};

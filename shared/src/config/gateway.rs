@@ -280,76 +280,76 @@ mod defaults {
     use super::Duration;
     use std::net::SocketAddr;
 
-    pub fn listen() -> SocketAddr {
+    pub(super) fn listen() -> SocketAddr {
         SocketAddr::from(([0, 0, 0, 0], 8080))
     }
-    pub fn admin() -> SocketAddr {
+    pub(super) fn admin() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 9090))
     }
-    pub fn ipv4_prefix() -> u8 {
+    pub(super) fn ipv4_prefix() -> u8 {
         32
     }
-    pub fn ipv6_prefix() -> u8 {
+    pub(super) fn ipv6_prefix() -> u8 {
         64
     }
-    pub fn health_path() -> String {
+    pub(super) fn health_path() -> String {
         "/healthz".to_owned()
     }
-    pub fn expect_status() -> super::StatusRanges {
+    pub(super) fn expect_status() -> super::StatusRanges {
         super::StatusRanges(vec![(100, 499)])
     }
     /// Envoy's panic threshold.
-    pub fn panic_threshold() -> u8 {
+    pub(super) fn panic_threshold() -> u8 {
         50
     }
     /// Envoy's base ejection time.
-    pub fn ejection_time() -> Duration {
+    pub(super) fn ejection_time() -> Duration {
         Duration::from_secs(30)
     }
     /// An Engine.IO server answers a handshake at once; one that does not
     /// within this is stuck (a frozen process still accepts connections).
-    pub fn handshake_timeout() -> Duration {
+    pub(super) fn handshake_timeout() -> Duration {
         Duration::from_secs(5)
     }
-    pub fn health_interval() -> Duration {
+    pub(super) fn health_interval() -> Duration {
         Duration::from_secs(2)
     }
-    pub fn health_timeout() -> Duration {
+    pub(super) fn health_timeout() -> Duration {
         Duration::from_secs(1)
     }
-    pub fn rise() -> u32 {
+    pub(super) fn rise() -> u32 {
         2
     }
-    pub fn fall() -> u32 {
+    pub(super) fn fall() -> u32 {
         2
     }
-    pub fn header_read_timeout() -> Duration {
+    pub(super) fn header_read_timeout() -> Duration {
         // Also the keep-alive idle limit: above the usual 25 s ping interval
         // so a polling client's connection survives between pongs.
         Duration::from_secs(30)
     }
-    pub fn max_header_bytes() -> usize {
+    pub(super) fn max_header_bytes() -> usize {
         16 * 1024
     }
-    pub fn max_headers() -> usize {
+    pub(super) fn max_headers() -> usize {
         100
     }
     /// The nodes' default `max_payload`: with the gateway's limit no higher,
     /// an oversized body is cut by the gateway (413) before a node drops the
     /// connection over it mid-upload (which the gateway can only call a 502).
-    pub fn max_body_bytes() -> u64 {
+    pub(super) fn max_body_bytes() -> u64 {
         1_000_000
     }
-    pub fn max_connections() -> usize {
+    pub(super) fn max_connections() -> usize {
         10_000
     }
-    pub fn idle_timeout() -> Duration {
+    pub(super) fn idle_timeout() -> Duration {
         Duration::from_secs(60)
     }
-    pub fn shutdown_timeout() -> Duration {
+    pub(super) fn shutdown_timeout() -> Duration {
         Duration::from_secs(10)
     }
-    pub fn weight() -> u32 {
+    pub(super) fn weight() -> u32 {
         1
     }
 }

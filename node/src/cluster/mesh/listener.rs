@@ -26,12 +26,12 @@ use crate::cluster::inbound::Inbound;
 use crate::cluster::millis;
 
 /// The namespace peers link to.
-pub const NAMESPACE: &str = "/cluster";
+pub(super) const NAMESPACE: &str = "/cluster";
 
 /// Why a `/cluster` connection was refused. The text goes back to the client
 /// in its `connect_error`; it never contains the secret.
 #[derive(Debug, thiserror::Error)]
-pub enum Refusal {
+pub(super) enum Refusal {
     #[error("unauthorized: no cluster secret")]
     MissingSecret,
     #[error("unauthorized: wrong cluster secret")]
@@ -77,7 +77,7 @@ struct InboundLink {
     since: SystemTime,
 }
 
-pub struct Listener {
+pub(super) struct Listener {
     node: String,
     secret: Secret,
     max_frame: usize,
@@ -87,7 +87,7 @@ pub struct Listener {
 }
 
 impl Listener {
-    pub fn new(
+    pub(super) fn new(
         node: String,
         secret: Secret,
         max_frame: usize,
@@ -105,7 +105,7 @@ impl Listener {
     }
 
     /// Adds the `/cluster` namespace to `io`.
-    pub fn register(self: &Arc<Self>, io: &SocketIo) {
+    pub(super) fn register(self: &Arc<Self>, io: &SocketIo) {
         let guard = self.clone();
         let host = self.clone();
         io.ns(
@@ -260,7 +260,7 @@ impl Listener {
     }
 
     /// The link from peer `node` into this node, if it ever connected.
-    pub fn inbound(&self, node: &str) -> Option<InboundStatus> {
+    pub(super) fn inbound(&self, node: &str) -> Option<InboundStatus> {
         let inbound = self.inbound.lock().unwrap_or_else(PoisonError::into_inner);
         let entry = inbound.get(node)?;
         Some(InboundStatus {
@@ -270,7 +270,7 @@ impl Listener {
     }
 
     /// Relayed publications received from peer `node` and delivered.
-    pub fn messages_in(&self, node: &str) -> u64 {
+    pub(super) fn messages_in(&self, node: &str) -> u64 {
         self.received.messages_in(node)
     }
 }

@@ -47,7 +47,7 @@ enum End {
 }
 
 /// Connects, serves, and reconnects until `shutdown`.
-pub async fn run(
+pub(super) async fn run(
     shared: Arc<Shared>,
     client: Client,
     mut resumes: mpsc::Receiver<ResumeJob>,

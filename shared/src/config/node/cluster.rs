@@ -88,19 +88,19 @@ impl Default for ClusterConfig {
 
 mod defaults {
     use super::Duration;
-    pub fn standalone() -> bool {
+    pub(super) fn standalone() -> bool {
         true
     }
-    pub fn retry_interval() -> Duration {
+    pub(super) fn retry_interval() -> Duration {
         Duration::from_secs(5)
     }
-    pub fn link_queue() -> usize {
+    pub(super) fn link_queue() -> usize {
         4096
     }
-    pub fn redis_prefix() -> String {
+    pub(super) fn redis_prefix() -> String {
         "stickyio".to_owned()
     }
-    pub fn redis_heartbeat_ttl() -> Duration {
+    pub(super) fn redis_heartbeat_ttl() -> Duration {
         Duration::from_secs(3)
     }
 }

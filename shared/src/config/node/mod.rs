@@ -117,46 +117,46 @@ mod defaults {
     use std::net::{Ipv4Addr, SocketAddr};
 
     use super::Duration;
-    pub fn admin() -> SocketAddr {
+    pub(super) fn admin() -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, 9100))
     }
-    pub fn ping_interval() -> Duration {
+    pub(super) fn ping_interval() -> Duration {
         Duration::from_secs(25)
     }
-    pub fn ping_timeout() -> Duration {
+    pub(super) fn ping_timeout() -> Duration {
         Duration::from_secs(20)
     }
-    pub fn max_payload() -> u64 {
+    pub(super) fn max_payload() -> u64 {
         1_000_000
     }
-    pub fn max_subscriptions() -> usize {
+    pub(super) fn max_subscriptions() -> usize {
         100
     }
-    pub fn max_message_bytes() -> usize {
+    pub(super) fn max_message_bytes() -> usize {
         64 * 1024
     }
     /// socketioxide's default of 128 dropped 0.8 % of W5 deliveries (300
     /// subscribers, 3 publishers) whenever the clients' CPU share dipped.
-    pub fn send_buffer() -> usize {
+    pub(super) fn send_buffer() -> usize {
         1024
     }
-    pub fn max_connections() -> usize {
+    pub(super) fn max_connections() -> usize {
         10_000
     }
     /// hyper's own default, and the gateway's.
-    pub fn header_read_timeout() -> Duration {
+    pub(super) fn header_read_timeout() -> Duration {
         Duration::from_secs(30)
     }
     /// A 1 MB `max_payload` at 33 KB/s.
-    pub fn body_read_timeout() -> Duration {
+    pub(super) fn body_read_timeout() -> Duration {
         Duration::from_secs(30)
     }
     /// A few minutes of a busy chat room; a few MB (BENCHMARKS.md).
-    pub fn history_size() -> usize {
+    pub(super) fn history_size() -> usize {
         10_000
     }
     /// Longer than any client takes to notice a dead node and reconnect.
-    pub fn history_ttl() -> Duration {
+    pub(super) fn history_ttl() -> Duration {
         Duration::from_secs(300)
     }
 }
