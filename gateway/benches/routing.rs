@@ -98,7 +98,7 @@ fn route(c: &mut Criterion) {
         let node = Arc::clone(&snapshot.nodes[n / 2]);
         let sid = state
             .route_keys
-            .seal(&node.name, &node.addr, "lv_VI97HAXpY6yYWAAAC");
+            .seal(&node.name, node.addr.as_str(), "lv_VI97HAXpY6yYWAAAC");
         group.bench_with_input(BenchmarkId::from_parameter(n), &state, |b, state| {
             b.iter(|| {
                 let snapshot = state.snapshot();

@@ -24,6 +24,7 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 use socketioxide::SocketIo;
 use stickyio_shared::config::node::{NodeConfig, PublishAck};
+use stickyio_shared::config::{Env, sources};
 use stickyio_shared::message::Publication;
 use stickyio_shared::relay;
 use stickyio_shared::secret::Secret;
@@ -264,8 +265,8 @@ impl Drop for Mesh {
 
 /// The mesh secret of `config`; a clustered mesh node must have one.
 pub fn secret(config: &NodeConfig) -> Result<String, ClusterError> {
-    config
-        .cluster
-        .resolve_secret()?
+    let secret = sources::cluster_secret(&config.cluster, Env::process())?;
+    secret
+        .map(|s| s.expose().to_owned())
         .ok_or(ClusterError::NoSecret)
 }
