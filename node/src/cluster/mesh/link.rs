@@ -284,11 +284,13 @@ impl Link {
         let url = settings.url.as_str();
         let mut unsent: Option<Frame> = None;
         loop {
+            // This line, the failure and the wait keep the URL in their text
+            // too: operators and docs grep for them (DESIGN.md).
             tracing::info!(peer = url, "Trying to connect to {url}");
             let dialed = dial(&settings, &shutdown).await;
             let end = match dialed {
                 Ok((client, mut events, node)) => {
-                    tracing::info!(peer = url, node = node.as_deref(), "Linked to {url}");
+                    tracing::info!(peer = url, node = node.as_deref(), "peer link up");
                     self.set_up(node);
                     let mut pending = AHashMap::new();
                     let end = self
@@ -324,11 +326,11 @@ impl Link {
                     return;
                 }
                 End::Lost(LinkError::Refused(reason)) => {
-                    tracing::error!(peer = url, "{url} refused this node's link: {reason}");
+                    tracing::error!(peer = url, %reason, "the peer refused this node's link");
                     self.set_down(LinkState::Refused, Some(reason));
                 }
                 End::Lost(e) => {
-                    tracing::warn!(peer = url, "Link to {url} failed: {e}");
+                    tracing::warn!(peer = url, error = %e, "Link to {url} failed");
                     self.set_down(LinkState::Down, Some(e.to_string()));
                 }
             }
@@ -338,10 +340,11 @@ impl Link {
                 self.dropped_link_down.inc();
                 frame.fail("link_down");
             }
+            let retry_interval = config::Duration(settings.retry_interval);
             tracing::info!(
                 peer = url,
-                "Waiting {} before retrying",
-                config::Duration(settings.retry_interval)
+                %retry_interval,
+                "Waiting {retry_interval} before retrying"
             );
             tokio::select! {
                 _ = shutdown.cancelled() => {
@@ -563,6 +566,6 @@ async fn write(client: &Client, event: &str, payload: Payload) -> Result<(), Lin
 /// Ends the session, so rust_socketio's reader task stops too.
 async fn close(client: &Client) {
     if let Ok(Err(e)) = tokio::time::timeout(WRITE_TIMEOUT, client.disconnect()).await {
-        tracing::debug!("closing a peer link: {e}");
+        tracing::debug!(error = %e, "closing a peer link failed");
     }
 }

@@ -260,9 +260,9 @@ impl Shared {
         if self.membership().conflict_seen(other, Instant::now()) {
             tracing::error!(
                 node = %self.node,
-                "two nodes are named {:?}: another process (incarnation {other}) uses {} too; give every node its own name",
-                self.node,
-                self.names.own
+                incarnation = other,
+                key = self.names.own,
+                "two nodes are named the same: another process uses this node's name and heartbeat key; give every node its own name"
             );
         }
     }

@@ -228,7 +228,7 @@ impl Shared {
     /// Counts a refusal and returns its message.
     pub(super) fn refuse(&self, reason: &'static str, message: String) -> String {
         self.metrics.refuse(reason);
-        tracing::debug!(reason, "publish refused: {message}");
+        tracing::debug!(reason, %message, "publish refused");
         message
     }
 }
