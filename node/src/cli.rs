@@ -77,3 +77,32 @@ pub async fn serve(config: NodeConfig) -> Result<(), NodeError> {
     tracing::info!("signal received");
     node.shutdown().await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_names_the_token_file_it_cannot_read_unless_config_only() {
+        let dir = std::env::temp_dir().join(format!("stickyio-node-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("node.toml");
+        let text =
+            "listen = \"127.0.0.1:3001\"\nname = \"n\"\nadmin_token_file = \"absent.token\"\n";
+        std::fs::write(&path, text).unwrap();
+        let err = check(&path, false).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "admin token: admin_token_file {}: cannot read: No such file or directory (os error 2)",
+                dir.join("absent.token").display()
+            )
+        );
+        std::fs::write(dir.join("absent.token"), " \n").unwrap();
+        let err = check(&path, false).unwrap_err().to_string();
+        assert!(err.ends_with("absent.token: the file is empty"), "{err}");
+        let printed = check(&path, true).unwrap();
+        assert!(printed.contains("admin_token_file = "), "{printed}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -3,6 +3,10 @@
 //! Both binaries share one loader so every config mistake, whether a TOML
 //! syntax error, an unknown key, a bad value or a cross-field rule, is
 //! reported the same way and can be fixed without guessing.
+//!
+//! Parsing reads the text and nothing else: the few rules that the
+//! environment can satisfy get it as an [`Env`], and the files and
+//! variables that hold secrets are read in [`sources`].
 
 mod addr;
 mod duration;
