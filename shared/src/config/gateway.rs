@@ -488,12 +488,7 @@ impl GatewayConfig {
                 "route_key_previous",
             ),
         ] {
-            if inline.is_some() && file.is_some() {
-                return Err(Violation::new(
-                    format!("{key}_file"),
-                    format!("set either `{key}` or `{key}_file`, not both"),
-                ));
-            }
+            super::inline_or_file("", key, inline.is_some(), file.is_some())?;
             if let Some(inline) = inline {
                 check_route_key(key, inline)?;
             }

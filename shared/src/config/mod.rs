@@ -101,18 +101,30 @@ pub(crate) fn keyed<E: serde::de::Error>(key: &str, message: impl fmt::Display) 
     E::custom(format!("`{key}`: {message}"))
 }
 
+/// The one rule for a value given inline or in a file (`key`, `key_file`,
+/// in the table `table`, such as `cluster.`): one or the other.
+pub(crate) fn inline_or_file(
+    table: &str,
+    key: &str,
+    inline: bool,
+    file: bool,
+) -> Result<(), Violation> {
+    if inline && file {
+        return Err(Violation::new(
+            format!("{table}{key}_file"),
+            format!("set either `{key}` or `{key}_file`, not both"),
+        ));
+    }
+    Ok(())
+}
+
 /// The rules every admin listener's token keys follow (`admin_token`,
 /// `admin_token_file`): one or the other, and not blank.
 pub(crate) fn check_admin_token(
     token: Option<&crate::secret::Secret>,
     file: Option<&Path>,
 ) -> Result<(), Violation> {
-    if token.is_some() && file.is_some() {
-        return Err(Violation::new(
-            "admin_token_file",
-            "set either `admin_token` or `admin_token_file`, not both",
-        ));
-    }
+    inline_or_file("", "admin_token", token.is_some(), file.is_some())?;
     if token.is_some_and(|t| t.expose().trim().is_empty()) {
         return Err(Violation::new("admin_token", "must not be empty"));
     }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::super::sources::{self, Source};
-use super::super::{Duration, Env, Violation, at_least, has_blank, positive};
+use super::super::{Duration, Env, Violation, at_least, has_blank, inline_or_file, positive};
 
 /// Environment variable that can carry the mesh secret instead of the file.
 pub const SECRET_ENV: &str = "STICKYIO_CLUSTER_SECRET";
@@ -138,12 +138,12 @@ impl ClusterConfig {
                 format!("{host:?} is not an http:// or https:// URL"),
             ));
         }
-        if self.secret.is_some() && self.secret_file.is_some() {
-            return Err(Violation::new(
-                "cluster.secret_file",
-                "set either `secret` or `secret_file`, not both",
-            ));
-        }
+        inline_or_file(
+            "cluster.",
+            "secret",
+            self.secret.is_some(),
+            self.secret_file.is_some(),
+        )?;
         if self.secret.as_deref() == Some("") {
             return Err(Violation::new("cluster.secret", "must not be empty"));
         }

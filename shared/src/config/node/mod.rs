@@ -459,6 +459,21 @@ retry_interval = "5s"
     }
 
     #[test]
+    fn a_secret_is_inline_or_in_a_file_not_both() {
+        let text = FULL.replace(
+            "secret = \"s3cret\"",
+            "secret = \"s3cret\"\nsecret_file = \"f\"",
+        );
+        let err = parse::<NodeConfig>(&text, "node.toml")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "node.toml:13:15: `cluster.secret_file`: set either `secret` or `secret_file`, not both"
+        );
+    }
+
+    #[test]
     fn clustered_with_only_itself_is_an_error() {
         let text = FULL.replace(
             r#"["http://127.0.0.1:3001", "http://127.0.0.1:3002", "http://127.0.0.1:3003"]"#,
