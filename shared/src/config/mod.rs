@@ -118,15 +118,18 @@ pub(crate) fn inline_or_file(
     Ok(())
 }
 
-/// The rules every admin listener's token keys follow (`admin_token`,
-/// `admin_token_file`): one or the other, and not blank.
-pub(crate) fn check_admin_token(
-    token: Option<&crate::secret::Secret>,
-    file: Option<&Path>,
+/// The rules for a secret's keys (`key`, `key_file`, in `table`), the admin
+/// tokens and the mesh secret alike: one or the other, and an inline one
+/// not blank.
+pub(crate) fn check_secret_keys(
+    table: &str,
+    key: &str,
+    inline: Option<&str>,
+    file: bool,
 ) -> Result<(), Violation> {
-    inline_or_file("", "admin_token", token.is_some(), file.is_some())?;
-    if token.is_some_and(|t| t.expose().trim().is_empty()) {
-        return Err(Violation::new("admin_token", "must not be empty"));
+    inline_or_file(table, key, inline.is_some(), file)?;
+    if inline.is_some_and(|s| s.trim().is_empty()) {
+        return Err(Violation::new(format!("{table}{key}"), "must not be empty"));
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::super::sources::{self, Source};
-use super::super::{Duration, Env, Violation, at_least, has_blank, inline_or_file, positive};
+use super::super::{Duration, Env, Violation, at_least, check_secret_keys, has_blank, positive};
 
 /// Environment variable that can carry the mesh secret instead of the file.
 pub const SECRET_ENV: &str = "STICKYIO_CLUSTER_SECRET";
@@ -138,15 +138,12 @@ impl ClusterConfig {
                 format!("{host:?} is not an http:// or https:// URL"),
             ));
         }
-        inline_or_file(
+        check_secret_keys(
             "cluster.",
             "secret",
-            self.secret.is_some(),
+            self.secret.as_deref(),
             self.secret_file.is_some(),
         )?;
-        if self.secret.as_deref() == Some("") {
-            return Err(Violation::new("cluster.secret", "must not be empty"));
-        }
         positive("cluster.retry_interval", self.retry_interval)?;
         at_least("cluster.link_queue", self.link_queue, 1, "")?;
         match self.backend {

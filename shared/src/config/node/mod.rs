@@ -252,7 +252,12 @@ impl Validate for NodeConfig {
             Duration(MIN_HISTORY_TTL),
             "",
         )?;
-        super::check_admin_token(self.admin_token.as_ref(), self.admin_token_file.as_deref())?;
+        super::check_secret_keys(
+            "",
+            "admin_token",
+            self.admin_token.as_ref().map(Secret::expose),
+            self.admin_token_file.is_some(),
+        )?;
         self.cluster.validate()
     }
 
@@ -470,6 +475,14 @@ retry_interval = "5s"
         assert_eq!(
             err,
             "node.toml:13:15: `cluster.secret_file`: set either `secret` or `secret_file`, not both"
+        );
+        let text = FULL.replace("secret = \"s3cret\"", "secret = \" \"");
+        let err = parse::<NodeConfig>(&text, "node.toml")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err, "node.toml:12:10: `cluster.secret`: must not be empty",
+            "a blank secret is no secret, as a blank token is no token"
         );
     }
 
