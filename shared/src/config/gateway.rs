@@ -426,12 +426,7 @@ impl Validate for GatewayConfig {
     fn validate(&self) -> Result<(), Violation> {
         between("ipv4_prefix", self.ipv4_prefix, (1, 32), "")?;
         between("ipv6_prefix", self.ipv6_prefix, (1, 128), "")?;
-        super::check_secret_keys(
-            "",
-            "admin_token",
-            self.admin_token.as_ref().map(Secret::expose),
-            self.admin_token_file.is_some(),
-        )?;
+        super::check_admin_token(self.admin_token.as_ref(), self.admin_token_file.as_deref())?;
         self.validate_route_keys()?;
         self.health.validate()?;
         self.limits.validate()?;

@@ -134,6 +134,20 @@ pub(crate) fn check_secret_keys(
     Ok(())
 }
 
+/// The keys of every admin listener's token (`admin_token`,
+/// `admin_token_file`), in `gateway.toml` and `node.toml` alike.
+pub(crate) fn check_admin_token(
+    token: Option<&crate::secret::Secret>,
+    file: Option<&Path>,
+) -> Result<(), Violation> {
+    check_secret_keys(
+        "",
+        "admin_token",
+        token.map(crate::secret::Secret::expose),
+        file.is_some(),
+    )
+}
+
 /// Whitespace or control characters, which no name or path may hold.
 pub(crate) fn has_blank(s: &str) -> bool {
     s.chars().any(|c| c.is_whitespace() || c.is_control())

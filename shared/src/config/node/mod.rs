@@ -252,12 +252,7 @@ impl Validate for NodeConfig {
             Duration(MIN_HISTORY_TTL),
             "",
         )?;
-        super::check_secret_keys(
-            "",
-            "admin_token",
-            self.admin_token.as_ref().map(Secret::expose),
-            self.admin_token_file.is_some(),
-        )?;
+        super::check_admin_token(self.admin_token.as_ref(), self.admin_token_file.as_deref())?;
         self.cluster.validate()
     }
 
