@@ -87,7 +87,7 @@ impl Topology {
                 .iter()
                 .map(|n| NodeEntry {
                     name: n.name.clone(),
-                    addr: n.listen.to_string(),
+                    addr: n.listen.into(),
                     weight: 1,
                     check_port: None,
                 })
@@ -208,7 +208,7 @@ mod tests {
         assert_eq!(t.gateway.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(t.gateway.admin.to_string(), "127.0.0.1:9090");
         assert!(t.nodes.iter().all(|n| !n.cluster.standalone));
-        let gateway_addrs: Vec<_> = t.gateway.nodes.iter().map(|n| n.addr.clone()).collect();
+        let gateway_addrs: Vec<_> = t.gateway.nodes.iter().map(|n| n.addr.to_string()).collect();
         let node_addrs: Vec<_> = t.nodes.iter().map(|n| n.listen.to_string()).collect();
         assert_eq!(gateway_addrs, node_addrs);
         let admins: Vec<_> = t.nodes.iter().map(|n| n.admin.to_string()).collect();
@@ -233,7 +233,7 @@ mod tests {
         assert_eq!(t.nodes[4].listen.to_string(), "127.0.0.1:33005");
         assert_eq!(t.nodes[4].admin.to_string(), "127.0.0.1:39105");
         assert_eq!(t.nodes[4].cluster.peers().len(), 4);
-        assert_eq!(t.gateway.nodes[4].addr, "127.0.0.1:33005");
+        assert_eq!(t.gateway.nodes[4].addr.as_str(), "127.0.0.1:33005");
         assert_eq!(t.gateway.listen.port(), 38080);
         let written = GatewayConfig::load(&t.gateway_file).unwrap();
         assert_eq!(written, t.gateway);

@@ -9,6 +9,10 @@
 //! tables is asked, through serde's refusal of an unknown field, for every
 //! name it accepts (which includes fields never written out, like secrets).
 
+// A panic is how a test fails, with its message; the support modules' `pub`
+// items are their interface to the test files that include them.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;

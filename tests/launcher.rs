@@ -2,6 +2,10 @@
 //! names the node the gateway really gives a browser on this machine, and
 //! the gateway's public address shows nothing of the nodes' internals.
 
+// A panic is how a test fails, with its message; the support modules' `pub`
+// items are their interface to the test files that include them.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 use std::time::Duration;
 
 use stickyio::{LocalCluster, Options, Topology};

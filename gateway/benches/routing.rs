@@ -15,6 +15,9 @@
 //!
 //! Run with `cargo bench -p stickyio-gateway --bench routing`.
 
+// A benchmark: a panic with its message is report enough.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -95,7 +98,7 @@ fn route(c: &mut Criterion) {
         let node = Arc::clone(&snapshot.nodes[n / 2]);
         let sid = state
             .route_keys
-            .seal(&node.name, &node.addr, "lv_VI97HAXpY6yYWAAAC");
+            .seal(&node.name, node.addr.as_str(), "lv_VI97HAXpY6yYWAAAC");
         group.bench_with_input(BenchmarkId::from_parameter(n), &state, |b, state| {
             b.iter(|| {
                 let snapshot = state.snapshot();

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use stickyio_shared::config::ConfigError;
-use stickyio_shared::config::gateway::{GatewayConfig, MIN_ROUTE_KEY};
-use stickyio_shared::secret::SecretError;
+use stickyio_shared::config::gateway::GatewayConfig;
+use stickyio_shared::config::sources::{self, GatewaySources, SourcesError};
+use stickyio_shared::config::{ConfigError, Env};
 use tokio::net::TcpListener;
 
 use crate::health_check;
@@ -55,10 +55,11 @@ impl From<GatewayConfig> for ConfigSource {
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("admin token: {0}")]
-    AdminToken(#[from] SecretError),
-    #[error("route key: {0}")]
-    RouteKey(String),
+    /// A token, key or TLS file named by the config; the error says which.
+    #[error(transparent)]
+    Sources(#[from] SourcesError),
+    #[error("route key: no randomness for a key of its own")]
+    NoRandomness,
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("cannot listen on {addr} ({what})")]
@@ -94,9 +95,10 @@ impl Gateway {
                 .await
                 .map_err(|source| StartError::Bind { what, addr, source })
         };
-        let admin_token = config.resolve_admin_token()?;
-        let route_keys = route_keys(&config)?;
-        let acceptor = config.tls.as_ref().map(tls::acceptor).transpose()?;
+        let sources = sources::gateway(&config, Env::process())?;
+        let route_keys = route_keys(&sources)?;
+        let acceptor = sources.tls.as_ref().map(tls::acceptor).transpose()?;
+        let admin_token = sources.admin_token;
         if !config.admin.ip().is_loopback() && admin_token.is_none() {
             tracing::warn!(admin = %config.admin, "the admin listener is open to anyone who can reach it (allow_open_admin)");
         }
@@ -137,23 +139,13 @@ impl Gateway {
 /// The route keys from the config, or a random key of this process's own
 /// (fine for one gateway; replicas need a shared one to read each other's
 /// tags).
-fn route_keys(config: &GatewayConfig) -> Result<RouteKeys, StartError> {
-    let (current, previous) = config
-        .resolve_route_keys()
-        .map_err(|e| StartError::RouteKey(e.to_string()))?;
-    for key in current.iter().chain(previous.iter()) {
-        if key.expose().len() < MIN_ROUTE_KEY {
-            return Err(StartError::RouteKey(format!(
-                "must be at least {MIN_ROUTE_KEY} bytes (for example the output of `openssl rand -base64 32`)"
-            )));
-        }
-    }
-    let current = match current {
+fn route_keys(sources: &GatewaySources) -> Result<RouteKeys, StartError> {
+    let current = match &sources.route_key {
         Some(key) => key.expose().as_bytes().to_vec(),
         None => {
             let mut key = vec![0u8; 32];
             ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
-                .map_err(|_| StartError::RouteKey("no randomness for a key of its own".into()))?;
+                .map_err(|_| StartError::NoRandomness)?;
             tracing::info!(
                 "no route_key set: this gateway uses a key of its own, so replicas cannot route each other's sessions"
             );
@@ -162,7 +154,10 @@ fn route_keys(config: &GatewayConfig) -> Result<RouteKeys, StartError> {
     };
     Ok(RouteKeys::new(
         &current,
-        previous.as_ref().map(|k| k.expose().as_bytes()),
+        sources
+            .route_key_previous
+            .as_ref()
+            .map(|k| k.expose().as_bytes()),
     ))
 }
 

@@ -189,7 +189,7 @@ impl Exchange<'_> {
         }
         if !parts.headers.contains_key(HOST)
             && let Some(first) = route.node()
-            && let Ok(host) = HeaderValue::from_str(&first.addr)
+            && let Ok(host) = HeaderValue::from_str(first.addr.as_str())
         {
             parts.headers.insert(HOST, host);
         }
@@ -552,7 +552,7 @@ impl Exchange<'_> {
         };
         let keys = &self.state.route_keys;
         let Some(open) = open_packet::rewrite_polling(&bytes, |sid| {
-            keys.seal(&upstream.name, &upstream.addr, sid)
+            keys.seal(&upstream.name, upstream.addr.as_str(), sid)
         }) else {
             return Ok(body::full(bytes));
         };
@@ -597,7 +597,7 @@ impl Exchange<'_> {
                     let client_sid =
                         state
                             .route_keys
-                            .seal(&upstream.name, &upstream.addr, node_sid);
+                            .seal(&upstream.name, upstream.addr.as_str(), node_sid);
                     state.pins.learn(
                         &client_sid,
                         upstream.clone(),

@@ -15,6 +15,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use ring::hmac;
+use stickyio_shared::config::gateway::NodeAddr;
 
 /// Bytes of MAC kept in a tag.
 const MAC_BYTES: usize = 16;
@@ -35,7 +36,7 @@ pub enum TagError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tagged {
     pub name: String,
-    pub addr: String,
+    pub addr: NodeAddr,
     /// The sid as the node knows it.
     pub node_sid: String,
 }
@@ -109,12 +110,12 @@ fn payload(name: &str, addr: &str) -> Vec<u8> {
     out
 }
 
-fn split_payload(payload: &[u8]) -> Option<(String, String)> {
+fn split_payload(payload: &[u8]) -> Option<(String, NodeAddr)> {
     let (&len, rest) = payload.split_first()?;
     let (name, addr) = rest.split_at_checked(usize::from(len))?;
     let name = std::str::from_utf8(name).ok()?;
-    let addr = std::str::from_utf8(addr).ok()?;
-    (!name.is_empty() && !addr.is_empty()).then(|| (name.to_owned(), addr.to_owned()))
+    let addr = std::str::from_utf8(addr).ok()?.parse().ok()?;
+    (!name.is_empty()).then(|| (name.to_owned(), addr))
 }
 
 fn mac(key: &hmac::Key, payload: &[u8], node_sid: &str) -> hmac::Tag {
@@ -147,7 +148,7 @@ mod tests {
             keys().open(&tagged),
             Ok(Tagged {
                 name: "node-a".into(),
-                addr: "127.0.0.1:3001".into(),
+                addr: "127.0.0.1:3001".parse().unwrap(),
                 node_sid: "lv_VI97HAXpY6yYWAAAC".into()
             })
         );

@@ -15,6 +15,8 @@ use tokio_util::task::TaskTracker;
 use crate::metrics::Metrics;
 use crate::ordering::SessionOrder;
 use crate::pinning::Pins;
+use stickyio_shared::config::gateway::NodeAddr;
+
 use crate::route_tag::{RouteKeys, Tagged};
 use crate::upstream::{Registry, Snapshot, Upstream};
 
@@ -31,7 +33,7 @@ pub struct State {
     pub route_keys: RouteKeys,
     /// Nodes this gateway knows only from route tags (another replica's
     /// config lists them already, or listed them): by address.
-    unlisted: std::sync::Mutex<ahash::AHashMap<String, Arc<Upstream>>>,
+    unlisted: std::sync::Mutex<ahash::AHashMap<NodeAddr, Arc<Upstream>>>,
     pub metrics: Metrics,
     /// Where the config came from; `None` when started from a value.
     pub config_path: Option<PathBuf>,

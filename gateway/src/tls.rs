@@ -1,6 +1,7 @@
 //! Optional TLS on the public listener (`[tls]` in `gateway.toml`).
 //!
-//! The certificate chain and key are read once at start; a client gets
+//! The certificate chain and key are read once at start (by
+//! `stickyio_shared::config::sources`, which `check` uses too); a client gets
 //! `limits.header_read_timeout` to finish its TLS handshake, the same bound a
 //! plain client has to send its request head, so a slow handshake cannot hold
 //! a connection open either. Websocket upgrades and long-polls then run over
@@ -9,7 +10,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use stickyio_shared::config::gateway::TlsConfig;
+use stickyio_shared::config::sources::TlsFiles;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -25,20 +26,19 @@ pub enum TlsError {
     Config(#[source] tokio_rustls::rustls::Error),
 }
 
-/// A TLS acceptor from the PEM files of `tls`, offering HTTP/1.1 by ALPN.
-pub fn acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
+/// A TLS acceptor from the PEM text of `[tls]`, offering HTTP/1.1 by ALPN.
+pub fn acceptor(tls: &TlsFiles) -> Result<TlsAcceptor, TlsError> {
     let cert_error = |reason: String| TlsError::Certificate {
         path: tls.cert_file.clone(),
         reason,
     };
-    let chain = CertificateDer::pem_file_iter(&tls.cert_file)
-        .map_err(|e| cert_error(e.to_string()))?
+    let chain = CertificateDer::pem_slice_iter(&tls.cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| cert_error(e.to_string()))?;
     if chain.is_empty() {
         return Err(cert_error("no CERTIFICATE block found".to_owned()));
     }
-    let key = PrivateKeyDer::from_pem_file(&tls.key_file).map_err(|e| TlsError::Key {
+    let key = PrivateKeyDer::from_pem_slice(&tls.key_pem).map_err(|e| TlsError::Key {
         path: tls.key_file.clone(),
         reason: e.to_string(),
     })?;
@@ -54,49 +54,36 @@ pub fn acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
 mod tests {
     use super::*;
 
-    fn dir() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("stickyio-tls-unit-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    fn files(cert_pem: &str, key_pem: &str) -> TlsFiles {
+        TlsFiles {
+            cert_file: PathBuf::from("/etc/cert.pem"),
+            cert_pem: cert_pem.as_bytes().to_vec(),
+            key_file: PathBuf::from("/etc/key.pem"),
+            key_pem: key_pem.as_bytes().to_vec(),
+        }
     }
 
+    // A missing or empty file is refused before this, by name, where the
+    // files are read (`sources`); here what they hold.
     #[test]
-    fn missing_and_garbage_files_are_named() {
-        let dir = dir();
-        let garbage = dir.join("garbage.pem");
-        std::fs::write(&garbage, "not a pem file\n").unwrap();
-        let tls = TlsConfig {
-            cert_file: dir.join("absent.pem"),
-            key_file: garbage.clone(),
-        };
-        let err = acceptor(&tls).err().unwrap().to_string();
-        assert!(err.starts_with("tls.cert_file "), "{err}");
-        assert!(err.contains("absent.pem"), "{err}");
-
+    fn garbage_files_are_named() {
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-        let cert_file = dir.join("cert.pem");
-        std::fs::write(&cert_file, cert.cert.pem()).unwrap();
-        let tls = TlsConfig {
-            cert_file: cert_file.clone(),
-            key_file: garbage,
-        };
-        let err = acceptor(&tls).err().unwrap().to_string();
-        assert!(err.starts_with("tls.key_file "), "{err}");
+        let (cert_pem, key_pem) = (cert.cert.pem(), cert.key_pair.serialize_pem());
+        let garbage = "not a pem file\n";
 
-        let tls = TlsConfig {
-            cert_file: dir.join("garbage.pem"),
-            key_file: cert_file,
-        };
-        let err = acceptor(&tls).err().unwrap().to_string();
-        assert!(err.contains("no CERTIFICATE block found"), "{err}");
-
-        let key_file = dir.join("key.pem");
-        std::fs::write(&key_file, cert.key_pair.serialize_pem()).unwrap();
-        let tls = TlsConfig {
-            cert_file: dir.join("cert.pem"),
-            key_file,
-        };
-        assert!(acceptor(&tls).is_ok());
-        std::fs::remove_dir_all(&dir).unwrap();
+        let err = acceptor(&files(&cert_pem, garbage))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.starts_with("tls.key_file /etc/key.pem: "), "{err}");
+        let err = acceptor(&files(garbage, &key_pem))
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            err,
+            "tls.cert_file /etc/cert.pem: no CERTIFICATE block found"
+        );
+        assert!(acceptor(&files(&cert_pem, &key_pem)).is_ok());
     }
 }

@@ -15,19 +15,16 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-use std::net::SocketAddr;
 use std::time::Instant;
-use stickyio_shared::config::gateway::{GatewayConfig, NodeEntry};
+use stickyio_shared::config::gateway::{GatewayConfig, NodeAddr, NodeEntry};
 
 use crate::metrics::{Metrics, NodeMetrics};
 
 pub struct Upstream {
     pub name: String,
-    pub addr: String,
-    /// `addr` when it is an IP literal: connected to without a DNS lookup.
-    socket: Option<SocketAddr>,
+    pub addr: NodeAddr,
     /// Where health checks go when not to `addr` (`nodes[].check_port`).
-    check_addr: Option<String>,
+    check_addr: Option<NodeAddr>,
     weight: AtomicU32,
     /// The active checks pass (by `rise`/`fall`).
     checks_pass: AtomicBool,
@@ -66,6 +63,15 @@ pub enum Transition {
     Down,
 }
 
+/// Connects to an IP address as it is, or to a name by resolving it first
+/// (each time: a node's name may move to another address).
+async fn connect(addr: &NodeAddr) -> std::io::Result<tokio::net::TcpStream> {
+    match addr.socket_addr() {
+        Some(ip) => tokio::net::TcpStream::connect(ip).await,
+        None => tokio::net::TcpStream::connect(addr.as_str()).await,
+    }
+}
+
 impl Upstream {
     fn new(entry: &NodeEntry, metrics: &Metrics) -> Arc<Self> {
         let metrics = metrics.node(&entry.name);
@@ -75,14 +81,7 @@ impl Upstream {
         Arc::new(Upstream {
             name: entry.name.clone(),
             addr: entry.addr.clone(),
-            socket: entry.addr.parse().ok(),
-            check_addr: entry.check_port.map(|port| {
-                let host = entry
-                    .addr
-                    .rsplit_once(':')
-                    .map_or(entry.addr.as_str(), |(h, _)| h);
-                format!("{host}:{port}")
-            }),
+            check_addr: entry.check_port.map(|port| entry.addr.with_port(port)),
             weight: AtomicU32::new(entry.weight),
             checks_pass: AtomicBool::new(true),
             ejected: AtomicBool::new(false),
@@ -95,10 +94,10 @@ impl Upstream {
 
     /// A node known only from a route tag: named and reachable, in no
     /// config and no placement.
-    pub fn unlisted(name: &str, addr: &str, metrics: &Metrics) -> Arc<Self> {
+    pub fn unlisted(name: &str, addr: &NodeAddr, metrics: &Metrics) -> Arc<Self> {
         let entry = NodeEntry {
             name: name.to_owned(),
-            addr: addr.to_owned(),
+            addr: addr.clone(),
             weight: 1,
             check_port: None,
         };
@@ -110,18 +109,12 @@ impl Upstream {
     /// Opens the TCP connection a health check uses: to `check_port` when
     /// set, else as [`Upstream::dial`].
     pub async fn dial_check(&self) -> std::io::Result<tokio::net::TcpStream> {
-        match &self.check_addr {
-            Some(addr) => tokio::net::TcpStream::connect(addr.as_str()).await,
-            None => self.dial().await,
-        }
+        connect(self.check_addr.as_ref().unwrap_or(&self.addr)).await
     }
 
     /// Opens a TCP connection to the node (resolving `addr` if it is a name).
     pub async fn dial(&self) -> std::io::Result<tokio::net::TcpStream> {
-        match self.socket {
-            Some(addr) => tokio::net::TcpStream::connect(addr).await,
-            None => tokio::net::TcpStream::connect(self.addr.as_str()).await,
-        }
+        connect(&self.addr).await
     }
 
     pub fn weight(&self) -> u32 {

@@ -1,6 +1,10 @@
 //! The `stickyio-gateway` binary: `check` prints the effective config or a
 //! located error, and SIGTERM stops a running gateway with exit code 0.
 
+// A panic is how a test fails, with its message; the support modules' `pub`
+// items are their interface to the test files that include them.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 mod support;
 
 use std::io::{BufRead, BufReader};

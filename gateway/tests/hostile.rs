@@ -6,6 +6,10 @@
 //! or a close, real clients keep being served, memory stays bounded, and the
 //! process never dies.
 
+// A panic is how a test fails, with its message; the support modules' `pub`
+// items are their interface to the test files that include them.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 mod support;
 
 use std::net::{Ipv4Addr, SocketAddr};

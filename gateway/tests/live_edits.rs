@@ -6,6 +6,10 @@
 //! the old config keeps serving. A stopped node's clients fail over to their
 //! next choice and come back when it returns.
 
+// A panic is how a test fails, with its message; the support modules' `pub`
+// items are their interface to the test files that include them.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 mod support;
 
 use std::collections::BTreeSet;

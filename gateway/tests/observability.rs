@@ -3,6 +3,10 @@
 //! running gateway or node (mesh and Redis backends), and `promtool` accepts
 //! the rules, passes their unit tests and accepts the scrape config.
 
+// A panic is how a test fails, with its message; the support modules' `pub`
+// items are their interface to the test files that include them.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 mod support;
 
 use std::collections::BTreeSet;

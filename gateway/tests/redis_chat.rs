@@ -4,6 +4,10 @@
 //! every message reaches every client exactly once, whichever node it was
 //! published on.
 
+// A panic is how a test fails, with its message; the support modules' `pub`
+// items are their interface to the test files that include them.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 mod support;
 
 use http::Method;

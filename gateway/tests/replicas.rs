@@ -9,6 +9,10 @@
 //! the replicas seconds apart, replicas that disagree about a node's health,
 //! a replica restarted mid-session, and a key rotation by rolling restarts.
 
+// A panic is how a test fails, with its message; the support modules' `pub`
+// items are their interface to the test files that include them.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 mod support;
 
 use std::collections::BTreeSet;

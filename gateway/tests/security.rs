@@ -3,6 +3,10 @@
 //! the public listener (a self-signed certificate made here with rcgen),
 //! with long-polling and the websocket upgrade both working over it.
 
+// A panic is how a test fails, with its message; the support modules' `pub`
+// items are their interface to the test files that include them.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 mod support;
 
 use std::io::Read;

@@ -17,6 +17,10 @@
 //! become readable in the same microseconds can come out of epoll in either
 //! order. So a run may show one swap, never more ([`TOLERATED`]).
 
+// A panic is how a test fails, with its message; the support modules' `pub`
+// items are their interface to the test files that include them.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 mod support;
 
 use std::net::{Ipv4Addr, SocketAddr};

@@ -3,6 +3,10 @@
 //! and the same traffic through a round-robin forwarder breaks, which shows
 //! the test can tell.
 
+// A panic is how a test fails, with its message; the support modules' `pub`
+// items are their interface to the test files that include them.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 mod support;
 
 use std::collections::BTreeMap;

@@ -3,6 +3,10 @@
 //! on `/metrics`, across a bad and a good edit of `gateway.toml` (picked up
 //! by the file watcher).
 
+// A panic is how a test fails, with its message; the support modules' `pub`
+// items are their interface to the test files that include them.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 mod support;
 
 use http::{Method, StatusCode};

@@ -9,6 +9,10 @@
 //! client waits for its Connect event first; its callbacks only push into
 //! channels, since they run inline on its reader.
 
+// A panic is how a test fails, with its message; the support modules' `pub`
+// items are their interface to the test files that include them.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 mod support;
 
 use std::net::Ipv4Addr;

@@ -20,7 +20,7 @@ const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100
 
 /// An HTTP/1 and HTTP/2 builder whose connections must send a request head
 /// within `header_read_timeout` (slowloris).
-pub fn builder(header_read_timeout: std::time::Duration) -> auto::Builder<TokioExecutor> {
+pub(crate) fn builder(header_read_timeout: std::time::Duration) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -32,7 +32,7 @@ pub fn builder(header_read_timeout: std::time::Duration) -> auto::Builder<TokioE
 /// The next connection within `limit`, or `None` once `shutdown` is
 /// cancelled. Connections over the limit get a 503 (`who` names the
 /// listener in it) and are closed.
-pub async fn next(
+pub(crate) async fn next(
     listener: &TcpListener,
     limit: &ConnectionLimit,
     who: &'static str,
@@ -61,7 +61,7 @@ pub async fn next(
 }
 
 /// Lets in-flight requests finish, for at most [`DRAIN_TIMEOUT`].
-pub async fn drain(graceful: GracefulShutdown, who: &'static str) {
+pub(crate) async fn drain(graceful: GracefulShutdown, who: &'static str) {
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
         .await
         .is_err()

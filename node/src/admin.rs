@@ -33,7 +33,7 @@ use crate::routes::{HttpState, body, method_not_allowed, text};
 const MAX_ADMIN_CONNECTIONS: usize = 64;
 
 /// What the admin listener serves from: the node's state and its token.
-pub struct Admin {
+pub(crate) struct Admin {
     pub http: Arc<HttpState>,
     pub token: Option<Secret>,
 }
@@ -125,7 +125,7 @@ impl Admin {
 
 /// Serves the admin listener until `shutdown`, then lets in-flight requests
 /// finish (bounded by [`crate::server::DRAIN_TIMEOUT`]).
-pub async fn serve(
+pub(crate) async fn serve(
     admin: Arc<Admin>,
     listener: TcpListener,
     header_read_timeout: std::time::Duration,

@@ -36,13 +36,13 @@ use crate::topics::{Resumed, TopicError, TopicService};
 
 /// What the handlers share, as socketioxide state.
 #[derive(Clone)]
-pub struct Api {
+pub(crate) struct Api {
     pub topics: Arc<TopicService>,
     pub metrics: Arc<Metrics>,
 }
 
 /// Registers the main namespace and its event handlers.
-pub fn register(io: &SocketIo) {
+pub(crate) fn register(io: &SocketIo) {
     io.ns("/", on_connect.with(add_handlers));
 }
 

@@ -7,8 +7,9 @@
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
-use stickyio_shared::config::ConfigError;
 use stickyio_shared::config::node::NodeConfig;
+use stickyio_shared::config::sources::{self, SourcesError};
+use stickyio_shared::config::{ConfigError, Env};
 use stickyio_shared::signals::stop_signal;
 
 use crate::cluster::{Cluster, ClusterError};
@@ -33,9 +34,15 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Validate the config and print it as the node would use it (defaults
-    /// filled in, secrets left out); exit non-zero with file:line:column if invalid.
-    Check,
+    /// Validate the config, read the token and secret files it names, and
+    /// print it as the node would use it (defaults filled in, secrets left
+    /// out); exit non-zero with file:line:column if invalid.
+    Check {
+        /// Check the file alone, not the files it names: for a config meant
+        /// for another machine (a container's, whose files are mounted there).
+        #[arg(long)]
+        config_only: bool,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,19 +52,19 @@ pub enum CheckError {
     #[error(transparent)]
     Cluster(#[from] ClusterError),
     #[error(transparent)]
-    AdminToken(stickyio_shared::config::node::SecretError),
+    Sources(#[from] SourcesError),
     #[error("cannot print the config as TOML: {0}")]
     Render(#[from] toml::ser::Error),
 }
 
-/// Loads and validates the config (and, for a clustered node, that its
-/// secret can be read, or its Redis URL and password) and returns the
-/// effective config as TOML.
-pub fn check(path: &Path) -> Result<String, CheckError> {
+/// Loads and validates the config and (unless `config_only`) reads every
+/// token and secret file it names, which a start would stop on, and checks
+/// what joining the cluster needs. Returns the effective config as TOML.
+pub fn check(path: &Path, config_only: bool) -> Result<String, CheckError> {
     let config = NodeConfig::load(path)?;
-    Cluster::check(&config)?;
-    if let Err(e) = config.resolve_admin_token() {
-        return Err(CheckError::AdminToken(e));
+    if !config_only {
+        sources::node(&config, Env::process())?;
+        Cluster::check(&config)?;
     }
     Ok(toml::to_string(&config)?)
 }
@@ -69,4 +76,33 @@ pub async fn serve(config: NodeConfig) -> Result<(), NodeError> {
     stop.await;
     tracing::info!("signal received");
     node.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_names_the_token_file_it_cannot_read_unless_config_only() {
+        let dir = std::env::temp_dir().join(format!("stickyio-node-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("node.toml");
+        let text =
+            "listen = \"127.0.0.1:3001\"\nname = \"n\"\nadmin_token_file = \"absent.token\"\n";
+        std::fs::write(&path, text).unwrap();
+        let err = check(&path, false).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "admin token: admin_token_file {}: cannot read: No such file or directory (os error 2)",
+                dir.join("absent.token").display()
+            )
+        );
+        std::fs::write(dir.join("absent.token"), " \n").unwrap();
+        let err = check(&path, false).unwrap_err().to_string();
+        assert!(err.ends_with("absent.token: the file is empty"), "{err}");
+        let printed = check(&path, true).unwrap();
+        assert!(printed.contains("admin_token_file = "), "{printed}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

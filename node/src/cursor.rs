@@ -29,21 +29,21 @@ const POOL_LEN: usize = 8;
 const MAC_LEN: usize = 16;
 /// Most incarnations a cursor names; older ones are left out when minting
 /// (see `History`: idle incarnations leave the frontier).
-pub const MAX_STREAMS: usize = 64;
+pub(crate) const MAX_STREAMS: usize = 64;
 /// Longest cursor text accepted: the longest this build mints (every stream
 /// with a 255-byte name), in base64.
-pub const MAX_CURSOR_CHARS: usize =
+pub(crate) const MAX_CURSOR_CHARS: usize =
     (1 + POOL_LEN + 8 + 2 + MAX_STREAMS * (1 + 255 + 16) + MAC_LEN) * 4 / 3 + 4;
 
 /// Per origin incarnation, the last sequence number seen.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Frontier {
+pub(crate) struct Frontier {
     streams: Vec<(Arc<str>, u64, u64)>,
 }
 
 impl Frontier {
     /// The last sequence of `origin`'s incarnation `boot`, if it is named.
-    pub fn get(&self, origin: &str, boot: u64) -> Option<u64> {
+    pub(crate) fn get(&self, origin: &str, boot: u64) -> Option<u64> {
         self.streams
             .iter()
             .find(|(o, b, _)| **o == *origin && *b == boot)
@@ -51,7 +51,7 @@ impl Frontier {
     }
 
     /// Records that `seq` of `origin`/`boot` was seen (never moves back).
-    pub fn advance(&mut self, origin: &Arc<str>, boot: u64, seq: u64) {
+    pub(crate) fn advance(&mut self, origin: &Arc<str>, boot: u64, seq: u64) {
         match self
             .streams
             .iter_mut()
@@ -63,12 +63,12 @@ impl Frontier {
     }
 
     /// Whether `seq` of `origin`/`boot` is at or before this frontier.
-    pub fn covers(&self, origin: &str, boot: u64, seq: u64) -> bool {
+    pub(crate) fn covers(&self, origin: &str, boot: u64, seq: u64) -> bool {
         self.get(origin, boot).is_some_and(|last| seq <= last)
     }
 
     /// Every position of `other` is covered by this frontier.
-    pub fn dominates(&self, other: &Frontier) -> bool {
+    pub(crate) fn dominates(&self, other: &Frontier) -> bool {
         other
             .streams
             .iter()
@@ -76,7 +76,7 @@ impl Frontier {
     }
 
     /// Takes, per incarnation, the later of the two positions.
-    pub fn merge(&mut self, other: &Frontier) {
+    pub(crate) fn merge(&mut self, other: &Frontier) {
         for (origin, boot, seq) in &other.streams {
             self.advance(origin, *boot, *seq);
         }
@@ -84,18 +84,18 @@ impl Frontier {
 
     /// Forgets `origin`/`boot` (an incarnation idle for longer than the
     /// history keeps anything).
-    pub fn remove(&mut self, origin: &str, boot: u64) {
+    pub(crate) fn remove(&mut self, origin: &str, boot: u64) {
         self.streams
             .retain(|(o, b, _)| !(**o == *origin && *b == boot));
     }
 
     #[cfg(test)]
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.streams.is_empty()
     }
 
     #[cfg(test)]
-    pub fn iter(&self) -> impl Iterator<Item = (&str, u64, u64)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, u64, u64)> {
         self.streams.iter().map(|(o, b, s)| (&**o, *b, *s))
     }
 }
@@ -127,7 +127,7 @@ impl std::fmt::Display for Stamp {
 
 /// A decoded cursor.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cursor {
+pub(crate) struct Cursor {
     /// When it was minted, in ms since the Unix epoch (the minting node's clock).
     pub minted_at: u64,
     pub frontier: Frontier,
@@ -153,7 +153,7 @@ pub enum CursorError {
 }
 
 /// Mints and checks the cursors of one pool.
-pub struct CursorKey {
+pub(crate) struct CursorKey {
     pool: [u8; POOL_LEN],
     key: hmac::Key,
 }
@@ -161,7 +161,7 @@ pub struct CursorKey {
 impl CursorKey {
     /// The key of the pool that shares `secret` (the cluster secret, or for
     /// a pool without one, a name that only identifies it).
-    pub fn new(secret: &[u8]) -> CursorKey {
+    pub(crate) fn new(secret: &[u8]) -> CursorKey {
         let root = hmac::Key::new(hmac::HMAC_SHA256, secret);
         let derive = |label: &[u8]| hmac::sign(&root, label);
         let mut pool = [0; POOL_LEN];
@@ -175,7 +175,7 @@ impl CursorKey {
 
     /// The cursor as text. At most [`MAX_STREAMS`] incarnations are written
     /// (the latest entries of the frontier).
-    pub fn encode(&self, cursor: &Cursor) -> String {
+    pub(crate) fn encode(&self, cursor: &Cursor) -> String {
         let streams = &cursor.frontier.streams;
         let kept = &streams[streams.len().saturating_sub(MAX_STREAMS)..];
         let mut bytes = Vec::with_capacity(32 + kept.len() * 32);
@@ -205,7 +205,7 @@ impl CursorKey {
         URL_SAFE_NO_PAD.encode(bytes)
     }
 
-    pub fn decode(&self, text: &str) -> Result<Cursor, CursorError> {
+    pub(crate) fn decode(&self, text: &str) -> Result<Cursor, CursorError> {
         if text.len() > MAX_CURSOR_CHARS {
             return Err(CursorError::TooLong { len: text.len() });
         }

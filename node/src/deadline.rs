@@ -16,7 +16,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::Sleep;
 
 #[derive(Debug, thiserror::Error)]
-pub enum BodyError {
+pub(crate) enum BodyError {
     #[error("the request body did not arrive within {0:?} (body_read_timeout)")]
     TooSlow(Duration),
     #[error(transparent)]
@@ -27,14 +27,14 @@ pub enum BodyError {
 /// found not ready: bodies that arrive with their head (most polling POSTs,
 /// every GET) never start a timer.
 #[derive(Debug)]
-pub struct DeadlineBody {
+pub(crate) struct DeadlineBody {
     inner: Incoming,
     limit: Duration,
     deadline: Option<Pin<Box<Sleep>>>,
 }
 
 impl DeadlineBody {
-    pub fn new(inner: Incoming, limit: Duration) -> Self {
+    pub(crate) fn new(inner: Incoming, limit: Duration) -> Self {
         DeadlineBody {
             inner,
             limit,

@@ -8,13 +8,13 @@
 
 /// `node/static/socket.io.min.js`: served at [`CLIENT_SCRIPT_PATH`]; not under
 /// `/socket.io/`, which is the Engine.IO endpoint.
-pub const CLIENT_SCRIPT: &str = include_str!("../static/socket.io.min.js");
-pub const CLIENT_SCRIPT_PATH: &str = "/socket.io.min.js";
+pub(crate) const CLIENT_SCRIPT: &str = include_str!("../static/socket.io.min.js");
+pub(crate) const CLIENT_SCRIPT_PATH: &str = "/socket.io.min.js";
 
 const PAGE_TEMPLATE: &str = include_str!("../static/demo.html");
 
 /// The demo page for the node named `node`.
-pub fn page(node: &str) -> String {
+pub(crate) fn page(node: &str) -> String {
     PAGE_TEMPLATE.replace("{{NODE}}", &html_escape(node))
 }
 

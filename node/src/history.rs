@@ -26,11 +26,11 @@ use crate::cursor::{Cursor, Frontier};
 /// cursor does not name still counts as new: messages in flight when it was
 /// minted. Far below the shortest `history.ttl`, so an incarnation that left
 /// the frontier (idle for a whole ttl) is never replayed again.
-pub const IN_FLIGHT_MS: u64 = 5_000;
+pub(crate) const IN_FLIGHT_MS: u64 = 5_000;
 
 /// The position of one message: origin, incarnation, sequence.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Position {
+pub(crate) struct Position {
     pub origin: Arc<str>,
     pub boot: u64,
     pub seq: u64,
@@ -38,7 +38,7 @@ pub struct Position {
 
 impl Position {
     /// The position named by an id `{node}-{boot}-{seq}` of `node`.
-    pub fn of(publication: &Publication) -> Option<Position> {
+    pub(crate) fn of(publication: &Publication) -> Option<Position> {
         let rest = publication
             .id
             .strip_prefix(&*publication.node)?
@@ -54,7 +54,7 @@ impl Position {
 
 /// Why a resume cannot be complete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NotRecovered {
+pub(crate) enum NotRecovered {
     /// Messages after the cursor were already forgotten (size or ttl).
     TooOld,
     /// This node started after the cursor was minted: what happened before
@@ -83,7 +83,7 @@ struct Stream {
 }
 
 #[derive(Debug)]
-pub struct History {
+pub(crate) struct History {
     size: usize,
     ttl: Duration,
     /// When this history started, in ms since the Unix epoch.
@@ -96,7 +96,7 @@ pub struct History {
 }
 
 impl History {
-    pub fn new(size: usize, ttl: Duration, started_at: u64) -> History {
+    pub(crate) fn new(size: usize, ttl: Duration, started_at: u64) -> History {
         History {
             size: size.max(1),
             ttl,
@@ -108,7 +108,12 @@ impl History {
     }
 
     /// Keeps `publication` at `position`, received at `now`.
-    pub fn record(&mut self, publication: Arc<Publication>, position: Position, now: Instant) {
+    pub(crate) fn record(
+        &mut self,
+        publication: Arc<Publication>,
+        position: Position,
+        now: Instant,
+    ) {
         self.expire(now);
         while self.entries.len() >= self.size {
             self.forget_oldest();
@@ -141,7 +146,7 @@ impl History {
     }
 
     /// The position after the newest message: what a live message carries.
-    pub fn frontier(&self) -> &Frontier {
+    pub(crate) fn frontier(&self) -> &Frontier {
         &self.frontier
     }
 
@@ -150,7 +155,7 @@ impl History {
     /// now in ms since the Unix epoch: a cursor minted longer than the ttl
     /// ago is too old, since what came after it may be forgotten with
     /// nothing left to say so.
-    pub fn since(
+    pub(crate) fn since(
         &mut self,
         cursor: &Cursor,
         now: Instant,
@@ -192,7 +197,7 @@ impl History {
 
     /// Messages held.
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 

@@ -14,7 +14,7 @@ use stickyio_shared::topic::{Pattern, Segment, Topic};
 
 /// Subscribers keyed by `K` (a socket id on a node), indexed by pattern.
 #[derive(Debug)]
-pub struct PatternIndex<K> {
+pub(crate) struct PatternIndex<K> {
     root: TrieNode<K>,
 }
 
@@ -62,7 +62,7 @@ impl<K: Copy + Eq + Hash> Default for PatternIndex<K> {
 
 impl<K: Copy + Eq + Hash> PatternIndex<K> {
     /// Adds `key` under `pattern`; false if it was already there.
-    pub fn insert(&mut self, pattern: &Pattern, key: K) -> bool {
+    pub(crate) fn insert(&mut self, pattern: &Pattern, key: K) -> bool {
         let mut node = &mut self.root;
         for segment in pattern.segments() {
             node = match segment {
@@ -78,7 +78,7 @@ impl<K: Copy + Eq + Hash> PatternIndex<K> {
 
     /// Removes `key` from `pattern`, pruning branches left empty; false if
     /// it was not there.
-    pub fn remove(&mut self, pattern: &Pattern, key: K) -> bool {
+    pub(crate) fn remove(&mut self, pattern: &Pattern, key: K) -> bool {
         let segments: Vec<Segment<'_>> = pattern.segments().collect();
         remove_from(&mut self.root, &segments, key)
     }
@@ -87,7 +87,7 @@ impl<K: Copy + Eq + Hash> PatternIndex<K> {
     /// all of its matching patterns (sorted, so deliveries are stable), in
     /// groups of keys that share one pattern list: a delivery is the same for
     /// every key of a group, so it is built once per group.
-    pub fn matches(&self, topic: &Topic) -> Vec<Match<K>> {
+    pub(crate) fn matches(&self, topic: &Topic) -> Vec<Match<K>> {
         let segments: Vec<&str> = topic.segments().collect();
         let mut slots: Vec<&Subscribers<K>> = Vec::new();
         // Depth-first over (node, segments consumed). A path only continues
@@ -120,7 +120,7 @@ impl<K: Copy + Eq + Hash> PatternIndex<K> {
 
 /// Keys that share one list of matching patterns.
 #[derive(Debug, PartialEq)]
-pub struct Match<K> {
+pub(crate) struct Match<K> {
     pub patterns: Vec<Arc<str>>,
     pub keys: Vec<K>,
 }

@@ -11,7 +11,7 @@ use stickyio_shared::config::node::NodeConfig;
 async fn main() -> ExitCode {
     let args = Cli::parse();
     let result = match args.command {
-        Some(Command::Check) => cli::check(&args.config)
+        Some(Command::Check { config_only }) => cli::check(&args.config, config_only)
             .map(|toml| print!("{toml}"))
             .map_err(anyhow::Error::from),
         None => run(&args).await,

@@ -29,14 +29,14 @@ pub struct Check {
 }
 
 /// The node's own condition plus the checks others added.
-pub struct ReadinessChecks {
+pub(crate) struct ReadinessChecks {
     node: String,
     serving: AtomicBool,
     checks: RwLock<Vec<Arc<dyn Readiness>>>,
 }
 
 impl ReadinessChecks {
-    pub fn new(node: &str) -> ReadinessChecks {
+    pub(crate) fn new(node: &str) -> ReadinessChecks {
         ReadinessChecks {
             node: node.to_owned(),
             serving: AtomicBool::new(false),
@@ -44,7 +44,7 @@ impl ReadinessChecks {
         }
     }
 
-    pub fn add(&self, check: Arc<dyn Readiness>) {
+    pub(crate) fn add(&self, check: Arc<dyn Readiness>) {
         self.checks
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -53,13 +53,13 @@ impl ReadinessChecks {
 
     /// Set when the node starts accepting connections, cleared when it starts
     /// shutting down so load balancers stop sending new clients first.
-    pub fn set_serving(&self, serving: bool) {
+    pub(crate) fn set_serving(&self, serving: bool) {
         self.serving.store(serving, Ordering::Relaxed);
     }
 
     /// Whether every check passes, and the JSON body of `/readyz`:
     /// `{"ready":…, "node":…, "checks":{"listening":{"ready":…}, …}}`.
-    pub fn report(&self) -> (bool, Value) {
+    pub(crate) fn report(&self) -> (bool, Value) {
         let serving = self.serving.load(Ordering::Relaxed);
         let mut ready = serving;
         let mut checks = Map::new();

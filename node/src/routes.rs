@@ -22,7 +22,7 @@ use crate::readiness::ReadinessChecks;
 
 /// What the routes and the admin listener read, shared with the
 /// [`crate::Node`] that registers into it.
-pub struct HttpState {
+pub(crate) struct HttpState {
     pub registry: RwLock<Registry>,
     pub readiness: ReadinessChecks,
     /// The demo page, rendered once with the node's name.
@@ -31,7 +31,7 @@ pub struct HttpState {
 
 /// The hyper service behind socketioxide for every non-Engine.IO request.
 #[derive(Clone)]
-pub struct Routes(pub Arc<HttpState>);
+pub(crate) struct Routes(pub Arc<HttpState>);
 
 impl<B> hyper::service::Service<Request<B>> for Routes {
     type Response = Response<Full<Bytes>>;

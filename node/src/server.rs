@@ -28,6 +28,7 @@ use prometheus_client::registry::Registry;
 use socketioxide::SocketIo;
 use socketioxide::service::SocketIoService;
 use stickyio_shared::config::node::{ADMIN_TOKEN_ENV, NodeConfig};
+use stickyio_shared::config::{Env, sources};
 use stickyio_shared::connection_limit::ConnectionLimit;
 use stickyio_shared::secret::Secret;
 use tokio::net::TcpListener;
@@ -57,7 +58,7 @@ pub enum NodeError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    AdminToken(stickyio_shared::secret::SecretError),
+    AdminToken(stickyio_shared::config::sources::SourceError),
     #[error("cannot listen for stop signals: {0}")]
     Signals(#[source] std::io::Error),
     #[error("the server task failed: {0}")]
@@ -98,9 +99,8 @@ impl Node {
     /// server, the topic service and the HTTP routes, without accepting
     /// connections yet.
     pub async fn prepare(config: NodeConfig) -> Result<Node, NodeError> {
-        let admin_token = config
-            .resolve_admin_token()
-            .map_err(NodeError::AdminToken)?;
+        let admin_token =
+            sources::node_admin_token(&config, Env::process()).map_err(NodeError::AdminToken)?;
         let (listener, local_addr) = bind(config.listen).await?;
         let (admin_listener, admin_addr) = bind(config.admin).await?;
         if !admin_addr.ip().is_loopback() && admin_token.is_none() {

@@ -34,6 +34,7 @@ use serde::Serialize;
 use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
 use stickyio_shared::config::node::{Backend, NodeConfig, PublishAck};
+use stickyio_shared::config::{Env, sources};
 use stickyio_shared::message::Publication;
 use stickyio_shared::topic::{self, Pattern, Topic};
 
@@ -886,16 +887,18 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// cursors are checked for integrity and origin, not secret.
 fn pool_secret(config: &NodeConfig) -> String {
     let cluster = &config.cluster;
-    if let Ok(Some(secret)) = cluster.resolve_secret() {
-        return format!("secret:{secret}");
+    if let Ok(Some(secret)) = sources::cluster_secret(cluster, Env::process()) {
+        return format!("secret:{}", secret.expose());
     }
     match (cluster.standalone, cluster.backend) {
         (false, Backend::Redis) => {
-            let password = cluster.resolve_redis_password().ok().flatten();
+            let password = sources::redis_password(cluster, Env::process())
+                .ok()
+                .flatten();
             format!(
                 "redis:{}:{}",
                 cluster.redis_prefix,
-                password.unwrap_or_default()
+                password.as_ref().map_or("", |p| p.expose())
             )
         }
         _ => format!("standalone:{}", config.name),

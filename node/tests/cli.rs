@@ -1,6 +1,10 @@
 //! The `stickyio-node` binary: `check` on good and bad configs, serving
 //! until SIGTERM with a clean exit, and reaching Redis over TLS.
 
+// A panic is how a test fails, with its message; the support modules' `pub`
+// items are their interface to the test files that include them.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

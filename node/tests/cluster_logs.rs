@@ -2,6 +2,10 @@
 //! `stickyio-node` starts. Alone in its test binary: it installs the global
 //! log subscriber, which tests running in parallel would otherwise share.
 
+// A panic is how a test fails, with its message; the support modules' `pub`
+// items are their interface to the test files that include them.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -2,6 +2,10 @@
 //! bare socketioxide servers that host only `/cluster`, with raw
 //! rust_socketio clients playing well-behaved and hostile peers.
 
+// A panic is how a test fails, with its message; the support modules' `pub`
+// items are their interface to the test files that include them.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 use std::future::ready;
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,6 +1,10 @@
 //! A node's shutdown waits for its cluster backend: once
 //! `RunningNode::shutdown` returns, every mesh link task has finished.
 
+// A panic is how a test fails, with its message; the support modules' `pub`
+// items are their interface to the test files that include them.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 use std::net::Ipv4Addr;
 
 use stickyio_node::{Cluster, Node};

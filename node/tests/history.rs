@@ -4,6 +4,10 @@
 //! bad cursors are refused (`invalid_cursor`); a replicated publish is acked
 //! only once a peer holds it. Over the mesh, and over Redis (Streams).
 
+// A panic is how a test fails, with its message; the support modules' `pub`
+// items are their interface to the test files that include them.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 use std::collections::HashSet;
 use std::time::Duration;
 

@@ -6,6 +6,10 @@
 //! status or a close, real clients keep being served, the process stays up,
 //! and its memory (read from /proc) stays bounded.
 
+// A panic is how a test fails, with its message; the support modules' `pub`
+// items are their interface to the test files that include them.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 

@@ -2,6 +2,10 @@
 //! client script and a bare `/healthz`; on the admin listener health,
 //! readiness and metrics; and what unknown routes get on each.
 
+// A panic is how a test fails, with its message; the support modules' `pub`
+// items are their interface to the test files that include them.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

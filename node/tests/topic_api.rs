@@ -6,6 +6,10 @@
 //! client does receive afterwards and assert it is the next message: a node
 //! delivers before it acks, so the marker cannot overtake an earlier message.
 
+// A panic is how a test fails, with its message; the support modules' `pub`
+// items are their interface to the test files that include them.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

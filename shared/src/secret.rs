@@ -7,7 +7,6 @@
 //! patient attacker learn the secret byte by byte from response times.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -75,50 +74,6 @@ impl Serialize for Secret {
     }
 }
 
-/// A secret file that could not be used; `key` names the config key.
-#[derive(Debug, thiserror::Error)]
-pub enum SecretError {
-    #[error("{key} {}: cannot read: {source}", .path.display())]
-    Read {
-        key: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{key} {}: the file is empty", .path.display())]
-    Empty { key: &'static str, path: PathBuf },
-}
-
-/// A secret given inline, else in `file` (surrounding whitespace trimmed, so
-/// `echo secret > file` works), else in the environment variable `env`.
-/// `file_key` names the file's config key in errors.
-pub fn resolve(
-    inline: Option<&str>,
-    file: Option<&Path>,
-    file_key: &'static str,
-    env: &str,
-) -> Result<Option<String>, SecretError> {
-    if let Some(s) = inline {
-        return Ok(Some(s.to_owned()));
-    }
-    if let Some(path) = file {
-        let text = std::fs::read_to_string(path).map_err(|source| SecretError::Read {
-            key: file_key,
-            path: path.to_owned(),
-            source,
-        })?;
-        let secret = text.trim();
-        if secret.is_empty() {
-            return Err(SecretError::Empty {
-                key: file_key,
-                path: path.to_owned(),
-            });
-        }
-        return Ok(Some(secret.to_owned()));
-    }
-    Ok(std::env::var(env).ok().filter(|s| !s.is_empty()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,32 +103,5 @@ mod tests {
         let back: Secret = serde_json::from_str("\"s3cret\"").unwrap();
         assert_eq!(back, s);
         assert_ne!(back, Secret::new("s3creT"));
-    }
-
-    #[test]
-    fn files_are_trimmed_and_empty_ones_refused() {
-        let dir = std::env::temp_dir().join(format!("stickyio-secret-rs-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("token");
-        std::fs::write(&file, "  tok\n").unwrap();
-        let env = "STICKYIO_TEST_UNSET_SECRET_VARIABLE";
-        assert_eq!(
-            resolve(None, Some(&file), "admin_token_file", env).unwrap(),
-            Some("tok".to_owned())
-        );
-        assert_eq!(
-            resolve(Some("inline"), Some(&file), "k", env).unwrap(),
-            Some("inline".to_owned())
-        );
-        std::fs::write(&file, "\n").unwrap();
-        let err = resolve(None, Some(&file), "admin_token_file", env).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            format!("admin_token_file {}: the file is empty", file.display())
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
-        let err = resolve(None, Some(&file), "admin_token_file", env).unwrap_err();
-        assert!(err.to_string().contains(": cannot read: "), "{err}");
-        assert_eq!(resolve(None, None, "k", env).unwrap(), None);
     }
 }

@@ -7,6 +7,10 @@
 //! differing byte (`==`) costs a fraction as much for an early difference
 //! as for a late one, and fails here.
 
+// A panic is how a test fails, with its message; the support modules' `pub`
+// items are their interface to the test files that include them.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 use std::hint::black_box;
 use std::path::Path;
 use std::process::Command;

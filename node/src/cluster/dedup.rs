@@ -13,14 +13,14 @@ use ahash::AHashSet;
 /// What identifies one publication across the pool: its origin node, the
 /// incarnation of that node (ids restart when a node restarts), and its id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Key {
+pub(super) struct Key {
     pub origin: String,
     pub boot: u64,
     pub id: String,
 }
 
 #[derive(Debug)]
-pub struct Dedup {
+pub(super) struct Dedup {
     capacity: usize,
     ttl: Duration,
     seen: AHashSet<Key>,
@@ -29,7 +29,7 @@ pub struct Dedup {
 }
 
 impl Dedup {
-    pub fn new(capacity: usize, ttl: Duration) -> Self {
+    pub(super) fn new(capacity: usize, ttl: Duration) -> Self {
         Dedup {
             capacity: capacity.max(1),
             ttl,
@@ -40,7 +40,7 @@ impl Dedup {
 
     /// Records `key` as seen at `now`; false when it was already seen within
     /// the window (the caller drops the duplicate).
-    pub fn first_seen(&mut self, key: Key, now: Instant) -> bool {
+    pub(super) fn first_seen(&mut self, key: Key, now: Instant) -> bool {
         self.expire(now);
         if self.seen.contains(&key) {
             return false;

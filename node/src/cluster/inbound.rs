@@ -20,10 +20,10 @@ use crate::topics::TopicService;
 
 /// Relayed ids remembered per node; far above what one node relays between
 /// a link failing and its redial.
-pub const DEDUP_CAPACITY: usize = 100_000;
+pub(crate) const DEDUP_CAPACITY: usize = 100_000;
 /// How long a relayed id is remembered at least: a resent frame arrives on
 /// the next link, within `retry_interval` plus a dial.
-pub const DEDUP_MIN_TTL: Duration = Duration::from_secs(120);
+pub(crate) const DEDUP_MIN_TTL: Duration = Duration::from_secs(120);
 
 /// Where relayed publications go: this node's local subscribers only.
 pub trait Deliver: Send + Sync + 'static {
@@ -36,7 +36,7 @@ pub trait Deliver: Send + Sync + 'static {
 /// Relayed publications go to the node's topic service, held weakly: the
 /// service holds the backend as its relay, and a strong reference back would
 /// keep both alive after the node stops.
-pub struct LocalDelivery(pub Weak<TopicService>);
+pub(crate) struct LocalDelivery(pub Weak<TopicService>);
 
 impl Deliver for LocalDelivery {
     fn deliver(&self, publication: &Arc<Publication>, stamp: Option<Stamp>) -> usize {
@@ -49,21 +49,25 @@ impl Deliver for LocalDelivery {
 /// The counters of the inbound path, registered by each backend under its
 /// own names (`cluster_relayed_in`, `redis_relayed_in`, …).
 #[derive(Debug, Default, Clone)]
-pub struct InboundMetrics {
+pub(crate) struct InboundMetrics {
     /// Relayed publications delivered, by origin.
     pub relayed_in: Family<OriginLabels, Counter>,
     /// Relayed publications dropped as already delivered, by origin.
     pub deduplicated: Family<OriginLabels, Counter>,
 }
 
-pub struct Inbound {
+pub(crate) struct Inbound {
     dedup: Mutex<Dedup>,
     deliver: Arc<dyn Deliver>,
     metrics: InboundMetrics,
 }
 
 impl Inbound {
-    pub fn new(dedup_ttl: Duration, deliver: Arc<dyn Deliver>, metrics: InboundMetrics) -> Inbound {
+    pub(crate) fn new(
+        dedup_ttl: Duration,
+        deliver: Arc<dyn Deliver>,
+        metrics: InboundMetrics,
+    ) -> Inbound {
         Inbound {
             dedup: Mutex::new(Dedup::new(DEDUP_CAPACITY, dedup_ttl.max(DEDUP_MIN_TTL))),
             deliver,
@@ -73,7 +77,7 @@ impl Inbound {
 
     /// Delivers `publication` from `origin` (incarnation `boot`) unless it
     /// was already delivered; false for a duplicate.
-    pub fn receive(
+    pub(crate) fn receive(
         &self,
         origin: &str,
         boot: u64,
@@ -110,12 +114,12 @@ impl Inbound {
 
     /// Delivers one of this node's own publications that came back through
     /// the cluster (Redis delivers them in stream order): no dedup, no count.
-    pub fn own(&self, publication: Publication, stamp: Option<Stamp>) {
+    pub(crate) fn own(&self, publication: Publication, stamp: Option<Stamp>) {
         self.deliver.deliver(&Arc::new(publication), stamp);
     }
 
     /// Relayed publications received from `origin` and delivered.
-    pub fn messages_in(&self, origin: &str) -> u64 {
+    pub(crate) fn messages_in(&self, origin: &str) -> u64 {
         self.metrics
             .relayed_in
             .get_or_create(&OriginLabels {

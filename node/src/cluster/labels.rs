@@ -5,12 +5,12 @@ use prometheus_client::encoding::EncodeLabelSet;
 
 /// A node publications came from, by the name it authenticated with.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OriginLabels {
+pub(crate) struct OriginLabels {
     pub origin: String,
 }
 
 /// Why something was refused or dropped.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabels {
+pub(crate) struct ReasonLabels {
     pub reason: &'static str,
 }

@@ -23,7 +23,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use stickyio_shared::config::node::{Backend, NodeConfig, SECRET_ENV, SecretError};
+use stickyio_shared::config::node::{Backend, NodeConfig, SECRET_ENV};
+use stickyio_shared::config::sources::SourceError;
 use tokio::task::JoinHandle;
 
 use crate::server::{DRAIN_TIMEOUT, Node};
@@ -35,7 +36,7 @@ use redis::RedisBackend;
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     #[error(transparent)]
-    Secret(#[from] SecretError),
+    Secret(#[from] SourceError),
     #[error(
         "cluster.standalone = false needs a mesh secret: set cluster.secret_file, cluster.secret or {SECRET_ENV}"
     )]

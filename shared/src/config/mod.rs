@@ -3,10 +3,16 @@
 //! Both binaries share one loader so every config mistake, whether a TOML
 //! syntax error, an unknown key, a bad value or a cross-field rule, is
 //! reported the same way and can be fixed without guessing.
+//!
+//! Parsing reads the text and nothing else: the few rules that the
+//! environment can satisfy get it as an [`Env`], and the files and
+//! variables that hold secrets are read in [`sources`].
 
+mod addr;
 mod duration;
 pub mod gateway;
 pub mod node;
+pub mod sources;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -14,6 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 pub use duration::Duration;
+pub use sources::Env;
 
 /// Where a config problem is: a file (or other origin) and a 1-based position.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,57 +74,217 @@ impl Violation {
             message: message.into(),
         }
     }
+
+    /// The same violation with why the rule is there, in parentheses.
+    pub(crate) fn because(mut self, why: &str) -> Self {
+        self.message = format!("{} ({why})", self.message);
+        self
+    }
 }
 
 /// A config type: deserialisable, then checked as a whole.
 pub trait Validate {
+    /// The rules on what the file says; a function of the file alone.
     fn validate(&self) -> Result<(), Violation>;
+
+    /// The rules that a source outside the file can satisfy (a secret given
+    /// only in the environment): `env` answers for the environment, so the
+    /// rules never read the process's own.
+    fn validate_sources(&self, _env: Env<'_>) -> Result<(), Violation> {
+        Ok(())
+    }
 }
 
-/// The rules every admin listener's token keys follow (`admin_token`,
-/// `admin_token_file`): one or the other, and not blank.
-pub(crate) fn check_admin_token(
-    token: Option<&crate::secret::Secret>,
-    file: Option<&Path>,
+/// A deserialiser's error that names its key (`nodes[2].addr`), for a rule
+/// a value's own type cannot state: [`parse`] points at that key.
+pub(crate) fn keyed<E: serde::de::Error>(key: &str, message: impl fmt::Display) -> E {
+    E::custom(format!("`{key}`: {message}"))
+}
+
+/// The one rule for a value given inline or in a file (`key`, `key_file`,
+/// in the table `table`, such as `cluster.`): one or the other.
+pub(crate) fn inline_or_file(
+    table: &str,
+    key: &str,
+    inline: bool,
+    file: bool,
 ) -> Result<(), Violation> {
-    if token.is_some() && file.is_some() {
+    if inline && file {
         return Err(Violation::new(
-            "admin_token_file",
-            "set either `admin_token` or `admin_token_file`, not both",
+            format!("{table}{key}_file"),
+            format!("set either `{key}` or `{key}_file`, not both"),
         ));
-    }
-    if token.is_some_and(|t| t.expose().trim().is_empty()) {
-        return Err(Violation::new("admin_token", "must not be empty"));
     }
     Ok(())
 }
 
-/// Whitespace or control characters, which no name or path may hold: the
-/// one rule for node names (gateway and node) and paths.
+/// The rules for a secret's keys (`key`, `key_file`, in `table`), the admin
+/// tokens and the mesh secret alike: one or the other, and an inline one
+/// not blank.
+pub(crate) fn check_secret_keys(
+    table: &str,
+    key: &str,
+    inline: Option<&str>,
+    file: bool,
+) -> Result<(), Violation> {
+    inline_or_file(table, key, inline.is_some(), file)?;
+    if inline.is_some_and(|s| s.trim().is_empty()) {
+        return Err(Violation::new(format!("{table}{key}"), "must not be empty"));
+    }
+    Ok(())
+}
+
+/// The keys of every admin listener's token (`admin_token`,
+/// `admin_token_file`), in `gateway.toml` and `node.toml` alike.
+pub(crate) fn check_admin_token(
+    token: Option<&crate::secret::Secret>,
+    file: Option<&Path>,
+) -> Result<(), Violation> {
+    check_secret_keys(
+        "",
+        "admin_token",
+        token.map(crate::secret::Secret::expose),
+        file.is_some(),
+    )
+}
+
+/// Whitespace or control characters, which no name or path may hold.
 pub(crate) fn has_blank(s: &str) -> bool {
     s.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
-/// Reads and validates a config file.
+/// The one rule for node names, in `gateway.toml` and `node.toml` alike: 1
+/// to 255 bytes (a route tag carries a name behind a one-byte length), no
+/// whitespace or control characters.
+pub(crate) fn check_name(key: &str, name: &str) -> Result<(), Violation> {
+    if name.is_empty() || has_blank(name) || name.len() > 255 {
+        return Err(Violation::new(
+            key,
+            "must be 1 to 255 bytes, without spaces or control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// The one lower bound rule, for counts and durations alike: `value` must be
+/// `min` or more. `unit` (may be empty) follows the number in the message.
+pub(crate) fn at_least<T: PartialOrd + fmt::Display>(
+    key: &str,
+    value: T,
+    min: T,
+    unit: &str,
+) -> Result<(), Violation> {
+    if value >= min {
+        return Ok(());
+    }
+    Err(Violation::new(
+        key,
+        format!("must be at least {min}{}", spaced(unit)),
+    ))
+}
+
+/// The one range rule: `value` from `min` to `max`, both included.
+pub(crate) fn between<T: PartialOrd + fmt::Display>(
+    key: &str,
+    value: T,
+    (min, max): (T, T),
+    unit: &str,
+) -> Result<(), Violation> {
+    if min <= value && value <= max {
+        return Ok(());
+    }
+    Err(Violation::new(
+        key,
+        format!("must be between {min} and {max}{}", spaced(unit)),
+    ))
+}
+
+/// The one rule for a duration that something waits or repeats on: zero
+/// would spin or never wait at all.
+pub(crate) fn positive(key: &str, value: Duration) -> Result<(), Violation> {
+    if value.get().is_zero() {
+        return Err(Violation::new(key, "must be greater than 0"));
+    }
+    Ok(())
+}
+
+fn spaced(unit: &str) -> String {
+    if unit.is_empty() {
+        String::new()
+    } else {
+        format!(" {unit}")
+    }
+}
+
+/// Reads and validates a config file, its source rules against the
+/// process's environment.
 pub fn load<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, ConfigError> {
+    load_in(path, Env::process())
+}
+
+/// Reads and validates a config file, its source rules against `env`.
+pub fn load_in<T: DeserializeOwned + Validate>(
+    path: &Path,
+    env: Env<'_>,
+) -> Result<T, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
         path: path.to_owned(),
         source,
     })?;
-    parse(&text, &path.display().to_string())
+    parse_in(&text, &path.display().to_string(), env)
 }
 
-/// Parses and validates config text; `origin` names it in errors.
+/// Parses and validates config text, its source rules against the process's
+/// environment; `origin` names it in errors.
 pub fn parse<T: DeserializeOwned + Validate>(text: &str, origin: &str) -> Result<T, ConfigError> {
-    let value: T = toml::from_str(text).map_err(|e| ConfigError::Invalid {
-        location: location_of(text, origin, e.span().map_or(0, |s| s.start)),
-        message: e.message().trim_end().to_owned(),
+    parse_in(text, origin, Env::process())
+}
+
+/// Parses and validates config text, its source rules against `env`;
+/// `origin` names it in errors. Reads nothing else.
+pub fn parse_in<T: DeserializeOwned + Validate>(
+    text: &str,
+    origin: &str,
+    env: Env<'_>,
+) -> Result<T, ConfigError> {
+    let value: T = toml::from_str(text).map_err(|e| {
+        let message = e.message().trim_end().to_owned();
+        // An error from `keyed` is located at its key; toml's own at its span.
+        let offset = named_key(&message)
+            .map(|key| key_offset(text, key))
+            .filter(|&at| at > 0)
+            .or(e.span().map(|s| s.start))
+            .unwrap_or(0);
+        ConfigError::Invalid {
+            location: location_of(text, origin, offset),
+            message,
+        }
     })?;
-    value.validate().map_err(|v| ConfigError::Invalid {
+    let located = |v: Violation| ConfigError::Invalid {
         location: location_of(text, origin, key_offset(text, &v.key)),
         message: format!("`{}`: {}", v.key, v.message),
-    })?;
+    };
+    value.validate().map_err(located)?;
+    value.validate_sources(env).map_err(located)?;
     Ok(value)
+}
+
+/// [`parse`] with no environment, for tests that must not depend on the
+/// caller's.
+#[cfg(test)]
+pub(crate) fn parse_without_env<T: DeserializeOwned + Validate>(
+    text: &str,
+    origin: &str,
+) -> Result<T, ConfigError> {
+    parse_in(text, origin, Env::empty())
+}
+
+/// The key an error made by [`keyed`] names.
+fn named_key(message: &str) -> Option<&str> {
+    message
+        .strip_prefix('`')?
+        .split_once("`: ")
+        .map(|(key, _)| key)
 }
 
 /// 1-based line and column (in characters) of a byte offset.
@@ -165,31 +332,6 @@ fn key_offset(text: &str, key: &str) -> usize {
         }
     }
     offset
-}
-
-/// For a test whose outcome an environment variable would change (a
-/// secret or token it supplies): with `var` set, runs `test` again in a
-/// child process of this test binary without it, and asserts that run
-/// passed (`true`: the caller has nothing left to do). So the test runs,
-/// rather than passing unchecked, whatever the environment.
-#[cfg(test)]
-pub(crate) fn rerun_without_env(test: &str, var: &str) -> bool {
-    if std::env::var_os(var).is_none() {
-        return false;
-    }
-    let exe = std::env::current_exe().expect("the test binary");
-    let out = std::process::Command::new(exe)
-        .args([test, "--exact"])
-        .env_remove(var)
-        .output()
-        .expect("run the test binary again");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("test result: ok. 1 passed"),
-        "{test} without {var}:\n{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    true
 }
 
 #[cfg(test)]

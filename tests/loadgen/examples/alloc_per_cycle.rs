@@ -13,6 +13,9 @@
 //! the difference between the two runs: same client, same node, one with
 //! the gateway between them.
 
+// A measuring tool: a panic with its message is report enough.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::alloc::System;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -3,6 +3,10 @@
 //! traffic it reports must really have flowed, and fan-out must count no
 //! loss and no duplicates. Runs are a second or two each, so CI stays fast.
 
+// A panic is how a test fails, with its message; the support modules' `pub`
+// items are their interface to the test files that include them.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -14,9 +14,9 @@ use crate::topics::{Handed, Then};
 
 /// Longest wait for a peer's confirmation: long enough for a loaded peer
 /// (the chaos run on two busy cores), short enough for a client to retry.
-pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub struct Waiter {
+pub(super) struct Waiter {
     then: Mutex<Option<Then>>,
     /// Links that may still confirm.
     links: AtomicUsize,
@@ -25,7 +25,7 @@ pub struct Waiter {
 impl Waiter {
     /// A waiter over `links` links; completes unconfirmed after
     /// [`CONFIRM_TIMEOUT`] unless a peer confirms first. Needs a Tokio runtime.
-    pub fn start(then: Then, links: usize) -> Arc<Waiter> {
+    pub(super) fn start(then: Then, links: usize) -> Arc<Waiter> {
         Waiter::start_with(then, links, CONFIRM_TIMEOUT)
     }
 
@@ -53,13 +53,13 @@ impl Waiter {
     }
 
     /// A peer holds it.
-    pub fn confirmed(&self) {
+    pub(super) fn confirmed(&self) {
         self.finish(Handed::Taken);
     }
 
     /// One link will never confirm (down, full, lost): when it was the last,
     /// the publish completes unconfirmed.
-    pub fn failed(&self, why: &str) {
+    pub(super) fn failed(&self, why: &str) {
         if self.links.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.finish(Handed::Unconfirmed(format!(
                 "no other node confirmed holding it ({why}); it may be lost if this node fails"

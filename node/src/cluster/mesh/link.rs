@@ -51,7 +51,7 @@ const EVENT_QUEUE: usize = 16;
 /// One publication for a peer: its encoded frame and, when its publisher
 /// waits for a peer to hold it, the [`Waiter`] to tell.
 #[derive(Clone)]
-pub struct Frame {
+pub(super) struct Frame {
     pub bytes: Bytes,
     pub id: Arc<str>,
     pub waiter: Option<Arc<Waiter>>,
@@ -59,7 +59,7 @@ pub struct Frame {
 
 impl Frame {
     /// This link will never confirm the frame.
-    pub fn fail(&self, why: &str) {
+    pub(super) fn fail(&self, why: &str) {
         if let Some(waiter) = &self.waiter {
             waiter.failed(why);
         }
@@ -85,7 +85,7 @@ impl Frame {
 
 /// Who dials whom, and how.
 #[derive(Debug, Clone)]
-pub struct LinkSettings {
+pub(super) struct LinkSettings {
     /// The peer's URL, from `cluster.cluster_nodes`.
     pub url: String,
     /// This node's name, sent so the peer knows the origin of what it relays.
@@ -127,7 +127,7 @@ struct Status {
 }
 
 #[derive(Debug)]
-pub struct Link {
+pub(super) struct Link {
     url: String,
     retry_interval: Duration,
     queue: mpsc::Sender<Frame>,
@@ -193,7 +193,7 @@ enum End {
 
 impl Link {
     /// Creates the link and spawns its task; the task stops on `shutdown`.
-    pub fn spawn(
+    pub(super) fn spawn(
         settings: LinkSettings,
         metrics: &MeshMetrics,
         shutdown: CancellationToken,
@@ -234,7 +234,7 @@ impl Link {
     }
 
     /// Queues one encoded frame for the peer without ever waiting.
-    pub fn relay(&self, frame: Frame) {
+    pub(super) fn relay(&self, frame: Frame) {
         if !self.up.load(Ordering::Acquire) {
             self.dropped_link_down.inc();
             frame.fail("link_down");
@@ -254,12 +254,12 @@ impl Link {
     }
 
     /// Counts a frame that could not be relayed to any peer because of its size.
-    pub fn drop_too_large(&self, frame: &Frame) {
+    pub(super) fn drop_too_large(&self, frame: &Frame) {
         self.dropped_too_large.inc();
         frame.fail("too_large");
     }
 
-    pub fn status(&self) -> LinkStatus {
+    pub(super) fn status(&self) -> LinkStatus {
         let status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
         LinkStatus {
             url: self.url.clone(),
@@ -284,11 +284,13 @@ impl Link {
         let url = settings.url.as_str();
         let mut unsent: Option<Frame> = None;
         loop {
+            // This line, the failure and the wait keep the URL in their text
+            // too: operators and docs grep for them (DESIGN.md).
             tracing::info!(peer = url, "Trying to connect to {url}");
             let dialed = dial(&settings, &shutdown).await;
             let end = match dialed {
                 Ok((client, mut events, node)) => {
-                    tracing::info!(peer = url, node = node.as_deref(), "Linked to {url}");
+                    tracing::info!(peer = url, node = node.as_deref(), "peer link up");
                     self.set_up(node);
                     let mut pending = AHashMap::new();
                     let end = self
@@ -324,11 +326,11 @@ impl Link {
                     return;
                 }
                 End::Lost(LinkError::Refused(reason)) => {
-                    tracing::error!(peer = url, "{url} refused this node's link: {reason}");
+                    tracing::error!(peer = url, %reason, "the peer refused this node's link");
                     self.set_down(LinkState::Refused, Some(reason));
                 }
                 End::Lost(e) => {
-                    tracing::warn!(peer = url, "Link to {url} failed: {e}");
+                    tracing::warn!(peer = url, error = %e, "Link to {url} failed");
                     self.set_down(LinkState::Down, Some(e.to_string()));
                 }
             }
@@ -338,10 +340,11 @@ impl Link {
                 self.dropped_link_down.inc();
                 frame.fail("link_down");
             }
+            let retry_interval = config::Duration(settings.retry_interval);
             tracing::info!(
                 peer = url,
-                "Waiting {} before retrying",
-                config::Duration(settings.retry_interval)
+                %retry_interval,
+                "Waiting {retry_interval} before retrying"
             );
             tokio::select! {
                 _ = shutdown.cancelled() => {
@@ -563,6 +566,6 @@ async fn write(client: &Client, event: &str, payload: Payload) -> Result<(), Lin
 /// Ends the session, so rust_socketio's reader task stops too.
 async fn close(client: &Client) {
     if let Ok(Err(e)) = tokio::time::timeout(WRITE_TIMEOUT, client.disconnect()).await {
-        tracing::debug!("closing a peer link: {e}");
+        tracing::debug!(error = %e, "closing a peer link failed");
     }
 }

@@ -26,12 +26,12 @@ use crate::cluster::inbound::Inbound;
 use crate::cluster::millis;
 
 /// The namespace peers link to.
-pub const NAMESPACE: &str = "/cluster";
+pub(super) const NAMESPACE: &str = "/cluster";
 
 /// Why a `/cluster` connection was refused. The text goes back to the client
 /// in its `connect_error`; it never contains the secret.
 #[derive(Debug, thiserror::Error)]
-pub enum Refusal {
+pub(super) enum Refusal {
     #[error("unauthorized: no cluster secret")]
     MissingSecret,
     #[error("unauthorized: wrong cluster secret")]
@@ -77,7 +77,7 @@ struct InboundLink {
     since: SystemTime,
 }
 
-pub struct Listener {
+pub(super) struct Listener {
     node: String,
     secret: Secret,
     max_frame: usize,
@@ -87,7 +87,7 @@ pub struct Listener {
 }
 
 impl Listener {
-    pub fn new(
+    pub(super) fn new(
         node: String,
         secret: Secret,
         max_frame: usize,
@@ -105,7 +105,7 @@ impl Listener {
     }
 
     /// Adds the `/cluster` namespace to `io`.
-    pub fn register(self: &Arc<Self>, io: &SocketIo) {
+    pub(super) fn register(self: &Arc<Self>, io: &SocketIo) {
         let guard = self.clone();
         let host = self.clone();
         io.ns(
@@ -131,7 +131,7 @@ impl Listener {
                 .as_ref()
                 .and_then(|a| a.get("node"))
                 .and_then(|n| n.as_str());
-            tracing::warn!(sid = %s.id, node = claimed, "Refused a peer link on {NAMESPACE}: {refusal}");
+            tracing::warn!(sid = %s.id, node = claimed, namespace = NAMESPACE, reason = %refusal, "Refused a peer link");
         }
         result
     }
@@ -155,7 +155,7 @@ impl Listener {
     }
 
     fn accept(self: &Arc<Self>, s: SocketRef, peer: PeerId) {
-        tracing::info!(sid = %s.id, node = peer.node, "Peer {} linked to this node", peer.node);
+        tracing::info!(sid = %s.id, node = peer.node, "a peer linked to this node");
         self.connected(&peer.node, 1);
         // socketioxide spawns the future a handler returns, and spawned tasks
         // may run out of order; the closure body itself runs in arrival order,
@@ -190,14 +190,14 @@ impl Listener {
         let listener = self.clone();
         let node = peer.node;
         s.on_disconnect(move || {
-            tracing::info!(node, "Peer {node} unlinked from this node");
+            tracing::info!(node, "a peer unlinked from this node");
             listener.connected(&node, -1);
             std::future::ready(())
         });
         // Last: a link sends nothing before `welcome`, so its frames always
         // find the handlers above in place.
         if let Err(e) = s.emit("welcome", &serde_json::json!({ "node": self.node })) {
-            tracing::warn!(sid = %s.id, "could not welcome a peer: {e}");
+            tracing::warn!(sid = %s.id, error = %e, "could not welcome a peer");
         }
     }
 
@@ -210,8 +210,8 @@ impl Listener {
                 self.metrics.reject_frame("not_binary");
                 tracing::warn!(
                     node = peer.node,
-                    "Dropped a relay event from {} without a binary frame: {e}",
-                    peer.node
+                    error = %e,
+                    "dropped a relay event without a binary frame"
                 );
                 return None;
             }
@@ -220,11 +220,7 @@ impl Listener {
             Ok(p) => p,
             Err(e) => {
                 self.metrics.reject_frame(e.kind());
-                tracing::warn!(
-                    node = peer.node,
-                    "Dropped a relay frame from {}: {e}",
-                    peer.node
-                );
+                tracing::warn!(node = peer.node, error = %e, "dropped a relay frame");
                 return None;
             }
         };
@@ -232,9 +228,8 @@ impl Listener {
             self.metrics.reject_frame("origin_mismatch");
             tracing::warn!(
                 node = peer.node,
-                "Dropped a relay frame from {} carrying a publication of {}: nodes relay only their own",
-                peer.node,
-                publication.node
+                origin = publication.node,
+                "dropped a relay frame carrying another node's publication: nodes relay only their own"
             );
             return None;
         }
@@ -260,7 +255,7 @@ impl Listener {
     }
 
     /// The link from peer `node` into this node, if it ever connected.
-    pub fn inbound(&self, node: &str) -> Option<InboundStatus> {
+    pub(super) fn inbound(&self, node: &str) -> Option<InboundStatus> {
         let inbound = self.inbound.lock().unwrap_or_else(PoisonError::into_inner);
         let entry = inbound.get(node)?;
         Some(InboundStatus {
@@ -270,7 +265,7 @@ impl Listener {
     }
 
     /// Relayed publications received from peer `node` and delivered.
-    pub fn messages_in(&self, node: &str) -> u64 {
+    pub(super) fn messages_in(&self, node: &str) -> u64 {
         self.received.messages_in(node)
     }
 }

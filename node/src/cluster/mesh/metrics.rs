@@ -15,13 +15,13 @@ use crate::cluster::labels::ReasonLabels;
 
 /// A peer link, named by the URL this node dials.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PeerLabels {
+pub(crate) struct PeerLabels {
     pub peer: String,
 }
 
 /// A relayed publication not sent to a peer, and why.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DropLabels {
+pub(crate) struct DropLabels {
     pub peer: String,
     /// `queue_full`: the peer reads slower than this node publishes;
     /// `link_down`: no link to the peer; `too_large`: over `max_payload`.
@@ -29,7 +29,7 @@ pub struct DropLabels {
 }
 
 #[derive(Debug, Default)]
-pub struct MeshMetrics {
+pub(crate) struct MeshMetrics {
     pub relayed_out: Family<PeerLabels, Counter>,
     pub inbound: InboundMetrics,
     pub dropped: Family<DropLabels, Counter>,
@@ -41,7 +41,7 @@ pub struct MeshMetrics {
 
 impl MeshMetrics {
     /// Registers every series under `registry` (names gain the registry's prefix).
-    pub fn register(&self, registry: &mut Registry) {
+    pub(crate) fn register(&self, registry: &mut Registry) {
         registry.register(
             "cluster_relayed_out",
             "Publications written to a peer link",
@@ -84,13 +84,13 @@ impl MeshMetrics {
         );
     }
 
-    pub fn reject_frame(&self, reason: &'static str) {
+    pub(crate) fn reject_frame(&self, reason: &'static str) {
         self.rejected_frames
             .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 
-    pub fn refuse_peer(&self, reason: &'static str) {
+    pub(crate) fn refuse_peer(&self, reason: &'static str) {
         self.refused_peers
             .get_or_create(&ReasonLabels { reason })
             .inc();

@@ -24,6 +24,7 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 use socketioxide::SocketIo;
 use stickyio_shared::config::node::{NodeConfig, PublishAck};
+use stickyio_shared::config::{Env, sources};
 use stickyio_shared::message::Publication;
 use stickyio_shared::relay;
 use stickyio_shared::secret::Secret;
@@ -167,7 +168,7 @@ impl Mesh {
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(PoisonError::into_inner));
         for task in tasks {
             if let Err(e) = task.await {
-                tracing::warn!("a peer link task ended abnormally: {e}");
+                tracing::warn!(error = %e, "a peer link task ended abnormally");
             }
         }
     }
@@ -210,7 +211,7 @@ impl Mesh {
         let bytes = match relay::encode(publication) {
             Ok(bytes) => Bytes::from(bytes),
             Err(e) => {
-                tracing::error!(id = publication.id, "cannot encode a relay frame: {e}");
+                tracing::error!(id = publication.id, error = %e, "cannot encode a relay frame");
                 if let Some(waiter) = waiter {
                     self.links
                         .iter()
@@ -227,9 +228,9 @@ impl Mesh {
         if frame.bytes.len() > self.max_frame {
             tracing::warn!(
                 id = publication.id,
-                "not relaying a publication: its {}-byte frame exceeds max_payload ({})",
-                frame.bytes.len(),
-                self.max_frame
+                frame_bytes = frame.bytes.len(),
+                max_payload = self.max_frame,
+                "not relaying a publication: its frame exceeds max_payload"
             );
             self.links
                 .iter()
@@ -264,8 +265,8 @@ impl Drop for Mesh {
 
 /// The mesh secret of `config`; a clustered mesh node must have one.
 pub fn secret(config: &NodeConfig) -> Result<String, ClusterError> {
-    config
-        .cluster
-        .resolve_secret()?
+    let secret = sources::cluster_secret(&config.cluster, Env::process())?;
+    secret
+        .map(|s| s.expose().to_owned())
         .ok_or(ClusterError::NoSecret)
 }

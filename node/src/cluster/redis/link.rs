@@ -47,7 +47,7 @@ enum End {
 }
 
 /// Connects, serves, and reconnects until `shutdown`.
-pub async fn run(
+pub(super) async fn run(
     shared: Arc<Shared>,
     client: Client,
     mut resumes: mpsc::Receiver<ResumeJob>,
@@ -55,7 +55,9 @@ pub async fn run(
 ) {
     let mut backoff = FIRST_BACKOFF;
     loop {
-        tracing::info!(node = %shared.node, "Trying to connect to Redis at {}", shared.url);
+        // The dial, the wait and the connect keep the URL in their text too,
+        // as the mesh's "Trying to connect to …" does: operators grep them.
+        tracing::info!(node = %shared.node, redis = %shared.url, "Trying to connect to Redis at {}", shared.url);
         let session = Session::open(&shared, &client);
         let end = tokio::select! {
             () = shutdown.cancelled() => End::Shutdown,
@@ -85,14 +87,15 @@ pub async fn run(
                     shared.membership().lost(Instant::now());
                     shared.metrics.members.set(0);
                     shared.metrics.member.clear();
-                    tracing::warn!(node = %shared.node, "Lost Redis at {}: {why}", shared.url);
+                    tracing::warn!(node = %shared.node, redis = %shared.url, error = %why, "lost Redis");
                 } else {
-                    tracing::warn!(node = %shared.node, "Cannot use Redis at {}: {why}", shared.url);
+                    tracing::warn!(node = %shared.node, redis = %shared.url, error = %why, "cannot use Redis");
                 }
                 shared.set_state(LinkState::Down, Some(why));
             }
         }
-        tracing::info!(node = %shared.node, "Waiting {backoff:?} before retrying");
+        let retry_in = stickyio_shared::config::Duration(backoff);
+        tracing::info!(node = %shared.node, %retry_in, "Waiting {retry_in} before retrying");
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(backoff) => {}
@@ -151,7 +154,7 @@ impl Session {
             broken: session.broken.clone(),
         }));
         shared.set_state(LinkState::Up, None);
-        tracing::info!(node = %shared.node, "Connected to Redis at {}", shared.url);
+        tracing::info!(node = %shared.node, redis = %shared.url, "Connected to Redis at {}", shared.url);
         Ok(session)
     }
 
@@ -346,7 +349,7 @@ impl Session {
         {
             Ok(Ok(_)) => tracing::info!(node = %shared.node, "Left the Redis pool"),
             Ok(Err(e)) => {
-                tracing::warn!(node = %shared.node, "Could not leave the Redis pool: {e}")
+                tracing::warn!(node = %shared.node, error = %e, "could not leave the Redis pool")
             }
             Err(_) => tracing::warn!(node = %shared.node, "Could not leave the Redis pool in time"),
         }
@@ -373,7 +376,7 @@ fn receive(shared: &Shared, message: &Msg) {
         Ok(publication) => publication,
         Err(e) => {
             shared.metrics.reject_frame(e.kind());
-            tracing::warn!(node = %shared.node, "relay frame from Redis refused: {e}");
+            tracing::warn!(node = %shared.node, error = %e, "relay frame from Redis refused");
             return;
         }
     };

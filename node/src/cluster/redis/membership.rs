@@ -34,7 +34,7 @@ pub struct Member {
 }
 
 #[derive(Debug)]
-pub struct Membership {
+pub(super) struct Membership {
     own: String,
     /// How long a conflict stays reported after it was last seen.
     conflict_hold: Duration,
@@ -49,13 +49,13 @@ pub struct Membership {
 /// Whom a publish must reach: member names, the first `remembered` of which
 /// count even without a heartbeat key.
 #[derive(Debug, PartialEq)]
-pub struct Expected {
+pub(super) struct Expected {
     pub names: Vec<String>,
     pub remembered: usize,
 }
 
 impl Membership {
-    pub fn new(own: &str, conflict_hold: Duration) -> Membership {
+    pub(super) fn new(own: &str, conflict_hold: Duration) -> Membership {
         Membership {
             own: own.to_owned(),
             conflict_hold,
@@ -67,13 +67,13 @@ impl Membership {
     }
 
     /// The heartbeat found these members alive.
-    pub fn update(&mut self, live: BTreeMap<String, String>) {
+    pub(super) fn update(&mut self, live: BTreeMap<String, String>) {
         self.remembered.retain(|name| !live.contains_key(name));
         self.live = live;
     }
 
     /// Redis is lost: remember everyone we knew, this node aside.
-    pub fn lost(&mut self, now: Instant) {
+    pub(super) fn lost(&mut self, now: Instant) {
         if self.remember_until.is_none_or(|until| now >= until) {
             self.remembered.clear();
         }
@@ -86,11 +86,11 @@ impl Membership {
     }
 
     /// Redis is back: remembered members are expected for `grace` more.
-    pub fn regained(&mut self, now: Instant, grace: Duration) {
+    pub(super) fn regained(&mut self, now: Instant, grace: Duration) {
         self.remember_until = Some(now + grace);
     }
 
-    pub fn expected(&self, now: Instant) -> Expected {
+    pub(super) fn expected(&self, now: Instant) -> Expected {
         let remembered: &[String] = match self.remember_until {
             Some(until) if now < until => &self.remembered,
             _ => &[],
@@ -112,7 +112,7 @@ impl Membership {
         }
     }
 
-    pub fn members(&self) -> Vec<Member> {
+    pub(super) fn members(&self) -> Vec<Member> {
         self.live
             .iter()
             .map(|(name, boot)| Member {
@@ -124,7 +124,7 @@ impl Membership {
 
     /// Another incarnation `other_boot` uses our name. True when this starts
     /// a conflict (rather than continuing one), so it is logged once.
-    pub fn conflict_seen(&mut self, other_boot: &str, now: Instant) -> bool {
+    pub(super) fn conflict_seen(&mut self, other_boot: &str, now: Instant) -> bool {
         let starts = self.conflict(now).is_none();
         match &mut self.conflict {
             Some(conflict) if !starts => {
@@ -144,7 +144,7 @@ impl Membership {
 
     /// The conflict, while it was seen within the hold time. Both processes
     /// overwrite the key in turn, so it is seen every heartbeat or two.
-    pub fn conflict(&self, now: Instant) -> Option<&Conflict> {
+    pub(super) fn conflict(&self, now: Instant) -> Option<&Conflict> {
         self.conflict.as_ref().filter(|c| {
             c.last_seen
                 .is_some_and(|seen| now.saturating_duration_since(seen) < self.conflict_hold)

@@ -14,7 +14,7 @@ use crate::cluster::labels::ReasonLabels;
 
 /// A live member of the pool, by node name.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct MemberLabels {
+pub(super) struct MemberLabels {
     pub member: String,
 }
 
@@ -23,7 +23,7 @@ pub struct MemberLabels {
 /// the message), `error` (Redis answered with an error or the link broke),
 /// `timeout`, `too_large` (over `max_payload`), `queue_full` (more than
 /// `link_queue` publishes already waiting for Redis).
-pub const REFUSAL_REASONS: [&str; 6] = [
+pub(super) const REFUSAL_REASONS: [&str; 6] = [
     "disconnected",
     "member_unsubscribed",
     "error",
@@ -33,7 +33,7 @@ pub const REFUSAL_REASONS: [&str; 6] = [
 ];
 
 #[derive(Debug, Default)]
-pub struct RedisMetrics {
+pub(super) struct RedisMetrics {
     pub up: Gauge,
     pub members: Gauge,
     pub member: Family<MemberLabels, Gauge>,
@@ -48,7 +48,7 @@ pub struct RedisMetrics {
 
 impl RedisMetrics {
     /// Registers every series under `registry` (names gain its prefix).
-    pub fn register(&self, registry: &mut Registry) {
+    pub(super) fn register(&self, registry: &mut Registry) {
         registry.register(
             "redis_up",
             "1 while this node is connected and subscribed to Redis",
@@ -110,11 +110,11 @@ impl RedisMetrics {
         }
     }
 
-    pub fn refuse(&self, reason: &'static str) {
+    pub(super) fn refuse(&self, reason: &'static str) {
         self.refused.get_or_create(&ReasonLabels { reason }).inc();
     }
 
-    pub fn reject_frame(&self, reason: &'static str) {
+    pub(super) fn reject_frame(&self, reason: &'static str) {
         self.rejected_frames
             .get_or_create(&ReasonLabels { reason })
             .inc();

@@ -38,6 +38,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{ConnectionInfo, IntoConnectionInfo, Script};
 use serde::Serialize;
 use stickyio_shared::config::node::{NodeConfig, PublishAck};
+use stickyio_shared::config::{Env, sources};
 use stickyio_shared::message::Publication;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
@@ -68,9 +69,12 @@ pub fn connection_info(config: &NodeConfig) -> Result<ConnectionInfo, ClusterErr
         .as_deref()
         .ok_or(ClusterError::NoRedisUrl)?;
     let info = url.into_connection_info().map_err(ClusterError::RedisUrl)?;
-    Ok(match cluster.resolve_redis_password()? {
+    Ok(match sources::redis_password(cluster, Env::process())? {
         Some(password) => {
-            let settings = info.redis_settings().clone().set_password(password);
+            let settings = info
+                .redis_settings()
+                .clone()
+                .set_password(password.expose());
             info.set_redis_settings(settings)
         }
         None => info,
@@ -256,9 +260,9 @@ impl Shared {
         if self.membership().conflict_seen(other, Instant::now()) {
             tracing::error!(
                 node = %self.node,
-                "two nodes are named {:?}: another process (incarnation {other}) uses {} too; give every node its own name",
-                self.node,
-                self.names.own
+                incarnation = other,
+                key = self.names.own,
+                "two nodes are named the same: another process uses this node's name and heartbeat key; give every node its own name"
             );
         }
     }

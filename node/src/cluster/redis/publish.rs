@@ -37,14 +37,14 @@ use crate::topics::{Handed, Then};
 const MAX_BATCH: usize = 256;
 
 /// A local publication waiting for Redis, and what to do with the answer.
-pub struct Job {
+pub(super) struct Job {
     pub publication: Arc<Publication>,
     pub then: Then,
 }
 
 /// Publishes `jobs` in order, batch by batch, and answers each in order,
 /// until the node's relay (the sender) is dropped.
-pub async fn run(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
+pub(super) async fn run(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let (publications, thens): (Vec<_>, Vec<_>) = batch
@@ -87,7 +87,7 @@ redis.call('PUBLISH', ARGV[1], id .. '\n' .. ARGV[2])
 return id
 ";
 
-pub fn script() -> redis::Script {
+pub(super) fn script() -> redis::Script {
     redis::Script::new(SCRIPT)
 }
 
@@ -228,7 +228,7 @@ impl Shared {
     /// Counts a refusal and returns its message.
     pub(super) fn refuse(&self, reason: &'static str, message: String) -> String {
         self.metrics.refuse(reason);
-        tracing::debug!(reason, "publish refused: {message}");
+        tracing::debug!(reason, %message, "publish refused");
         message
     }
 }

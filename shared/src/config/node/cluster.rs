@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::super::{Duration, Violation};
-use super::SecretError;
+use super::super::sources::{self, Source};
+use super::super::{Duration, Env, Violation, at_least, check_secret_keys, has_blank, positive};
 
 /// Environment variable that can carry the mesh secret instead of the file.
 pub const SECRET_ENV: &str = "STICKYIO_CLUSTER_SECRET";
@@ -88,19 +88,19 @@ impl Default for ClusterConfig {
 
 mod defaults {
     use super::Duration;
-    pub fn standalone() -> bool {
+    pub(super) fn standalone() -> bool {
         true
     }
-    pub fn retry_interval() -> Duration {
+    pub(super) fn retry_interval() -> Duration {
         Duration::from_secs(5)
     }
-    pub fn link_queue() -> usize {
+    pub(super) fn link_queue() -> usize {
         4096
     }
-    pub fn redis_prefix() -> String {
+    pub(super) fn redis_prefix() -> String {
         "stickyio".to_owned()
     }
-    pub fn redis_heartbeat_ttl() -> Duration {
+    pub(super) fn redis_heartbeat_ttl() -> Duration {
         Duration::from_secs(3)
     }
 }
@@ -114,26 +114,6 @@ impl ClusterConfig {
             .filter(|u| Some(normalize_url(u)) != own)
             .cloned()
             .collect()
-    }
-
-    /// The mesh secret: inline, else `secret_file`, else the environment.
-    pub fn resolve_secret(&self) -> Result<Option<String>, SecretError> {
-        crate::secret::resolve(
-            self.secret.as_deref(),
-            self.secret_file.as_deref(),
-            "cluster.secret_file",
-            SECRET_ENV,
-        )
-    }
-
-    /// The Redis password: `redis_password_file`, else the environment, else none.
-    pub fn resolve_redis_password(&self) -> Result<Option<String>, SecretError> {
-        crate::secret::resolve(
-            None,
-            self.redis_password_file.as_deref(),
-            "cluster.redis_password_file",
-            REDIS_PASSWORD_ENV,
-        )
     }
 }
 
@@ -158,24 +138,14 @@ impl ClusterConfig {
                 format!("{host:?} is not an http:// or https:// URL"),
             ));
         }
-        if self.secret.is_some() && self.secret_file.is_some() {
-            return Err(Violation::new(
-                "cluster.secret_file",
-                "set either `secret` or `secret_file`, not both",
-            ));
-        }
-        if self.secret.as_deref() == Some("") {
-            return Err(Violation::new("cluster.secret", "must not be empty"));
-        }
-        if self.retry_interval.get().is_zero() {
-            return Err(Violation::new(
-                "cluster.retry_interval",
-                "must be greater than 0",
-            ));
-        }
-        if self.link_queue == 0 {
-            return Err(Violation::new("cluster.link_queue", "must be at least 1"));
-        }
+        check_secret_keys(
+            "cluster.",
+            "secret",
+            self.secret.as_deref(),
+            self.secret_file.is_some(),
+        )?;
+        positive("cluster.retry_interval", self.retry_interval)?;
+        at_least("cluster.link_queue", self.link_queue, 1, "")?;
         match self.backend {
             Backend::Mesh => self.validate_mesh(),
             Backend::Redis => self.validate_redis(),
@@ -216,8 +186,21 @@ impl ClusterConfig {
                 "standalone = false needs at least one peer other than this node's own `host`",
             ));
         }
-        let env_secret = std::env::var(SECRET_ENV).is_ok_and(|s| !s.is_empty());
-        if self.secret.is_none() && self.secret_file.is_none() && !env_secret {
+        Ok(())
+    }
+
+    /// A clustered mesh node needs a secret, which the environment may give.
+    pub(super) fn validate_sources(&self, env: Env<'_>) -> Result<(), Violation> {
+        if self.standalone || self.backend != Backend::Mesh {
+            return Ok(());
+        }
+        let secret = sources::declared(
+            Source::ClusterSecret,
+            self.secret.is_some(),
+            self.secret_file.as_deref(),
+            env,
+        );
+        if !secret {
             return Err(Violation::new(
                 "cluster.standalone",
                 format!(
@@ -250,23 +233,19 @@ impl ClusterConfig {
         };
         check_redis_url(url).map_err(|why| Violation::new("cluster.redis_url", why))?;
         let prefix = &self.redis_prefix;
-        if prefix.is_empty()
-            || prefix
-                .chars()
-                .any(|c| c.is_control() || c.is_whitespace() || "*?[]\\".contains(c))
-        {
+        if prefix.is_empty() || has_blank(prefix) || prefix.contains(['*', '?', '[', ']', '\\']) {
             return Err(Violation::new(
                 "cluster.redis_prefix",
                 "must be non-empty, without spaces, control characters or any of * ? [ ] \\",
             ));
         }
-        if self.redis_heartbeat_ttl.get() < std::time::Duration::from_millis(300) {
-            return Err(Violation::new(
-                "cluster.redis_heartbeat_ttl",
-                "must be at least 300ms (it is refreshed every third of it)",
-            ));
-        }
-        Ok(())
+        at_least(
+            "cluster.redis_heartbeat_ttl",
+            self.redis_heartbeat_ttl,
+            Duration::from_millis(300),
+            "",
+        )
+        .map_err(|v| v.because("it is refreshed every third of it"))
     }
 }
 

@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, Duration, Validate, Violation};
-pub use crate::secret::SecretError;
-use crate::secret::{self, Secret};
+use super::{
+    ConfigError, Duration, Env, Validate, Violation, at_least, between, check_name, positive,
+};
+use crate::secret::Secret;
 pub use cluster::{Backend, ClusterConfig, REDIS_PASSWORD_ENV, SECRET_ENV};
 
 /// Environment variable that can carry the node's admin token instead of the
@@ -117,46 +118,46 @@ mod defaults {
     use std::net::{Ipv4Addr, SocketAddr};
 
     use super::Duration;
-    pub fn admin() -> SocketAddr {
+    pub(super) fn admin() -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, 9100))
     }
-    pub fn ping_interval() -> Duration {
+    pub(super) fn ping_interval() -> Duration {
         Duration::from_secs(25)
     }
-    pub fn ping_timeout() -> Duration {
+    pub(super) fn ping_timeout() -> Duration {
         Duration::from_secs(20)
     }
-    pub fn max_payload() -> u64 {
+    pub(super) fn max_payload() -> u64 {
         1_000_000
     }
-    pub fn max_subscriptions() -> usize {
+    pub(super) fn max_subscriptions() -> usize {
         100
     }
-    pub fn max_message_bytes() -> usize {
+    pub(super) fn max_message_bytes() -> usize {
         64 * 1024
     }
     /// socketioxide's default of 128 dropped 0.8 % of W5 deliveries (300
     /// subscribers, 3 publishers) whenever the clients' CPU share dipped.
-    pub fn send_buffer() -> usize {
+    pub(super) fn send_buffer() -> usize {
         1024
     }
-    pub fn max_connections() -> usize {
+    pub(super) fn max_connections() -> usize {
         10_000
     }
     /// hyper's own default, and the gateway's.
-    pub fn header_read_timeout() -> Duration {
+    pub(super) fn header_read_timeout() -> Duration {
         Duration::from_secs(30)
     }
     /// A 1 MB `max_payload` at 33 KB/s.
-    pub fn body_read_timeout() -> Duration {
+    pub(super) fn body_read_timeout() -> Duration {
         Duration::from_secs(30)
     }
     /// A few minutes of a busy chat room; a few MB (BENCHMARKS.md).
-    pub fn history_size() -> usize {
+    pub(super) fn history_size() -> usize {
         10_000
     }
     /// Longer than any client takes to notice a dead node and reconnect.
-    pub fn history_ttl() -> Duration {
+    pub(super) fn history_ttl() -> Duration {
         Duration::from_secs(300)
     }
 }
@@ -172,7 +173,12 @@ impl NodeConfig {
     /// `redis_password_file` or `admin_token_file` is taken from the config
     /// file's directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let mut config: NodeConfig = super::load(path)?;
+        Self::load_in(path, Env::process())
+    }
+
+    /// [`NodeConfig::load`], its source rules against `env`.
+    pub fn load_in(path: &Path, env: Env<'_>) -> Result<Self, ConfigError> {
+        let mut config: NodeConfig = super::load_in(path, env)?;
         if let Some(dir) = path.parent() {
             let cluster = &mut config.cluster;
             for file in [
@@ -215,85 +221,58 @@ impl NodeConfig {
             cluster: ClusterConfig::default(),
         }
     }
-
-    /// The admin token: inline, else `admin_token_file`, else the environment.
-    pub fn resolve_admin_token(&self) -> Result<Option<Secret>, SecretError> {
-        let token = secret::resolve(
-            self.admin_token.as_ref().map(Secret::expose),
-            self.admin_token_file.as_deref(),
-            "admin_token_file",
-            ADMIN_TOKEN_ENV,
-        )?;
-        Ok(token.map(Secret::new))
-    }
 }
+
 impl Validate for NodeConfig {
     fn validate(&self) -> Result<(), Violation> {
-        if self.name.is_empty() || super::has_blank(&self.name) {
-            return Err(Violation::new(
-                "name",
-                "must be non-empty, without spaces or control characters",
-            ));
-        }
-        if self.ping_interval.get().is_zero() {
-            return Err(Violation::new("ping_interval", "must be greater than 0"));
-        }
-        if self.ping_timeout.get().is_zero() {
-            return Err(Violation::new("ping_timeout", "must be greater than 0"));
-        }
-        if self.max_payload < 1024 {
-            return Err(Violation::new("max_payload", "must be at least 1024 bytes"));
-        }
-        if self.max_subscriptions == 0 {
-            return Err(Violation::new("max_subscriptions", "must be at least 1"));
-        }
-        if self.max_message_bytes == 0 {
-            return Err(Violation::new(
-                "max_message_bytes",
-                "must be at least 1 byte",
-            ));
-        }
-        if !(1..=MAX_SEND_BUFFER).contains(&self.send_buffer) {
-            return Err(Violation::new(
-                "send_buffer",
-                format!("must be between 1 and {MAX_SEND_BUFFER} packets"),
-            ));
-        }
-        if self.max_connections == 0 {
-            return Err(Violation::new("max_connections", "must be at least 1"));
-        }
-        if self.header_read_timeout.get().is_zero() {
-            return Err(Violation::new(
-                "header_read_timeout",
-                "must be greater than 0",
-            ));
-        }
-        if self.body_read_timeout.get().is_zero() {
-            return Err(Violation::new(
-                "body_read_timeout",
-                "must be greater than 0",
-            ));
-        }
+        check_name("name", &self.name)?;
+        positive("ping_interval", self.ping_interval)?;
+        positive("ping_timeout", self.ping_timeout)?;
+        at_least("max_payload", self.max_payload, 1024, "bytes")?;
+        at_least("max_subscriptions", self.max_subscriptions, 1, "")?;
+        at_least("max_message_bytes", self.max_message_bytes, 1, "byte")?;
+        between(
+            "send_buffer",
+            self.send_buffer,
+            (1, MAX_SEND_BUFFER),
+            "packets",
+        )?;
+        at_least("max_connections", self.max_connections, 1, "")?;
+        positive("header_read_timeout", self.header_read_timeout)?;
+        positive("body_read_timeout", self.body_read_timeout)?;
         if self.history.size > MAX_HISTORY_SIZE {
             return Err(Violation::new(
                 "history.size",
                 format!("must be at most {MAX_HISTORY_SIZE} messages (0 turns history off)"),
             ));
         }
-        if self.history.ttl.get() < MIN_HISTORY_TTL {
-            return Err(Violation::new(
-                "history.ttl",
-                format!("must be at least {}", Duration(MIN_HISTORY_TTL)),
-            ));
-        }
+        at_least(
+            "history.ttl",
+            self.history.ttl,
+            Duration(MIN_HISTORY_TTL),
+            "",
+        )?;
         super::check_admin_token(self.admin_token.as_ref(), self.admin_token_file.as_deref())?;
         self.cluster.validate()
+    }
+
+    fn validate_sources(&self, env: Env<'_>) -> Result<(), Violation> {
+        self.cluster.validate_sources(env)
     }
 }
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::parse;
+    use crate::config::parse_without_env as parse;
+    use crate::config::sources;
+
+    fn secret(c: &NodeConfig) -> Result<Option<String>, sources::SourceError> {
+        sources::cluster_secret(&c.cluster, Env::empty()).map(|s| s.map(|s| s.expose().to_owned()))
+    }
+
+    fn redis_password(c: &NodeConfig) -> Result<Option<String>, sources::SourceError> {
+        sources::redis_password(&c.cluster, Env::empty()).map(|s| s.map(|s| s.expose().to_owned()))
+    }
 
     const FULL: &str = r#"
 listen = "0.0.0.0:3001"
@@ -319,10 +298,7 @@ retry_interval = "5s"
             c.cluster.peers(),
             vec!["http://127.0.0.1:3002", "http://127.0.0.1:3003"]
         );
-        assert_eq!(
-            c.cluster.resolve_secret().unwrap().as_deref(),
-            Some("s3cret")
-        );
+        assert_eq!(secret(&c).unwrap().as_deref(), Some("s3cret"));
     }
 
     #[test]
@@ -388,7 +364,7 @@ retry_interval = "5s"
         let set = format!("{base}admin = \"0.0.0.0:9100\"\nadmin_token = \"t0p-s3cret\"\n");
         let c: NodeConfig = parse(&set, "n.toml").unwrap();
         assert_eq!(
-            c.resolve_admin_token()
+            sources::node_admin_token(&c, Env::empty())
                 .unwrap()
                 .map(|t| t.expose().to_owned()),
             Some("t0p-s3cret".to_owned())
@@ -462,10 +438,6 @@ retry_interval = "5s"
 
     #[test]
     fn clustered_without_secret_is_an_error_at_the_cluster_table() {
-        let name = "config::node::tests::clustered_without_secret_is_an_error_at_the_cluster_table";
-        if crate::config::rerun_without_env(name, SECRET_ENV) {
-            return;
-        }
         let text = FULL.replace("secret = \"s3cret\"\n", "");
         let err = parse::<NodeConfig>(&text, "node.toml")
             .unwrap_err()
@@ -475,6 +447,37 @@ retry_interval = "5s"
                 "node.toml:10:14: `cluster.standalone`: standalone = false needs a mesh secret"
             ),
             "{err}"
+        );
+        let lookup = |name: &str| (name == SECRET_ENV).then(|| "from-env".to_owned());
+        let c: NodeConfig = crate::config::parse_in(&text, "node.toml", Env::new(&lookup))
+            .expect("a secret in the environment is a secret");
+        let read = sources::node(&c, Env::new(&lookup)).unwrap();
+        assert_eq!(
+            read.cluster_secret.map(|s| s.expose().to_owned()),
+            Some("from-env".to_owned())
+        );
+    }
+
+    #[test]
+    fn a_secret_is_inline_or_in_a_file_not_both() {
+        let text = FULL.replace(
+            "secret = \"s3cret\"",
+            "secret = \"s3cret\"\nsecret_file = \"f\"",
+        );
+        let err = parse::<NodeConfig>(&text, "node.toml")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "node.toml:13:15: `cluster.secret_file`: set either `secret` or `secret_file`, not both"
+        );
+        let text = FULL.replace("secret = \"s3cret\"", "secret = \" \"");
+        let err = parse::<NodeConfig>(&text, "node.toml")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err, "node.toml:12:10: `cluster.secret`: must not be empty",
+            "a blank secret is no secret, as a blank token is no token"
         );
     }
 
@@ -530,12 +533,9 @@ retry_interval = "5s"
         let text = FULL.replace("secret = \"s3cret\"", "secret_file = \"mesh.secret\"");
         std::fs::write(dir.join("node.toml"), text).unwrap();
         let c = NodeConfig::load(&dir.join("node.toml")).unwrap();
-        assert_eq!(
-            c.cluster.resolve_secret().unwrap().as_deref(),
-            Some("from-file")
-        );
+        assert_eq!(secret(&c).unwrap().as_deref(), Some("from-file"));
         std::fs::write(dir.join("mesh.secret"), "\n").unwrap();
-        let err = c.cluster.resolve_secret().unwrap_err().to_string();
+        let err = secret(&c).unwrap_err().to_string();
         assert!(err.ends_with("the file is empty"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -705,16 +705,13 @@ redis_url = "redis://127.0.0.1:6379/0"
         let text = format!("{REDIS}redis_password_file = \"redis.password\"\n");
         std::fs::write(dir.join("node.toml"), text).unwrap();
         let c = NodeConfig::load(&dir.join("node.toml")).unwrap();
-        assert_eq!(
-            c.cluster.resolve_redis_password().unwrap().as_deref(),
-            Some("pw-from-file")
-        );
+        assert_eq!(redis_password(&c).unwrap().as_deref(), Some("pw-from-file"));
         assert!(
             !toml::to_string(&c).unwrap().contains("pw-from-file"),
             "the printed config names the file, not the password"
         );
         std::fs::remove_file(dir.join("redis.password")).unwrap();
-        let err = c.cluster.resolve_redis_password().unwrap_err().to_string();
+        let err = redis_password(&c).unwrap_err().to_string();
         assert!(
             err.starts_with("cluster.redis_password_file ") && err.contains("cannot read"),
             "{err}"
