@@ -22,6 +22,10 @@ struct Cli {
     /// The first node's port; the others follow it.
     #[arg(long, value_name = "P")]
     node_port: Option<u16>,
+    /// The first node's admin port (/healthz, /readyz, /metrics); the others
+    /// follow it [default: as far above the node port as in the files].
+    #[arg(long, value_name = "P")]
+    node_admin_port: Option<u16>,
     /// Log one JSON object per line.
     #[arg(long)]
     log_json: bool,
@@ -37,6 +41,7 @@ async fn main() -> anyhow::Result<()> {
         port: cli.port,
         admin_port: cli.admin_port,
         node_port: cli.node_port,
+        node_admin_port: cli.node_admin_port,
     })?;
     let stop = stickyio_shared::signals::stop_signal()?;
     let cluster = LocalCluster::start(topology).await?;

@@ -27,6 +27,9 @@ pub struct Options {
     /// First node port; node i listens on `node_port + i`, and its admin
     /// listener as far above that as in the template file (9101 for 3001).
     pub node_port: Option<u16>,
+    /// First node admin port; node i's admin listener is on
+    /// `node_admin_port + i` instead of the template's distance.
+    pub node_admin_port: Option<u16>,
 }
 
 /// Resolved configs, ready to start.
@@ -79,10 +82,18 @@ impl Topology {
         if count == 0 || count > MAX_NODES {
             return Err(TopologyError::NodeCount(count));
         }
-        let derive_nodes = count != nodes.len() || options.node_port.is_some();
+        let derive_nodes = count != nodes.len()
+            || options.node_port.is_some()
+            || options.node_admin_port.is_some();
         if derive_nodes {
             let base = options.node_port.unwrap_or(nodes[0].listen.port());
-            nodes = derive(&nodes[0], count, base)?;
+            let admin_base = options.node_admin_port.unwrap_or_else(|| {
+                // The template's distance from the client port, so
+                // deploy/local's 3001 → 9101 carries over to every node.
+                let offset = i32::from(nodes[0].admin.port()) - i32::from(nodes[0].listen.port());
+                u16::try_from(i32::from(base) + offset).unwrap_or(0)
+            });
+            nodes = derive(&nodes[0], count, base, admin_base)?;
             gateway.nodes = nodes
                 .iter()
                 .map(|n| NodeEntry {
@@ -140,18 +151,16 @@ fn derive(
     template: &NodeConfig,
     count: usize,
     base: u16,
+    admin_base: u16,
 ) -> Result<Vec<NodeConfig>, TopologyError> {
     let too_far = || TopologyError::NodePorts { port: base, count };
     let last =
         base.checked_add(u16::try_from(count - 1).map_err(|_| TopologyError::NodeCount(count))?);
     last.ok_or_else(too_far)?;
-    // Admin ports keep the template's distance from the client port, so
-    // deploy/local's 3001 → 9101 carries over to every derived node.
-    let admin_offset = i32::from(template.admin.port()) - i32::from(template.listen.port());
     let admin_port = |i: usize| {
-        u16::try_from(i32::from(base) + i as i32 + admin_offset)
+        u16::try_from(usize::from(admin_base) + i)
             .ok()
-            .filter(|p| *p != 0)
+            .filter(|_| admin_base != 0)
     };
     if admin_port(0).is_none() || admin_port(count - 1).is_none() {
         return Err(too_far());

@@ -56,11 +56,15 @@ fn free_run(count: u16) -> u16 {
 
 #[tokio::test]
 async fn summary_matches_what_is_running() {
+    // Every port chosen free, the nodes' admin ports too: derived from the
+    // node port they could land on a port another test holds.
     let (port, admin_port, node_port) = (free_run(1), free_run(1), free_run(3));
+    let node_admin_port = free_run(3);
     let topology = Topology::resolve(&Options {
         port: Some(port),
         admin_port: Some(admin_port),
         node_port: Some(node_port),
+        node_admin_port: Some(node_admin_port),
         ..Options::default()
     })
     .unwrap();
@@ -111,9 +115,14 @@ async fn summary_matches_what_is_running() {
         );
     }
     assert_eq!(get(cluster.public_addr(), "/healthz").await, "ok\n");
-    for node in cluster.nodes() {
+    for (i, node) in cluster.nodes().iter().enumerate() {
         let admin = node.admin_addr();
         assert!(admin.ip().is_loopback(), "{admin}");
+        assert_eq!(
+            admin.port(),
+            node_admin_port + i as u16,
+            "--node-admin-port"
+        );
         let metrics = get(admin, "/metrics").await;
         assert!(
             metrics.contains("stickyio_node_published_total"),
