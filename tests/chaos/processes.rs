@@ -86,14 +86,30 @@ pub struct NodeProcess {
 }
 
 impl NodeProcess {
+    /// Starts the node; its log (warnings, and catch-up at info) goes to
+    /// `$STICKYIO_CHAOS_LOG_DIR/{name}.log` when that is set, appended
+    /// across restarts, else nowhere.
     fn spawn(&mut self) {
+        let log = std::env::var_os("STICKYIO_CHAOS_LOG_DIR").map(|dir| {
+            let path = Path::new(&dir).join(format!("{}.log", self.name));
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+        });
+        let stdout = log
+            .as_ref()
+            .and_then(|f| f.try_clone().ok())
+            .map_or_else(Stdio::null, Stdio::from);
+        let stderr = log.map_or_else(Stdio::null, Stdio::from);
         let child = Command::new(bin("stickyio-node"))
             .arg("--config")
             .arg(&self.config)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "warn,stickyio_node::cluster::mesh=info")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .expect("start stickyio-node");
         self.child = Some(child);
