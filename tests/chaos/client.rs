@@ -77,6 +77,9 @@ pub struct Record {
     pub cursor: Option<String>,
     /// Every resume: whether the history reached back, and what it replayed.
     pub resumes: Vec<Resume>,
+    /// While a session is being opened: since when the current step runs,
+    /// and which (the report of a client that is slow to come back).
+    pub opening: Option<(Instant, String)>,
 }
 
 /// The ack of one `subscribe {pattern, since}`.
@@ -250,6 +253,10 @@ impl LoadClient {
         }
     }
 
+    fn step(&self, step: &str) {
+        self.record.lock().expect("record").opening = Some((Instant::now(), step.to_owned()));
+    }
+
     fn note_error(&self, error: String) {
         let mut record = self.record.lock().expect("record");
         record.errors.push((Instant::now(), error));
@@ -276,6 +283,7 @@ impl LoadClient {
             node: String::new(),
             posting: tokio::sync::Mutex::new(()),
         };
+        self.step("handshake");
         let (status, node, body) = conn
             .request(Method::GET, "", String::new(), request_timeout())
             .await?;
@@ -287,6 +295,7 @@ impl LoadClient {
                 .map_err(|e| format!("open packet {body:?}: {e}"))?;
         conn.sid = open["sid"].as_str().ok_or("no sid")?.to_owned();
         conn.node = node.ok_or("no node header")?;
+        self.step(&format!("namespace connect on {}", conn.node));
         conn.post("40".to_owned()).await?;
         // Nothing is emitted before the namespace connect is acked, as
         // socket.io-client does: the server closes a session whose event
@@ -312,6 +321,7 @@ impl LoadClient {
             Some(since) => json!({ "pattern": self.topic, "since": since }),
             None => json!(self.topic),
         };
+        self.step(&format!("subscribe on {}", conn.node));
         conn.post(emit(ack, "subscribe", &subscribe)).await?;
         for _ in 0..10 {
             let packets = conn.poll().await?;
@@ -376,6 +386,7 @@ impl LoadClient {
             };
             let session = {
                 let mut record = self.record.lock().expect("record");
+                record.opening = None;
                 record.sessions.push(Session {
                     node: conn.node.clone(),
                     subscribed_at: Instant::now(),

@@ -132,7 +132,29 @@ impl Run {
                     Some(s) => slowest = slowest.max(s.subscribed_at - fault.at),
                     None => {
                         waiting += 1;
-                        last_error = record.errors.last().map(|(_, e)| e.clone());
+                        let since = |at: Instant| at.saturating_duration_since(fault.at);
+                        last_error = Some(format!(
+                            "errors {:?}; sessions {:?}; opening: {:?}; resumes {:?}",
+                            record
+                                .errors
+                                .iter()
+                                .map(|(at, e)| (since(*at), e.clone()))
+                                .collect::<Vec<_>>(),
+                            record
+                                .sessions
+                                .iter()
+                                .map(|s| (
+                                    s.node.clone(),
+                                    since(s.subscribed_at),
+                                    s.ended_at.map(since)
+                                ))
+                                .collect::<Vec<_>>(),
+                            record
+                                .opening
+                                .as_ref()
+                                .map(|(at, step)| (since(*at), step.clone())),
+                            record.resumes,
+                        ));
                     }
                 }
             }
@@ -141,7 +163,7 @@ impl Run {
             }
             assert!(
                 Instant::now() < deadline,
-                "{waiting} clients of {} not back on a healthy node within {limit:?}; the last error of one: {last_error:?}",
+                "{waiting} clients of {} not back on a healthy node within {limit:?}; one of them: {last_error:?}",
                 fault.node
             );
             tokio::time::sleep(Duration::from_millis(50)).await;

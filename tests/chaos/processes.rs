@@ -86,7 +86,7 @@ pub struct NodeProcess {
 }
 
 impl NodeProcess {
-    /// Starts the node; its log (warnings, and catch-up at info) goes to
+    /// Starts the node; its log (warnings, and the mesh at info) goes to
     /// `$STICKYIO_CHAOS_LOG_DIR/{name}.log` when that is set, appended
     /// across restarts, else nowhere.
     fn spawn(&mut self) {
@@ -106,7 +106,10 @@ impl NodeProcess {
         let child = Command::new(bin("stickyio-node"))
             .arg("--config")
             .arg(&self.config)
-            .env("RUST_LOG", "warn,stickyio_node::cluster::mesh=info")
+            .env(
+                "RUST_LOG",
+                "warn,stickyio_node::cluster::mesh=info,stickyio_node::api=debug",
+            )
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
