@@ -385,17 +385,16 @@ async fn chaos_under_load() {
         let record = run.record(i);
         let topic = &run.clients[i].topic;
         let first = record.sessions[0].subscribed_at;
+        let why = |reason: &Option<String>, node: &str| {
+            format!("{} on {node}", reason.as_deref().unwrap_or("?"))
+        };
         for r in record.resumes.iter().filter(|r| !r.recovered) {
-            let why = format!("{} on {}", r.reason.as_deref().unwrap_or("?"), r.node);
-            *not_recovered.entry(why).or_default() += 1;
+            *not_recovered.entry(why(&r.reason, &r.node)).or_default() += 1;
         }
         let fresh_starts: Vec<(Instant, String)> = record.sessions[1..]
             .iter()
             .filter(|s| !s.resumed)
-            .map(|s| {
-                let why = s.reason.as_deref().unwrap_or("?");
-                (s.subscribed_at, format!("{why} on {}", s.node))
-            })
+            .map(|s| (s.subscribed_at, why(&s.reason, &s.node)))
             .collect();
         for p in published
             .iter()

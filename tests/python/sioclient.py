@@ -7,13 +7,25 @@ and which every transport sends, the websocket included.
 """
 
 import queue
+import time
 import uuid
 
+import pytest
 import requests
 import socketio
 from requests.adapters import HTTPAdapter
 
 TIMEOUT = 10
+
+
+def wait_for(what, check, timeout=TIMEOUT):
+    """Polls `check` every 50 ms until it holds; fails the test after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
 
 
 def without_cursor(ack):

@@ -10,10 +10,9 @@ order.
 import threading
 import time
 
-import pytest
 import socketio
 
-from sioclient import TIMEOUT, Client
+from sioclient import TIMEOUT, Client, wait_for
 
 PATTERN = "py.resume.#"
 COUNT = 150
@@ -55,21 +54,12 @@ class Resuming:
     # ----------------------------------------------------------------------
 
 
-def wait_for(what, check, timeout=3 * TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
-
-
 def test_the_recipe_ends_with_every_message_once_after_a_node_is_killed(pool):
     sub = Resuming(pool.url, [PATTERN], {"X-Forwarded-For": "198.51.100.200"})
     victim = None
     publisher = None
     try:
-        wait_for("the first subscribe ack", lambda: len(sub.acks) == 1)
+        wait_for("the first subscribe ack", lambda: len(sub.acks) == 1, 3 * TIMEOUT)
         assert sub.acks[0]["ok"] is True and isinstance(sub.acks[0]["cursor"], str), sub.acks
         # The subscriber's node: the one its gateway session is pinned to.
         whoami = Client(pool.url, forwarded_for="198.51.100.200", transports=("websocket",))
@@ -94,7 +84,7 @@ def test_the_recipe_ends_with_every_message_once_after_a_node_is_killed(pool):
             acked.append(ack["id"])
             time.sleep(0.02)
         ids = lambda: [m["id"] for m in sub.received]
-        wait_for("every acked message at the subscriber", lambda: set(acked) <= set(ids()))
+        wait_for("every acked message at the subscriber", lambda: set(acked) <= set(ids()), 3 * TIMEOUT)
         time.sleep(0.5)
         got = ids()
         assert len(got) == len(set(got)), f"a message twice: {sorted(i for i in got if got.count(i) > 1)}"

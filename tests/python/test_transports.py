@@ -13,18 +13,9 @@ import time
 import pytest
 import requests
 
-from sioclient import TIMEOUT, Client, without_cursor
+from sioclient import TIMEOUT, Client, wait_for, without_cursor
 
 TRANSPORTS = {"websocket": ("websocket",), "upgrade": ("polling", "websocket")}
-
-
-def wait_for(what, check, timeout=TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def one_per_node(pool, transports, base):
