@@ -50,12 +50,19 @@ const VERSION: u64 = 1;
 pub const MAX_ENTRIES: usize = 1000;
 /// Most incarnations of one origin a request names.
 pub const MAX_STREAMS_ASKED: usize = 64;
-/// How long a gap may hold back the relays after it.
-pub const GAP_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a gap may hold back the relays after it: as long as a
+/// replicated publish waits for a peer (`confirm.rs`), so a loaded peer's
+/// late answer still fills it.
+pub const GAP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most relays held back behind one gap; past it the gap is given up.
 pub const MAX_HELD: usize = 10_000;
 /// Most incarnations tracked; idle ones are forgotten first.
 pub const MAX_TRACKED: usize = 4096;
+/// How long a request for an origin counts as in flight: the periodic
+/// re-asks (gaps still open, peers still unlinked) skip an origin asked for
+/// this recently and not answered yet, so a slow peer is not sent the same
+/// request again and again, nor answers it again and again.
+pub const ANSWER_WAIT: Duration = Duration::from_secs(2);
 /// Longest node name (a cursor's and a route tag's limit).
 const MAX_NAME: usize = 255;
 
@@ -493,6 +500,8 @@ pub struct CatchUp {
     pub(crate) wake: Notify,
     /// Sequence numbers given up, as last counted on `/metrics`.
     skipped: AtomicU64,
+    /// Origins asked for and not answered yet, since when.
+    in_flight: Mutex<AHashMap<String, Instant>>,
 }
 
 impl CatchUp {
@@ -517,6 +526,7 @@ impl CatchUp {
             wanted: Mutex::new(AHashSet::new()),
             wake: Notify::new(),
             skipped: AtomicU64::new(0),
+            in_flight: Mutex::new(AHashMap::new()),
         }
     }
 
@@ -594,8 +604,11 @@ impl CatchUp {
         self.wake.notify_one();
     }
 
-    /// Origins asked for since the last turn, and those with a gap open;
-    /// gaps open too long are given up first (their relays delivered).
+    /// Origins to ask for now: those wanted since the last turn (a link
+    /// came or went, a gap opened), and, unless a request for them is still
+    /// in flight ([`ANSWER_WAIT`]), those with a gap open and `also` (peers
+    /// still unlinked). Gaps open too long are given up first (their relays
+    /// delivered).
     pub fn turn(&self, also: impl IntoIterator<Item = String>) -> Vec<String> {
         if !self.enabled {
             return Vec::new();
@@ -613,21 +626,34 @@ impl CatchUp {
         self.metrics
             .catch_up_skipped
             .inc_by(skipped.saturating_sub(reported));
-        let mut origins: AHashSet<String> =
+        let mut periodic: AHashSet<String> =
             sequencer.gaps().iter().map(|o| o.to_string()).collect();
         drop(sequencer);
-        origins.extend(std::mem::take(
-            &mut *self.wanted.lock().unwrap_or_else(PoisonError::into_inner),
-        ));
-        origins.extend(also);
+        periodic.extend(also);
+        {
+            let mut in_flight = self
+                .in_flight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            in_flight.retain(|_, at| now.saturating_duration_since(*at) < ANSWER_WAIT);
+            periodic.retain(|origin| !in_flight.contains_key(origin));
+        }
+        let mut origins =
+            std::mem::take(&mut *self.wanted.lock().unwrap_or_else(PoisonError::into_inner));
+        origins.extend(periodic);
         origins.remove(&self.node);
         let mut origins: Vec<String> = origins.into_iter().collect();
         origins.sort_unstable();
         origins
     }
 
-    /// The request for `origin`'s messages this node lacks, as sent.
+    /// The request for `origin`'s messages this node lacks, as sent; it is
+    /// in flight from now until an answer for `origin` is taken.
     pub fn request(&self, origin: &str) -> String {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(origin.to_owned(), Instant::now());
         let request = Request {
             v: VERSION,
             origin: origin.to_owned(),
@@ -672,6 +698,10 @@ impl CatchUp {
                 return None;
             }
         };
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&answer.origin);
         let labels = OriginLabels {
             origin: answer.origin.clone(),
         };
@@ -953,5 +983,48 @@ mod tests {
                 .kind(),
             "catch_up_too_large"
         );
+    }
+
+    struct Nowhere;
+    impl Deliver for Nowhere {
+        fn deliver(&self, _: &Arc<Publication>, _: Option<crate::cursor::Stamp>) -> usize {
+            0
+        }
+    }
+
+    #[test]
+    fn a_periodic_ask_waits_for_the_answer_in_flight() {
+        let metrics = Arc::new(MeshMetrics::default());
+        let inbound = Inbound::new(Duration::ZERO, Arc::new(Nowhere), metrics.inbound.clone());
+        let c = CatchUp::new(
+            "node-c".into(),
+            true,
+            100_000,
+            Duration::from_secs(60),
+            inbound,
+            Arc::new(Nowhere),
+            metrics,
+        );
+        let unlinked = || vec!["node-a".to_owned(), "node-c".to_owned()];
+        assert_eq!(c.turn(unlinked()), ["node-a"], "never itself");
+        let request: Request = serde_json::from_str(&c.request("node-a")).unwrap();
+        assert_eq!((request.origin.as_str(), request.from.len()), ("node-a", 0));
+        assert!(c.turn(unlinked()).is_empty(), "asked, not answered yet");
+        c.want("node-a");
+        assert_eq!(c.turn(unlinked()), ["node-a"], "a link event asks anyway");
+        let (answer, _) =
+            encode_answer("node-a", &[Arc::new(publication("node-a", 7, 1))], 100_000);
+        assert_eq!(
+            c.take("peer", Ok(answer)),
+            None,
+            "not full: nothing more to ask"
+        );
+        let again = c.request("node-a");
+        assert!(
+            again.contains("[[7,2]]"),
+            "from where it stands now: {again}"
+        );
+        c.take("peer", Ok(encode_answer("node-a", &[], 100).0));
+        assert_eq!(c.turn(unlinked()), ["node-a"], "answered: asked again");
     }
 }
