@@ -50,10 +50,17 @@ async fn publish_numbered(client: &TopicClient, topic: &str, from: u64, n: u64) 
 
 /// A subscribe ack without its `cursor` (the position now, a fresh string
 /// each time), which must be there.
-fn without_cursor(mut ack: Value) -> Value {
-    let cursor = ack.as_object_mut().and_then(|a| a.remove("cursor"));
+fn without_cursor(ack: Value) -> Value {
+    let (ack, cursor) = split_cursor(ack);
     assert!(cursor.is_some_and(|c| c.is_string()), "no cursor: {ack}");
     ack
+}
+
+/// The ack without its `cursor`, and the cursor if there is one (over
+/// Redis, only once the node delivered a message since it started).
+fn split_cursor(mut ack: Value) -> (Value, Option<Value>) {
+    let cursor = ack.as_object_mut().and_then(|a| a.remove("cursor"));
+    (ack, cursor)
 }
 
 fn message_ids(messages: &[Value]) -> Vec<String> {
@@ -160,7 +167,9 @@ async fn the_redis_stream_outlives_nodes_but_not_a_redis_restart() {
     cluster.joined(&[0, 1]).await;
     let publisher = TopicClient::connect(&cluster.url(1)).await;
     let after = TopicClient::connect(&cluster.url(0)).await;
-    let ack = without_cursor(resume(&after, "s.#", &cursor).await);
+    // Over Redis the ack has a position once the node delivered a message
+    // live since it started; not what this test is about.
+    let (ack, _position) = split_cursor(resume(&after, "s.#", &cursor).await);
     assert_eq!(
         ack,
         json!({"ok": true, "pattern": "s.#", "recovered": false, "reason": "too_old"})

@@ -306,7 +306,9 @@ async fn chaos_under_load() {
         let mut figures = Vec::new();
         for series in ["requests", "received", "delivered", "served", "skipped"] {
             let name = format!("stickyio_node_cluster_catch_up_{series}_total");
-            figures.push(processes::metric(node.admin, &name).await.to_string());
+            // `+ 0.0`: an empty sum is -0.0.
+            let value = processes::metric(node.admin, &name).await + 0.0;
+            figures.push(value.to_string());
         }
         catch_up.push(format!("{}={}", node.name, figures.join("/")));
     }

@@ -267,7 +267,9 @@ pub fn decode_answer(text: &str, max: usize, own: &str) -> Result<Answer, CatchU
 pub struct Offered {
     /// To deliver now, in sequence order.
     pub ready: Vec<Publication>,
-    /// It came past a gap (held back): the gap is worth asking for.
+    /// It opened a gap (held back, the first past it): worth asking for
+    /// at once. Later relays past the same gap leave the asking to the
+    /// periodic turn.
     pub gap: bool,
     /// Already delivered, or given up on: dropped.
     pub stale: bool,
@@ -402,8 +404,8 @@ impl Sequencer {
             return offered;
         }
         stream.held.insert(seq, publication);
+        offered.gap = stream.gap_since.is_none();
         stream.gap_since.get_or_insert(now);
-        offered.gap = true;
         if stream.held.len() > MAX_HELD {
             self.skipped += stream.skip(&mut offered.ready);
         }
@@ -784,7 +786,7 @@ mod tests {
         );
         assert_eq!(offer(&mut s, 6, t).0, ["node-a-7-6"]);
         assert_eq!(offer(&mut s, 8, t), (vec![], true, false), "7 is missing");
-        assert_eq!(offer(&mut s, 9, t), (vec![], true, false));
+        assert_eq!(offer(&mut s, 9, t), (vec![], false, false), "asked already");
         assert_eq!(s.positions("node-a"), [(7, 7)]);
         assert_eq!(s.gaps().len(), 1);
         assert_eq!(offer(&mut s, 8, t), (vec![], false, true), "held already");
