@@ -4,8 +4,9 @@
 # and subscribing through the gateway over long-polling, a node killed with
 # SIGKILL and restarted, another frozen with SIGSTOP for 30 s, and 20 gateway
 # reloads of which 5 are invalid. It prints a report and fails on any
-# duplicate, any error seen by a client of a healthy node, a message lost
-# other than in flight on the failed node, or a slow recovery.
+# duplicate, any error seen by a client of a healthy node, any acked message
+# lost (the nodes ack `replicated`; a resume answered `recovered: false` is
+# allowed, and counted with its reason), or a slow recovery.
 #
 #   scripts/chaos.sh
 #   STICKYIO_CHAOS_CLIENTS=300 STICKYIO_CHAOS_FREEZE_SECS=10 scripts/chaos.sh

@@ -115,7 +115,9 @@ async fn rust_socketio_upgrades_to_websocket_through_the_gateway() {
     })
     .await;
 
-    let sub = ack(&subscriber, "subscribe", json!("chat.*")).await;
+    let mut sub = ack(&subscriber, "subscribe", json!("chat.*")).await;
+    let cursor = sub.as_object_mut().and_then(|s| s.remove("cursor"));
+    assert!(cursor.is_some_and(|c| c.is_string()), "no cursor: {sub}");
     assert_eq!(sub, json!({ "ok": true, "pattern": "chat.*" }));
     let published = ack(
         &publisher,
@@ -190,7 +192,9 @@ async fn rust_socketio_chats_across_nodes_over_each_transport() {
         .await;
         let topic = format!("rs.chat{k}");
         for c in [&alice, &bob] {
-            let sub = ack(c, "subscribe", json!("rs.*")).await;
+            let mut sub = ack(c, "subscribe", json!("rs.*")).await;
+            let cursor = sub.as_object_mut().and_then(|s| s.remove("cursor"));
+            assert!(cursor.is_some_and(|c| c.is_string()), "no cursor: {sub}");
             assert_eq!(sub, json!({ "ok": true, "pattern": "rs.*" }), "{name}");
         }
         let subs = ack(&alice, "subscriptions", Value::Null).await;

@@ -2,7 +2,7 @@
 //!
 //! | event | argument | ack |
 //! |---|---|---|
-//! | `subscribe` | pattern, or `{pattern, since}` | `{ok:true, pattern}` (with `since`: `recovered`, and `replayed` when recovered) or `{ok:false, error:{code, message}}` |
+//! | `subscribe` | pattern, or `{pattern, since}` | `{ok:true, pattern, cursor}` (with `since`: `recovered`, and `replayed` when recovered, `reason` when not) or `{ok:false, error:{code, message}}` |
 //! | `unsubscribe` | pattern | same |
 //! | `subscriptions` | none | `{ok:true, patterns:[…]}` |
 //! | `publish` | `{topic, content, ack?}` (`ack`: `"local"` or `"replicated"`) | `{ok:true, id}` or an error |
@@ -29,10 +29,9 @@ use socketioxide::handler::ConnectHandler;
 use socketioxide::socket::DisconnectReason;
 
 use stickyio_shared::config::node::PublishAck;
-use stickyio_shared::topic::Pattern;
 
 use crate::metrics::Metrics;
-use crate::topics::{Resumed, TopicError, TopicService};
+use crate::topics::{Resumed, Subscribed, TopicError, TopicService};
 
 /// What the handlers share, as socketioxide state.
 #[derive(Clone)]
@@ -79,33 +78,48 @@ fn pattern_request(
     TryData(arg): TryData<Value>,
     ack: AckSender,
 ) -> Ready<()> {
-    let acked = |pattern: Pattern| json!({ "ok": true, "pattern": pattern.as_str() });
     match pattern_argument(&event, arg) {
         Err(e) => reply(&api, ack, Err(e)),
         Ok((pattern, Some(since))) => {
             let topics = api.topics.clone();
             topics.subscribe_since(&socket, &pattern, &since, move |result| {
-                let result = result.map(|(pattern, resumed)| match resumed {
-                    Resumed::Recovered(replayed) => json!({
-                        "ok": true, "pattern": pattern.as_str(), "recovered": true, "replayed": replayed
-                    }),
-                    Resumed::NotRecovered => {
-                        json!({ "ok": true, "pattern": pattern.as_str(), "recovered": false })
-                    }
-                });
-                reply(&api, ack, result);
+                reply(&api, ack, result.map(subscribed));
             });
         }
         Ok((pattern, None)) if event == "subscribe" => {
-            let result = api.topics.subscribe(&socket, &pattern).map(acked);
+            let result = api.topics.subscribe(&socket, &pattern).map(subscribed);
             reply(&api, ack, result);
         }
         Ok((pattern, None)) => {
-            let result = api.topics.unsubscribe(socket.id, &pattern).map(acked);
+            let result = api
+                .topics
+                .unsubscribe(socket.id, &pattern)
+                .map(|pattern| json!({ "ok": true, "pattern": pattern.as_str() }));
             reply(&api, ack, result);
         }
     }
     ready(())
+}
+
+/// The ack of a `subscribe`: `{ok, pattern, cursor?}`, and after a resume
+/// `recovered` with `replayed` or the `reason` it was not.
+fn subscribed(done: Subscribed) -> Value {
+    let mut body = json!({ "ok": true, "pattern": done.pattern.as_str() });
+    if let Some(cursor) = done.cursor {
+        body["cursor"] = json!(cursor);
+    }
+    match done.resumed {
+        None => {}
+        Some(Resumed::Recovered(replayed)) => {
+            body["recovered"] = json!(true);
+            body["replayed"] = json!(replayed);
+        }
+        Some(Resumed::NotRecovered(reason)) => {
+            body["recovered"] = json!(false);
+            body["reason"] = json!(reason);
+        }
+    }
+    body
 }
 
 fn subscriptions(socket: SocketRef, State(api): State<Api>, ack: AckSender) -> Ready<()> {
@@ -140,7 +154,7 @@ fn reply(api: &Api, ack: AckSender, result: Result<Value, TopicError>) {
         json!({ "ok": false, "error": { "code": e.code(), "message": e.to_string() } })
     });
     if let Err(e) = ack.send(&body) {
-        tracing::debug!("ack not sent: {e}");
+        tracing::debug!(error = %e, "ack not sent");
     }
 }
 

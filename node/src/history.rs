@@ -52,6 +52,19 @@ impl Position {
     }
 }
 
+/// What a peer catching up wants of one origin: the held messages of
+/// `origin` at or after `from` in an incarnation it names (its boot, and the
+/// first sequence it lacks), or, in one it does not name, made at or after
+/// `since` (ms since the Unix epoch: when the asker started, so it is never
+/// handed what came before it existed). At most `limit`.
+#[derive(Debug, Clone, Copy)]
+pub struct Wanted<'a> {
+    pub origin: &'a str,
+    pub from: &'a [(u64, u64)],
+    pub since: u64,
+    pub limit: usize,
+}
+
 /// Why a resume cannot be complete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum NotRecovered {
@@ -60,6 +73,16 @@ pub(crate) enum NotRecovered {
     /// This node started after the cursor was minted: what happened before
     /// it started is not here (a restarted node, or a restarted pool).
     Restarted,
+}
+
+impl NotRecovered {
+    /// The ack's `reason`.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            NotRecovered::TooOld => "too_old",
+            NotRecovered::Restarted => "restarted",
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -118,8 +141,7 @@ impl History {
         while self.entries.len() >= self.size {
             self.forget_oldest();
         }
-        self.frontier
-            .advance(&position.origin, position.boot, position.seq);
+        self.frontier.advance(position.boot, position.seq);
         match self
             .streams
             .iter_mut()
@@ -171,7 +193,7 @@ impl History {
         }
         let cutoff = cursor.minted_at.saturating_sub(IN_FLIGHT_MS);
         for stream in &self.streams {
-            let lost = match cursor.frontier.get(&stream.origin, stream.boot) {
+            let lost = match cursor.frontier.get(stream.boot) {
                 Some(seen) => stream.evicted_seq > seen,
                 None => stream.evicted_created_at > cutoff,
             };
@@ -182,17 +204,41 @@ impl History {
         let mut position = cursor.frontier.clone();
         let mut replay = Vec::new();
         for entry in &self.entries {
-            let Position { origin, boot, seq } = &entry.position;
-            let new = match cursor.frontier.get(origin, *boot) {
+            let Position { boot, seq, .. } = &entry.position;
+            let new = match cursor.frontier.get(*boot) {
                 Some(seen) => *seq > seen,
                 None => entry.publication.created_at > cutoff,
             };
-            position.advance(origin, *boot, *seq);
+            position.advance(*boot, *seq);
             if new && wanted(&entry.publication) {
                 replay.push((entry.publication.clone(), position.clone()));
             }
         }
         Ok(replay)
+    }
+
+    /// What a peer that lost an origin's relays asks for (mesh catch-up),
+    /// oldest first.
+    pub(crate) fn of_origin(&mut self, wanted: &Wanted<'_>, now: Instant) -> Vec<Arc<Publication>> {
+        self.expire(now);
+        let Wanted {
+            origin,
+            from,
+            since,
+            limit,
+        } = *wanted;
+        self.entries
+            .iter()
+            .filter(|e| *e.position.origin == *origin)
+            .filter(
+                |e| match from.iter().find(|(boot, _)| *boot == e.position.boot) {
+                    Some((_, first)) => e.position.seq >= *first,
+                    None => e.publication.created_at >= since,
+                },
+            )
+            .take(limit)
+            .map(|e| e.publication.clone())
+            .collect()
     }
 
     /// Messages held.
@@ -216,7 +262,7 @@ impl History {
         self.streams.retain(|s| {
             let idle = s.held == 0 && now.saturating_duration_since(s.last_at) >= ttl;
             if idle {
-                frontier.remove(&s.origin, s.boot);
+                frontier.remove(s.boot);
             }
             !idle
         });
@@ -258,8 +304,13 @@ mod tests {
         })
     }
 
+    /// Boots are random per process; here node-a is 1, node-b 2, and so on.
+    fn boot(node: &str) -> u64 {
+        u64::from(node.as_bytes()[node.len() - 1] - b'a' + 1)
+    }
+
     fn record(h: &mut History, node: &str, seq: u64, at: Instant) {
-        let p = publication(node, 1, seq, "chat.a");
+        let p = publication(node, boot(node), seq, "chat.a");
         let position = Position::of(&p).unwrap();
         h.record(p, position, at);
     }
@@ -305,14 +356,14 @@ mod tests {
         record(&mut h, "node-b", 2, t);
         record(&mut h, "node-a", 3, t);
         let replay = h.since(&seen, t, WALL, |_| true).unwrap();
-        assert_eq!(ids(&replay), ["node-a-1-2", "node-b-1-2", "node-a-1-3"]);
+        assert_eq!(ids(&replay), ["node-a-1-2", "node-b-2-2", "node-a-1-3"]);
         let (_, last) = replay.last().unwrap();
         assert_eq!(last, h.frontier(), "the last cursor is the live one");
         let after_first = &replay[0].1;
-        assert!(after_first.covers("node-a", 1, 2) && !after_first.covers("node-b", 1, 2));
+        assert!(after_first.covers(1, 2) && !after_first.covers(2, 2));
         assert_eq!(
             ids(&h.since(&seen, t, WALL, |p| p.node == "node-b").unwrap()),
-            ["node-b-1-2"]
+            ["node-b-2-2"]
         );
         assert!(h.since(&cursor(&h), t, WALL, |_| true).unwrap().is_empty());
     }
@@ -416,5 +467,50 @@ mod tests {
             record(&mut h, "node-b", seq, t + Duration::from_secs(120));
         }
         assert_eq!(h.len(), 1000);
+    }
+
+    #[test]
+    fn a_peer_gets_an_origin_from_where_it_stands() {
+        let t = Instant::now();
+        let mut h = History::new(100, Duration::from_secs(60), T0);
+        for seq in 1..=5 {
+            record(&mut h, "node-a", seq, t);
+            record(&mut h, "node-b", seq, t);
+        }
+        let late = publication("node-a", 9, 1, "chat.a");
+        h.record(late.clone(), Position::of(&late).unwrap(), t);
+        let got = |h: &mut History, from: &[(u64, u64)], since: u64, limit: usize| {
+            let wanted = Wanted {
+                origin: "node-a",
+                from,
+                since,
+                limit,
+            };
+            h.of_origin(&wanted, t)
+                .iter()
+                .map(|p| p.id.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            got(&mut h, &[(1, 4), (9, 1)], 0, 100),
+            ["node-a-1-4", "node-a-1-5", "node-a-9-1"]
+        );
+        assert_eq!(got(&mut h, &[(1, 4)], 0, 2), ["node-a-1-4", "node-a-1-5"]);
+        assert_eq!(
+            got(&mut h, &[(1, 6)], 0, 100),
+            ["node-a-9-1"],
+            "an incarnation not named counts from `since`"
+        );
+        assert!(
+            got(&mut h, &[(1, 6)], T0 + 2, 100).is_empty(),
+            "made before the asker started"
+        );
+        let elsewhere = Wanted {
+            origin: "node-z",
+            from: &[],
+            since: 0,
+            limit: 100,
+        };
+        assert!(h.of_origin(&elsewhere, t).is_empty());
     }
 }

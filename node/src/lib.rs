@@ -48,4 +48,4 @@ pub use cluster::{Cluster, ClusterError};
 pub use cursor::Stamp;
 pub use readiness::{Check, Readiness};
 pub use server::{Node, NodeError, RunningNode};
-pub use topics::{ErrorCode, Handed, Relay, Resumed, Then, TopicError, TopicService};
+pub use topics::{ErrorCode, Handed, Relay, Resumed, Subscribed, Then, TopicError, TopicService};

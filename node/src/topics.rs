@@ -39,7 +39,7 @@ use stickyio_shared::message::Publication;
 use stickyio_shared::topic::{self, Pattern, Topic};
 
 use crate::cursor::{Cursor, CursorError, CursorKey, Frontier, Stamp};
-use crate::history::{History, Position};
+use crate::history::{History, Position, Wanted};
 use crate::index::PatternIndex;
 use crate::metrics::Metrics;
 
@@ -223,7 +223,7 @@ impl Subscriber {
                 _ => Pass::Deliver,
             },
             Some(Floor::Frontier(below)) => {
-                if position.is_some_and(|p| below.covers(&p.origin, p.boot, p.seq)) {
+                if position.is_some_and(|p| below.covers(p.boot, p.seq)) {
                     return Pass::Skip;
                 }
                 match frontier {
@@ -260,8 +260,22 @@ pub type ResumeThen = Box<dyn FnOnce(Option<Vec<(Stamp, Publication)>>) + Send>;
 pub enum Resumed {
     /// Every missed message was replayed: this many.
     Recovered(usize),
-    /// The history does not reach back; live from now.
-    NotRecovered,
+    /// The history does not reach back; live from now. Why, as the ack's
+    /// `reason`: `too_old` (forgotten, by size or ttl, or not in the Redis
+    /// stream any more), `restarted` (this node started after the cursor
+    /// was made: what came before is not here), `history_off`.
+    NotRecovered(&'static str),
+}
+
+/// The outcome of a `subscribe`: the pattern, what a resume found (`None`
+/// without `since`), and the position now (the cursor the ack carries, so a
+/// socket that gets no message before it fails can still resume; `None`
+/// with history off, or over Redis before this node delivered anything).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscribed {
+    pub pattern: Pattern,
+    pub resumed: Option<Resumed>,
+    pub cursor: Option<String>,
 }
 
 #[derive(Default)]
@@ -331,15 +345,22 @@ pub struct TopicService {
     /// stamps, and resumes go to the [`Resumer`].
     streamed: AtomicBool,
     resumer: OnceLock<Arc<dyn Resumer>>,
+    /// With the stream: the last entry delivered here, the position a
+    /// plain `subscribe` acks.
+    last_stamp: Mutex<Option<Stamp>>,
+    /// When this node started, in ms since the Unix epoch: a peer's
+    /// catch-up never hands it what came before.
+    started_at: u64,
 }
 
 impl TopicService {
     pub fn new(config: &NodeConfig, metrics: Arc<Metrics>) -> TopicService {
+        let started_at = now_millis();
         let history = (config.history.size > 0).then(|| {
             Mutex::new(History::new(
                 config.history.size,
                 config.history.ttl.get(),
-                now_millis(),
+                started_at,
             ))
         });
         TopicService {
@@ -360,18 +381,38 @@ impl TopicService {
             history_ttl: config.history.ttl.get(),
             streamed: AtomicBool::new(false),
             resumer: OnceLock::new(),
+            last_stamp: Mutex::new(None),
+            started_at,
         }
     }
 
     /// Adds `pattern` to the socket's subscriptions. Subscribing again to a
     /// pattern already held changes nothing and succeeds.
-    pub fn subscribe(&self, socket: &SocketRef, pattern: &str) -> Result<Pattern, TopicError> {
+    pub fn subscribe(&self, socket: &SocketRef, pattern: &str) -> Result<Subscribed, TopicError> {
         let pattern = Pattern::parse(pattern)?;
         let mut state = self.write();
         if Self::add(&mut state, socket, &pattern, self.max_subscriptions)? {
             self.metrics.subscriptions.inc();
         }
-        Ok(pattern)
+        // Under the write lock no delivery runs: every message after this
+        // position reaches the socket live.
+        let cursor = self.position_now();
+        Ok(Subscribed {
+            pattern,
+            resumed: None,
+            cursor,
+        })
+    }
+
+    /// The cursor of this node's position now: its history's frontier, or
+    /// over Redis the last stream entry it delivered. Called under the
+    /// subscriptions' write lock.
+    fn position_now(&self) -> Option<String> {
+        if self.streamed.load(Ordering::Acquire) {
+            return (*lock(&self.last_stamp)).map(|stamp| self.mint_stamp(stamp));
+        }
+        let history = lock(self.history.as_ref()?);
+        Some(self.mint(history.frontier()))
     }
 
     /// Like [`TopicService::subscribe`], resuming from cursor `since`:
@@ -385,7 +426,7 @@ impl TopicService {
         socket: &SocketRef,
         pattern: &str,
         since: &str,
-        done: impl FnOnce(Result<(Pattern, Resumed), TopicError>) + Send + 'static,
+        done: impl FnOnce(Result<Subscribed, TopicError>) + Send + 'static,
     ) {
         let parsed = Pattern::parse(pattern)
             .map_err(TopicError::from)
@@ -422,17 +463,22 @@ impl TopicService {
         socket: &SocketRef,
         pattern: Pattern,
         cursor: &Cursor,
-    ) -> Result<(Pattern, Resumed), TopicError> {
+    ) -> Result<Subscribed, TopicError> {
         let mut state = self.write();
         // Held across the replay: no delivery runs (they need the read
         // lock), so what the history holds now is exactly what came before.
         let held = Self::held(&state, socket);
+        let done = |resumed, cursor| Subscribed {
+            pattern: pattern.clone(),
+            resumed: Some(resumed),
+            cursor,
+        };
         if !Self::add(&mut state, socket, &pattern, self.max_subscriptions)? {
-            return Ok((pattern, Resumed::Recovered(0)));
+            return Ok(done(Resumed::Recovered(0), self.position_now()));
         }
         self.metrics.subscriptions.inc();
         let Some(history) = &self.history else {
-            return Ok((pattern, Resumed::NotRecovered));
+            return Ok(done(Resumed::NotRecovered("history_off"), None));
         };
         let mut history = lock(history);
         let replay = history.since(cursor, Instant::now(), now_millis(), |p| {
@@ -441,21 +487,29 @@ impl TopicService {
         let replay = match replay {
             Ok(replay) => replay,
             Err(why) => {
-                tracing::debug!(sid = %socket.id, reason = ?why, "resume not recovered");
-                return Ok((pattern, Resumed::NotRecovered));
+                tracing::debug!(sid = %socket.id, reason = why.as_str(), "resume not recovered");
+                let now = self.mint(history.frontier());
+                return Ok(done(Resumed::NotRecovered(why.as_str()), Some(now)));
             }
         };
         let Some(subscriber) = state.sockets.get(&socket.id) else {
-            return Ok((pattern, Resumed::NotRecovered));
+            return Ok(done(Resumed::NotRecovered("too_old"), None));
         };
         for (publication, after) in &replay {
             let cursor = self.mint(after);
             self.replay(subscriber, publication, &cursor);
         }
-        if !history.frontier().dominates(&cursor.frontier) {
+        // The position now: this node's, and what the cursor had seen
+        // that this node has not delivered yet (the floor).
+        let mut now = history.frontier().clone();
+        if !now.dominates(&cursor.frontier) {
             subscriber.set_floor(Floor::Frontier(cursor.frontier.clone()));
+            now.merge(&cursor.frontier);
         }
-        Ok((pattern, Resumed::Recovered(replay.len())))
+        Ok(done(
+            Resumed::Recovered(replay.len()),
+            Some(self.mint(&now)),
+        ))
     }
 
     /// Subscribes and replays `entries` (the stream after `since`, `None`
@@ -466,15 +520,20 @@ impl TopicService {
         pattern: Pattern,
         since: Stamp,
         entries: Option<Vec<(Stamp, Publication)>>,
-    ) -> Result<(Pattern, Resumed), TopicError> {
+    ) -> Result<Subscribed, TopicError> {
         let mut state = self.write();
         let held = Self::held(&state, socket);
+        let done = |resumed, cursor| Subscribed {
+            pattern: pattern.clone(),
+            resumed: Some(resumed),
+            cursor,
+        };
         if !Self::add(&mut state, socket, &pattern, self.max_subscriptions)? {
-            return Ok((pattern, Resumed::Recovered(0)));
+            return Ok(done(Resumed::Recovered(0), self.position_now()));
         }
         self.metrics.subscriptions.inc();
         let (Some(entries), Some(subscriber)) = (entries, state.sockets.get(&socket.id)) else {
-            return Ok((pattern, Resumed::NotRecovered));
+            return Ok(done(Resumed::NotRecovered("too_old"), self.position_now()));
         };
         let mut last = since;
         let mut replayed = 0;
@@ -488,7 +547,11 @@ impl TopicService {
         }
         // Live messages up to the last entry read were just replayed.
         subscriber.set_floor(Floor::Stamp(last));
-        Ok((pattern, Resumed::Recovered(replayed)))
+        let now = (*lock(&self.last_stamp)).map_or(last, |delivered| delivered.max(last));
+        Ok(done(
+            Resumed::Recovered(replayed),
+            Some(self.mint_stamp(now)),
+        ))
     }
 
     /// The patterns `socket` holds before this subscribe.
@@ -738,9 +801,10 @@ impl TopicService {
                 }
                 Some(self.mint(history.frontier()))
             }
-            None => stamp
-                .filter(|_| streamed)
-                .map(|stamp| self.mint_stamp(stamp)),
+            None => stamp.filter(|_| streamed).map(|stamp| {
+                *lock(&self.last_stamp) = Some(stamp);
+                self.mint_stamp(stamp)
+            }),
         };
         let frontier = history.as_deref().map(History::frontier);
         let mut reached = 0;
@@ -839,19 +903,25 @@ impl TopicService {
 
     /// The cursor of `frontier`, minted now.
     fn mint(&self, frontier: &Frontier) -> String {
-        self.cursors().encode(&Cursor {
-            minted_at: now_millis(),
-            frontier: frontier.clone(),
-            stamp: None,
-        })
+        self.cursors().encode(now_millis(), frontier, None)
     }
 
     /// The cursor of a stream entry, minted now.
     fn mint_stamp(&self, stamp: Stamp) -> String {
-        self.cursors().encode(&Cursor {
-            minted_at: now_millis(),
-            frontier: Frontier::default(),
-            stamp: Some(stamp),
+        self.cursors()
+            .encode(now_millis(), &Frontier::default(), Some(stamp))
+    }
+
+    /// When this node started, in ms since the Unix epoch.
+    pub fn started_at(&self) -> u64 {
+        self.started_at
+    }
+
+    /// For a peer catching up (mesh): the held messages it wants; none
+    /// with history off.
+    pub fn held_of(&self, wanted: &Wanted<'_>) -> Vec<Arc<Publication>> {
+        self.history.as_ref().map_or_else(Vec::new, |history| {
+            lock(history).of_origin(wanted, Instant::now())
         })
     }
 

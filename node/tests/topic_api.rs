@@ -122,7 +122,10 @@ impl TestClient {
     }
 
     async fn subscribe(&self, pattern: &str) {
-        let ack = self.request("subscribe", vec![json!(pattern)]).await;
+        let mut ack = self.request("subscribe", vec![json!(pattern)]).await;
+        // The position now, to resume from if no message comes first.
+        let cursor = ack.as_object_mut().and_then(|a| a.remove("cursor"));
+        assert!(cursor.is_some_and(|c| c.is_string()), "no cursor: {ack}");
         assert_eq!(ack, json!({"ok": true, "pattern": pattern}));
     }
 

@@ -7,8 +7,8 @@
 //! A session ends on any failed request, or on a poll silent for longer than
 //! `pingInterval + pingTimeout` (a frozen node); the client then handshakes
 //! again through the gateway, as socket.io-client does, and resubscribes
-//! from the last cursor it got (`subscribe {pattern, since}`), as the README
-//! tells apps to.
+//! from the last cursor it got (`subscribe {pattern, since}`: from a message,
+//! or from the last subscribe ack), as the README tells apps to.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -56,8 +56,10 @@ pub struct Session {
     pub subscribed_at: Instant,
     pub ended_at: Option<Instant>,
     /// Whether it resumed every missed message: `false` when it subscribed
-    /// without a cursor (none received yet) or the resume was not recovered.
+    /// without a cursor (the first session) or the resume was not recovered.
     pub resumed: bool,
+    /// Why a resume was not recovered, as its ack said.
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -71,10 +73,14 @@ pub struct Record {
     /// Every message id received, with the session (index in `sessions`)
     /// of each delivery.
     pub received: HashMap<String, Vec<usize>>,
-    /// The cursor of the last message received: where a new session resumes.
+    /// The cursor of the last message received, or of the last subscribe
+    /// ack if later: where a new session resumes.
     pub cursor: Option<String>,
     /// Every resume: whether the history reached back, and what it replayed.
     pub resumes: Vec<Resume>,
+    /// While a session is being opened: since when the current step runs,
+    /// and which (the report of a client that is slow to come back).
+    pub opening: Option<(Instant, String)>,
 }
 
 /// The ack of one `subscribe {pattern, since}`.
@@ -82,6 +88,10 @@ pub struct Record {
 pub struct Resume {
     pub recovered: bool,
     pub replayed: u64,
+    /// Why not recovered (`restarted`, `too_old`), as the ack says.
+    pub reason: Option<String>,
+    /// The node that answered.
+    pub node: String,
 }
 
 impl Record {
@@ -233,6 +243,10 @@ impl LoadClient {
         }
     }
 
+    fn step(&self, step: &str) {
+        self.record.lock().expect("record").opening = Some((Instant::now(), step.to_owned()));
+    }
+
     fn note_error(&self, error: String) {
         let mut record = self.record.lock().expect("record");
         record.errors.push((Instant::now(), error));
@@ -241,7 +255,11 @@ impl LoadClient {
     /// Handshake, namespace connect and subscribe; the open session.
     /// The open session, and whether it resumed from a cursor with nothing
     /// missing.
-    async fn open(&self, source: Ipv4Addr, gateway: SocketAddr) -> Result<(Conn, bool), Broken> {
+    async fn open(
+        &self,
+        source: Ipv4Addr,
+        gateway: SocketAddr,
+    ) -> Result<(Conn, bool, Option<String>), Broken> {
         let mut connector = HttpConnector::new();
         connector.set_local_address(Some(IpAddr::V4(source)));
         connector.set_nodelay(true);
@@ -255,6 +273,7 @@ impl LoadClient {
             node: String::new(),
             posting: tokio::sync::Mutex::new(()),
         };
+        self.step("handshake");
         let (status, node, body) = conn
             .request(Method::GET, "", String::new(), request_timeout())
             .await?;
@@ -266,6 +285,7 @@ impl LoadClient {
                 .map_err(|e| format!("open packet {body:?}: {e}"))?;
         conn.sid = open["sid"].as_str().ok_or("no sid")?.to_owned();
         conn.node = node.ok_or("no node header")?;
+        self.step(&format!("namespace connect on {}", conn.node));
         conn.post("40".to_owned()).await?;
         // Nothing is emitted before the namespace connect is acked, as
         // socket.io-client does: the server closes a session whose event
@@ -291,25 +311,42 @@ impl LoadClient {
             Some(since) => json!({ "pattern": self.topic, "since": since }),
             None => json!(self.topic),
         };
+        self.step(&format!("subscribe on {}", conn.node));
         conn.post(emit(ack, "subscribe", &subscribe)).await?;
         for _ in 0..10 {
             let packets = conn.poll().await?;
-            // Replayed messages may come in the same poll as the ack.
-            self.record_messages(&packets, false);
+            // Replayed messages come before the ack, live ones after it,
+            // maybe in the same poll: taken in order, so the cursor kept is
+            // the latest.
+            let mut acked = None;
             for packet in packets {
-                if let Some(reply) = ack_of(&packet, ack) {
-                    if reply["ok"] != true {
-                        return Err(format!("subscribe refused: {reply}"));
-                    }
-                    let recovered = reply["recovered"] == true;
-                    if since.is_some() {
-                        self.record.lock().expect("record").resumes.push(Resume {
-                            recovered,
-                            replayed: reply["replayed"].as_u64().unwrap_or(0),
-                        });
-                    }
-                    return Ok((conn, recovered));
+                let Some(reply) = ack_of(&packet, ack).filter(|_| acked.is_none()) else {
+                    self.record_messages(std::slice::from_ref(&packet), false);
+                    continue;
+                };
+                if reply["ok"] != true {
+                    return Err(format!("subscribe refused: {reply}"));
                 }
+                let recovered = reply["recovered"] == true;
+                let mut record = self.record.lock().expect("record");
+                if since.is_some() {
+                    record.resumes.push(Resume {
+                        recovered,
+                        replayed: reply["replayed"].as_u64().unwrap_or(0),
+                        reason: reply["reason"].as_str().map(str::to_owned),
+                        node: conn.node.clone(),
+                    });
+                }
+                // The position as the subscription began: a session that
+                // gets no message before it breaks resumes here.
+                match reply["cursor"].as_str() {
+                    Some(cursor) => record.cursor = Some(cursor.to_owned()),
+                    None => return Err(format!("a subscribe ack without a cursor: {reply}")),
+                }
+                acked = Some((recovered, reply["reason"].as_str().map(str::to_owned)));
+            }
+            if let Some((recovered, reason)) = acked {
+                return Ok((conn, recovered, reason));
             }
         }
         Err("no subscribe ack in 10 polls".into())
@@ -327,8 +364,8 @@ impl LoadClient {
     ) {
         let mut seq = 0usize;
         while !stop.is_cancelled() {
-            let (conn, resumed) = match self.open(source, gateway).await {
-                Ok((conn, resumed)) => (Arc::new(conn), resumed),
+            let (conn, resumed, reason) = match self.open(source, gateway).await {
+                Ok((conn, resumed, reason)) => (Arc::new(conn), resumed, reason),
                 Err(e) => {
                     self.note_error(e);
                     tokio::select! {
@@ -339,11 +376,13 @@ impl LoadClient {
             };
             let session = {
                 let mut record = self.record.lock().expect("record");
+                record.opening = None;
                 record.sessions.push(Session {
                     node: conn.node.clone(),
                     subscribed_at: Instant::now(),
                     ended_at: None,
                     resumed,
+                    reason,
                 });
                 record.sessions.len() - 1
             };

@@ -76,13 +76,30 @@ pub struct NodeProcess {
 }
 
 impl NodeProcess {
+    /// Starts the node; its log (warnings, and the mesh at info) goes to
+    /// `$STICKYIO_CHAOS_LOG_DIR/{name}.log` when that is set, appended
+    /// across restarts, else nowhere.
     fn spawn(&mut self) {
-        self.process = Some(ChildProcess::spawn(
-            ChildProcess::quiet(bin("stickyio-node"))
-                .arg("--config")
-                .arg(&self.config),
-            &self.name,
-        ));
+        let mut command = ChildProcess::quiet(bin("stickyio-node"));
+        command.arg("--config").arg(&self.config);
+        if let Some(dir) = std::env::var_os("STICKYIO_CHAOS_LOG_DIR") {
+            // Node logs kept for debugging a failed run.
+            let path = Path::new(&dir).join(format!("{}.log", self.name));
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+            let stdout = log.try_clone().map_or_else(|_| Stdio::null(), Stdio::from);
+            command
+                .env(
+                    "RUST_LOG",
+                    "warn,stickyio_node::cluster::mesh=info,stickyio_node::api=debug",
+                )
+                .stdout(stdout)
+                .stderr(Stdio::from(log));
+        }
+        self.process = Some(ChildProcess::spawn(&mut command, &self.name));
     }
 
     /// Sends signal `name` (`STOP`, `CONT`, …).

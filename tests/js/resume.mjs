@@ -1,6 +1,6 @@
 // What an app needs to resume with the official socket.io-client, as the
-// README shows it: keep the last cursor of each pattern, and subscribe with
-// `since` on every (re)connect. Used by the tests; the demo page does the same.
+// README shows it: keep the last cursor of each pattern (from messages, and
+// from the subscribe ack), and subscribe with `since` on every (re)connect. Used by the tests; the demo page does the same.
 
 /**
  * Subscribes `socket` to `patterns` now and again on every reconnect, from
@@ -15,7 +15,12 @@ export function resumingSubscriber(socket, patterns, { onMessage, onAck = () => 
   const subscribe = () => {
     for (const pattern of patterns) {
       const since = cursors.get(pattern);
-      socket.emit("subscribe", since ? { pattern, since } : pattern, onAck);
+      socket.emit("subscribe", since ? { pattern, since } : pattern, (ack) => {
+        // The position as the subscription began: where to resume from
+        // when no message came before the next reconnect.
+        if (ack.cursor) cursors.set(pattern, ack.cursor);
+        onAck(ack);
+      });
     }
   };
   socket.on("connect", subscribe);

@@ -7,13 +7,32 @@ and which every transport sends, the websocket included.
 """
 
 import queue
+import time
 import uuid
 
+import pytest
 import requests
 import socketio
 from requests.adapters import HTTPAdapter
 
 TIMEOUT = 10
+
+
+def wait_for(what, check, timeout=TIMEOUT):
+    """Polls `check` every 50 ms until it holds; fails the test after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def without_cursor(ack):
+    """A subscribe ack without its `cursor` (the position now), which must be there."""
+    ack = dict(ack)
+    assert isinstance(ack.pop("cursor", None), str), ack
+    return ack
 
 
 class SourceAddressAdapter(HTTPAdapter):
@@ -59,7 +78,7 @@ class Client:
     def whoami(self):
         """The node serving this session: the origin of its own publish."""
         topic = f"whoami.{uuid.uuid4().hex}"
-        assert self.call("subscribe", topic) == {"ok": True, "pattern": topic}
+        assert without_cursor(self.call("subscribe", topic)) == {"ok": True, "pattern": topic}
         ack = self.call("publish", {"topic": topic, "content": "ping"})
         assert ack["ok"] is True, ack
         msg = self.inbox.get(timeout=TIMEOUT)

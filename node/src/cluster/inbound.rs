@@ -16,6 +16,7 @@ use stickyio_shared::message::Publication;
 use super::dedup::{Dedup, Key};
 use super::labels::OriginLabels;
 use crate::cursor::Stamp;
+use crate::history::Wanted;
 use crate::topics::TopicService;
 
 /// Relayed ids remembered per node; far above what one node relays between
@@ -31,6 +32,18 @@ pub trait Deliver: Send + Sync + 'static {
     /// is its place in the Redis stream, when that is the history. Must not
     /// relay: that is what keeps the cluster one hop and loop-free.
     fn deliver(&self, publication: &Arc<Publication>, stamp: Option<Stamp>) -> usize;
+
+    /// For a peer catching up (mesh): the held messages it wants (see
+    /// [`Wanted`]), oldest first. A deliverer that keeps no history holds
+    /// none.
+    fn held_of(&self, _wanted: &Wanted<'_>) -> Vec<Arc<Publication>> {
+        Vec::new()
+    }
+
+    /// When this node started, in ms since the Unix epoch (0: unknown).
+    fn started_at(&self) -> u64 {
+        0
+    }
 }
 
 /// Relayed publications go to the node's topic service, held weakly: the
@@ -43,6 +56,16 @@ impl Deliver for LocalDelivery {
         self.0
             .upgrade()
             .map_or(0, |topics| topics.deliver_relayed(publication, stamp))
+    }
+
+    fn held_of(&self, wanted: &Wanted<'_>) -> Vec<Arc<Publication>> {
+        self.0
+            .upgrade()
+            .map_or_else(Vec::new, |topics| topics.held_of(wanted))
+    }
+
+    fn started_at(&self) -> u64 {
+        self.0.upgrade().map_or(0, |topics| topics.started_at())
     }
 }
 
@@ -110,6 +133,17 @@ impl Inbound {
         self.metrics.relayed_in.get_or_create(&labels).inc();
         self.deliver.deliver(&Arc::new(publication), stamp);
         true
+    }
+
+    /// Counts a publication of `origin` dropped as already delivered by a
+    /// check before this one (the mesh's sequence order).
+    pub(crate) fn duplicate(&self, origin: &str) {
+        self.metrics
+            .deduplicated
+            .get_or_create(&OriginLabels {
+                origin: origin.to_owned(),
+            })
+            .inc();
     }
 
     /// Delivers one of this node's own publications that came back through

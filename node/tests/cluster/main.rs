@@ -3,13 +3,15 @@
 //! a link, or hold the wrong secret. Delivery is checked over both backends
 //! (the mesh, and Redis on a `redis-server` of the test's own) by one body.
 //!
-//! By concern: `delivery` (both backends), `mesh_faults`, `redis_faults`;
+//! By concern: `delivery` (both backends), `mesh_faults`, `redis_faults`,
+//! `catch_up` (the mesh's catch-up between peers);
 //! here, what they share.
 
 // A panic is how a test fails, with its message; the support modules' `pub`
 // items are their interface to the test files that include them.
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
+mod catch_up;
 mod delivery;
 mod forwarder;
 mod mesh_faults;

@@ -12,9 +12,12 @@
 //! an event into a small bounded channel that the link task reads.
 //!
 //! While a link is down, publications for that peer are dropped and counted
-//! (`link_down`): the mesh is at-most-once across a broken link, exactly-once
+//! (`link_down`): a link alone is at-most-once across a break, exactly-once
 //! while it is up. The one frame whose write failed is resent first if the very
 //! next dial succeeds; the peer's dedup set drops it if the write had landed.
+//! What a peer still misses it gets back by catch-up (`catchup.rs`): the
+//! link also carries this node's `catch_up` requests, and takes the peer's
+//! `caught_up` answers in.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -36,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use stickyio_shared::config;
 
+use super::catchup::{CatchUp, CatchUpError};
 use super::confirm::Waiter;
 use super::metrics::{DropLabels, MeshMetrics, PeerLabels};
 use crate::cluster::{LinkState, millis};
@@ -47,6 +51,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Room for the few client events a link sees (welcome, error, close).
 const EVENT_QUEUE: usize = 16;
+/// Catch-up requests waiting for the link, and answers for its task: a few
+/// origins at a time (a full queue drops a request; the catch-up task asks
+/// again at its next turn).
+const CATCH_UP_QUEUE: usize = 16;
 
 /// One publication for a peer: its encoded frame and, when its publisher
 /// waits for a peer to hold it, the [`Waiter`] to tell.
@@ -126,11 +134,13 @@ struct Status {
     last_error: Option<String>,
 }
 
-#[derive(Debug)]
 pub(super) struct Link {
     url: String,
     retry_interval: Duration,
     queue: mpsc::Sender<Frame>,
+    /// Catch-up requests for the peer.
+    asks: mpsc::Sender<String>,
+    catch_up: Arc<CatchUp>,
     up: AtomicBool,
     status: Mutex<Status>,
     out: Counter,
@@ -196,9 +206,11 @@ impl Link {
     pub(super) fn spawn(
         settings: LinkSettings,
         metrics: &MeshMetrics,
+        catch_up: Arc<CatchUp>,
         shutdown: CancellationToken,
     ) -> (Arc<Link>, JoinHandle<()>) {
         let (queue, rx) = mpsc::channel(settings.queue.max(1));
+        let (asks, asked) = mpsc::channel(CATCH_UP_QUEUE);
         let peer = PeerLabels {
             peer: settings.url.clone(),
         };
@@ -215,6 +227,8 @@ impl Link {
             url: settings.url.clone(),
             retry_interval: settings.retry_interval,
             queue,
+            asks,
+            catch_up,
             up: AtomicBool::new(false),
             status: Mutex::new(Status {
                 state: LinkState::Connecting,
@@ -229,8 +243,16 @@ impl Link {
             dropped_queue_full: dropped("queue_full"),
             dropped_too_large: dropped("too_large"),
         });
-        let task = tokio::spawn(link.clone().run(settings, rx, shutdown));
+        let task = tokio::spawn(link.clone().run(settings, rx, asked, shutdown));
         (link, task)
+    }
+
+    /// Queues a catch-up request for the peer, if the link is up; never
+    /// waits.
+    pub(super) fn ask(&self, request: String) {
+        if self.up.load(Ordering::Acquire) && self.asks.try_send(request).is_ok() {
+            self.catch_up.asked(&self.url);
+        }
     }
 
     /// Queues one encoded frame for the peer without ever waiting.
@@ -279,6 +301,7 @@ impl Link {
         self: Arc<Self>,
         settings: LinkSettings,
         mut queue: mpsc::Receiver<Frame>,
+        mut asked: mpsc::Receiver<String>,
         shutdown: CancellationToken,
     ) {
         let url = settings.url.as_str();
@@ -287,7 +310,7 @@ impl Link {
             // This line, the failure and the wait keep the URL in their text
             // too: operators and docs grep for them (DESIGN.md).
             tracing::info!(peer = url, "Trying to connect to {url}");
-            let dialed = dial(&settings, &shutdown).await;
+            let dialed = dial(&settings, self.catch_up.started_at(), &shutdown).await;
             let end = match dialed {
                 Ok((client, mut events, node)) => {
                     tracing::info!(peer = url, node = node.as_deref(), "peer link up");
@@ -298,6 +321,7 @@ impl Link {
                             &client,
                             &mut events,
                             &mut queue,
+                            &mut asked,
                             &mut unsent,
                             &mut pending,
                             &shutdown,
@@ -340,6 +364,8 @@ impl Link {
                 self.dropped_link_down.inc();
                 frame.fail("link_down");
             }
+            // Requests for a peer that is gone: the catch-up task asks again.
+            while asked.try_recv().is_ok() {}
             let retry_interval = config::Duration(settings.retry_interval);
             tracing::info!(
                 peer = url,
@@ -361,11 +387,13 @@ impl Link {
     /// without a word is noticed even when nothing is published.
     /// Frames sent with `relay_held` wait in `pending` for the peer's
     /// `held`.
+    #[allow(clippy::too_many_arguments)]
     async fn pump(
         &self,
         client: &Client,
         events: &mut PeerEvents,
         queue: &mut mpsc::Receiver<Frame>,
+        asked: &mut mpsc::Receiver<String>,
         unsent: &mut Option<Frame>,
         pending: &mut AHashMap<Arc<str>, Arc<Waiter>>,
         shutdown: &CancellationToken,
@@ -389,6 +417,22 @@ impl Link {
                 Some(id) = events.held.recv() => {
                     if let Some(waiter) = pending.remove(id.as_str()) {
                         waiter.confirmed();
+                    }
+                }
+                Some(request) = asked.recv() => {
+                    if let Err(e) = write(client, "catch_up", Payload::Text(vec![json!(request)])).await {
+                        return End::Lost(e);
+                    }
+                }
+                Some(answer) = events.caught_up.recv() => {
+                    // A full answer that brought news: ask this peer for
+                    // the rest (each round moves the position on).
+                    if let Some(origin) = self.catch_up.take(&self.url, answer) {
+                        let request = self.catch_up.request(&origin);
+                        self.catch_up.asked(&self.url);
+                        if let Err(e) = write(client, "catch_up", Payload::Text(vec![json!(request)])).await {
+                            return End::Lost(e);
+                        }
                     }
                 }
                 frame = queue.recv() => {
@@ -453,27 +497,36 @@ impl Link {
     }
 }
 
-/// What rust_socketio's callbacks hand the link task: control events, and
-/// the ids the peer says it holds (`held`, as many as frames in flight).
+/// What rust_socketio's callbacks hand the link task: control events, the
+/// ids the peer says it holds (`held`, as many as frames in flight), and
+/// its catch-up answers.
 struct PeerEvents {
     control: mpsc::Receiver<PeerEvent>,
     held: mpsc::Receiver<String>,
+    caught_up: mpsc::Receiver<Result<String, CatchUpError>>,
 }
 
 /// Connects to the peer's `/cluster` namespace and waits for its answer:
 /// `welcome` when the secret was accepted, a connect error when refused.
 async fn dial(
     settings: &LinkSettings,
+    started_at: u64,
     shutdown: &CancellationToken,
 ) -> Result<(Client, PeerEvents, Option<String>), LinkError> {
     let (tx, mut events) = mpsc::channel(EVENT_QUEUE);
     let (on_held, held) = mpsc::channel(settings.queue.max(1));
+    let (on_caught_up, caught_up) = mpsc::channel(CATCH_UP_QUEUE);
     let on_welcome = tx.clone();
     let on_error = tx.clone();
     let on_close = tx;
     let builder = ClientBuilder::new(settings.url.as_str())
         .namespace("/cluster")
-        .auth(json!({ "secret": settings.secret.expose(), "node": settings.node, "boot": settings.boot }))
+        .auth(json!({
+            "secret": settings.secret.expose(),
+            "node": settings.node,
+            "boot": settings.boot,
+            "started": started_at,
+        }))
         .reconnect(false)
         .on("welcome", move |payload, _| {
             // A full channel only loses a duplicate signal: the task is
@@ -489,6 +542,18 @@ async fn dial(
             {
                 let _ = on_held.try_send(id.to_owned());
             }
+            async {}.boxed()
+        })
+        .on("caught_up", move |payload, _| {
+            let answer = match &payload {
+                Payload::Text(values) => match values.first() {
+                    Some(serde_json::Value::String(text)) => Ok(text.clone()),
+                    _ => Err(CatchUpError::NotText),
+                },
+                _ => Err(CatchUpError::NotText),
+            };
+            // A full channel loses an answer: the catch-up task asks again.
+            let _ = on_caught_up.try_send(answer);
             async {}.boxed()
         })
         .on(Event::Error, move |payload, _| {
@@ -511,7 +576,7 @@ async fn dial(
         _ = shutdown.cancelled() => LinkError::ShuttingDown,
         answer = tokio::time::timeout(CONNECT_TIMEOUT, events.recv()) => match answer {
             Ok(Some(PeerEvent::Welcome(node))) => {
-                return Ok((client, PeerEvents { control: events, held }, node));
+                return Ok((client, PeerEvents { control: events, held, caught_up }, node));
             }
             Ok(Some(PeerEvent::Error(text))) => match text.strip_prefix(CONNECT_ERROR) {
                 Some(refusal) => LinkError::Refused(refusal_message(refusal)),

@@ -6,11 +6,14 @@
 //! events go nowhere. An accepted peer gets `welcome` (its link waits for it)
 //! and each frame it sends is decoded, checked to come from that peer itself
 //! (one hop: a node only relays its own publications), deduplicated, and
-//! handed to the cluster's one inbound path ([`Inbound`]), which never
-//! relays it further.
+//! handed to the cluster's one inbound path (`inbound.rs`), in each
+//! origin's sequence order (`catchup.rs`), which never relays it further.
+//! A peer's `catch_up` request is answered here from this node's history,
+//! and a peer's link coming or going makes this node ask the others for
+//! what that peer may not have relayed to it.
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use ahash::AHashMap;
 use bytes::Bytes;
@@ -21,8 +24,8 @@ use socketioxide::handler::ConnectHandler;
 use stickyio_shared::relay;
 use stickyio_shared::secret::Secret;
 
+use super::catchup::{CatchUp, CatchUpError};
 use super::metrics::MeshMetrics;
-use crate::cluster::inbound::Inbound;
 use crate::cluster::millis;
 
 /// The namespace peers link to.
@@ -58,6 +61,9 @@ impl Refusal {
 struct PeerId {
     node: String,
     boot: u64,
+    /// When the peer started (ms since the Unix epoch); older peers do not say.
+    #[serde(default)]
+    started: Option<u64>,
 }
 
 /// The link from one peer into this node, for `/readyz`.
@@ -81,7 +87,7 @@ pub(super) struct Listener {
     node: String,
     secret: Secret,
     max_frame: usize,
-    received: Inbound,
+    catch_up: Arc<CatchUp>,
     inbound: Mutex<AHashMap<String, InboundLink>>,
     metrics: Arc<MeshMetrics>,
 }
@@ -91,14 +97,14 @@ impl Listener {
         node: String,
         secret: Secret,
         max_frame: usize,
-        received: Inbound,
+        catch_up: Arc<CatchUp>,
         metrics: Arc<MeshMetrics>,
     ) -> Arc<Self> {
         Arc::new(Listener {
             node,
             secret,
             max_frame,
-            received,
+            catch_up,
             inbound: Mutex::new(AHashMap::new()),
             metrics,
         })
@@ -187,13 +193,39 @@ impl Listener {
                 std::future::ready(())
             },
         );
+        // A peer catching up on a third node's publications: answered from
+        // this node's history, on the same socket.
         let listener = self.clone();
-        let node = peer.node;
+        let from = peer.clone();
+        s.on(
+            "catch_up",
+            move |s: SocketRef, TryData(request): TryData<serde_json::Value>| {
+                let text = match request {
+                    Ok(serde_json::Value::String(text)) => Ok(text),
+                    _ => Err(CatchUpError::NotText),
+                };
+                if let Some(answer) = listener.catch_up.answer(&from.node, text)
+                    && let Err(e) = s.emit("caught_up", &answer)
+                {
+                    tracing::debug!(node = from.node, error = %e, "could not answer a catch-up request");
+                }
+                std::future::ready(())
+            },
+        );
+        let listener = self.clone();
+        let node = peer.node.clone();
         s.on_disconnect(move || {
             tracing::info!(node, "a peer unlinked from this node");
-            listener.connected(&node, -1);
+            // What it acked but had not relayed here yet is held by a peer
+            // that confirmed it: ask them.
+            if listener.connected(&node, -1) {
+                listener.catch_up.want(&node);
+            }
             std::future::ready(())
         });
+        // What it published while unlinked from here (link down, queue
+        // full) is asked of every peer, itself included.
+        self.catch_up.linked(&peer.node, peer.boot, peer.started);
         // Last: a link sends nothing before `welcome`, so its frames always
         // find the handlers above in place.
         if let Err(e) = s.emit("welcome", &serde_json::json!({ "node": self.node })) {
@@ -234,12 +266,13 @@ impl Listener {
             return None;
         }
         let id = publication.id.clone();
-        self.received
-            .receive(&peer.node, peer.boot, publication, None, Instant::now());
+        self.catch_up.relayed(&peer.node, peer.boot, publication);
         Some(id)
     }
 
-    fn connected(&self, node: &str, change: isize) {
+    /// Counts a socket of peer `node` in (`1`) or out (`-1`); true when the
+    /// peer went from linked to unlinked.
+    fn connected(&self, node: &str, change: isize) -> bool {
         let mut inbound = self.inbound.lock().unwrap_or_else(PoisonError::into_inner);
         let entry = inbound
             .entry(node.to_owned())
@@ -252,6 +285,20 @@ impl Listener {
         if was != (entry.sockets > 0) {
             entry.since = SystemTime::now();
         }
+        was && entry.sockets == 0
+    }
+
+    /// Peers that linked into this node once and have been unlinked for
+    /// less than `within`.
+    pub(super) fn unlinked(&self, within: Duration) -> Vec<String> {
+        let inbound = self.inbound.lock().unwrap_or_else(PoisonError::into_inner);
+        inbound
+            .iter()
+            .filter(|(_, link)| {
+                link.sockets == 0 && link.since.elapsed().is_ok_and(|down| down < within)
+            })
+            .map(|(node, _)| node.clone())
+            .collect()
     }
 
     /// The link from peer `node` into this node, if it ever connected.
@@ -266,6 +313,6 @@ impl Listener {
 
     /// Relayed publications received from peer `node` and delivered.
     pub(super) fn messages_in(&self, node: &str) -> u64 {
-        self.received.messages_in(node)
+        self.catch_up.messages_in(node)
     }
 }

@@ -11,7 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::cluster::inbound::InboundMetrics;
-use crate::cluster::labels::ReasonLabels;
+use crate::cluster::labels::{OriginLabels, ReasonLabels};
 
 /// A peer link, named by the URL this node dials.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -37,6 +37,11 @@ pub(crate) struct MeshMetrics {
     pub refused_peers: Family<ReasonLabels, Counter>,
     pub link_flaps: Family<PeerLabels, Counter>,
     pub link_up: Family<PeerLabels, Gauge>,
+    pub catch_up_requests: Family<PeerLabels, Counter>,
+    pub catch_up_received: Family<OriginLabels, Counter>,
+    pub catch_up_delivered: Family<OriginLabels, Counter>,
+    pub catch_up_served: Counter,
+    pub catch_up_skipped: Counter,
 }
 
 impl MeshMetrics {
@@ -76,6 +81,31 @@ impl MeshMetrics {
             "cluster_link_flaps",
             "Times an established peer link was lost",
             self.link_flaps.clone(),
+        );
+        registry.register(
+            "cluster_catch_up_requests",
+            "Catch-up requests sent to a peer (for an origin whose relays this node may have missed)",
+            self.catch_up_requests.clone(),
+        );
+        registry.register(
+            "cluster_catch_up_received",
+            "Publications received in catch-up answers, by origin",
+            self.catch_up_received.clone(),
+        );
+        registry.register(
+            "cluster_catch_up_delivered",
+            "Publications received in catch-up answers that were new here and delivered, by origin",
+            self.catch_up_delivered.clone(),
+        );
+        registry.register(
+            "cluster_catch_up_served",
+            "Publications sent to peers in catch-up answers",
+            self.catch_up_served.clone(),
+        );
+        registry.register(
+            "cluster_catch_up_skipped",
+            "Sequence numbers of peers given up: a gap no catch-up filled in time",
+            self.catch_up_skipped.clone(),
         );
         registry.register(
             "cluster_link_up",

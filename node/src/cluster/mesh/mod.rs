@@ -7,17 +7,24 @@
 //! no echo to the origin, and no partition while the links are up, whatever
 //! order nodes start in. Lost links are redialled every `retry_interval`.
 //!
+//! A link alone is at-most-once across a break: what a node missed of a
+//! peer's relays (the peer died before relaying it here, the link was cut,
+//! a queue was full) it asks the other nodes' histories for (`catchup`),
+//! so an acked replicated publication is lost by no surviving node.
+//!
 //! [`Mesh`] ties the two together for the node: it is the topic service's
 //! [`Relay`], adds `/cluster` to the node's `SocketIo`, reports link status
 //! for `/readyz` and counters for `/metrics`. [`crate::cluster::Cluster`]
 //! plugs it into a node before it serves; it knows nothing of the server.
 
+mod catchup;
 mod confirm;
 mod link;
 mod listener;
 pub(crate) mod metrics;
 
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use bytes::Bytes;
 use prometheus_client::registry::Registry;
@@ -41,6 +48,7 @@ pub use crate::cluster::inbound::Deliver;
 pub use link::LinkStatus;
 pub use listener::InboundStatus;
 
+use catchup::CatchUp;
 use confirm::Waiter;
 use link::{Frame, Link, LinkSettings};
 use listener::Listener;
@@ -92,7 +100,17 @@ impl Mesh {
         let retry_interval = cluster.retry_interval.get();
         let max_frame = usize::try_from(config.max_payload).unwrap_or(usize::MAX);
         let metrics = Arc::new(MeshMetrics::default());
-        let (links, tasks) = cluster
+        let received = Inbound::new(retry_interval * 4, deliver.clone(), metrics.inbound.clone());
+        let catch_up = Arc::new(CatchUp::new(
+            config.name.clone(),
+            config.history.size > 0,
+            max_frame,
+            config.history.ttl.get(),
+            received,
+            deliver,
+            metrics.clone(),
+        ));
+        let (links, mut tasks): (Vec<_>, Vec<_>) = cluster
             .peers()
             .into_iter()
             .map(|url| {
@@ -104,17 +122,23 @@ impl Mesh {
                     retry_interval,
                     queue: cluster.link_queue,
                 };
-                Link::spawn(settings, &metrics, shutdown.child_token())
+                Link::spawn(settings, &metrics, catch_up.clone(), shutdown.child_token())
             })
             .unzip();
-        let received = Inbound::new(retry_interval * 4, deliver, metrics.inbound.clone());
         let listener = Listener::new(
             config.name.clone(),
             secret,
             max_frame,
-            received,
+            catch_up.clone(),
             metrics.clone(),
         );
+        tasks.push(tokio::spawn(catch_up_task(
+            catch_up,
+            links.clone(),
+            listener.clone(),
+            config.history.ttl.get(),
+            shutdown.child_token(),
+        )));
         Ok(Arc::new(Mesh {
             node: config.name.clone(),
             max_frame,
@@ -260,6 +284,43 @@ impl Readiness for Mesh {
 impl Drop for Mesh {
     fn drop(&mut self) {
         self.shutdown.cancel();
+    }
+}
+
+/// How often the catch-up task turns without being woken: gaps held too
+/// long are given up, and peers still unlinked asked for again.
+const CATCH_UP_TICK: Duration = Duration::from_secs(1);
+
+/// Asks every reachable peer for what this node may have missed of an
+/// origin: at once when woken (a peer's link came or went, a gap opened),
+/// and each [`CATCH_UP_TICK`] for the gaps still open and the peers unlinked
+/// for less than the history's `ttl` (what one acked while its link here
+/// was down is held by the peer that confirmed it). Ends with the node.
+async fn catch_up_task(
+    catch_up: Arc<CatchUp>,
+    links: Vec<Arc<Link>>,
+    listener: Arc<Listener>,
+    ttl: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(CATCH_UP_TICK);
+    loop {
+        let periodic = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => true,
+            _ = catch_up.wake.notified() => false,
+        };
+        let unlinked = if periodic {
+            listener.unlinked(ttl)
+        } else {
+            Vec::new()
+        };
+        for origin in catch_up.turn(unlinked) {
+            let request = catch_up.request(&origin);
+            for link in &links {
+                link.ask(request.clone());
+            }
+        }
     }
 }
 
