@@ -34,7 +34,7 @@ pub trait Deliver: Send + Sync + 'static {
     fn deliver(&self, publication: &Arc<Publication>, stamp: Option<Stamp>) -> usize;
 
     /// For a peer catching up (mesh): the held messages it wants (see
-    /// [`Wanted`]), oldest first. A deliverer that keeps no history holds
+    /// `history::Wanted`), oldest first. A deliverer that keeps no history holds
     /// none.
     fn held_of(&self, _wanted: &Wanted<'_>) -> Vec<Arc<Publication>> {
         Vec::new()
