@@ -2,17 +2,23 @@
 // processes: a subscriber on node A, a publisher on node B, SIGKILL node A
 // mid-stream; the subscriber reconnects to node C with its last cursor
 // (`subscribe {pattern, since}`) and ends with every message exactly once,
-// in publish order.
+// in publish order. Over the mesh, and over the Redis backend, where a Redis
+// restart (which loses the stream) then answers a resume `recovered: false`
+// and live messages flow again.
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { io } from "socket.io-client";
-import { startMesh } from "./node-process.mjs";
+import { allReady, startMesh, startRedis, startRedisPool } from "./node-process.mjs";
 import { resumingSubscriber } from "./resume.mjs";
 
-/** A subscribe ack without its `cursor` (the position now), which must be there. */
-function withoutCursor(ack) {
+/**
+ * A subscribe ack without its `cursor` (the position now). It must be there
+ * over the mesh; over Redis a node has one only once it delivered a message
+ * live since it started (a stream position).
+ */
+function withoutCursor(ack, required) {
   const { cursor, ...rest } = ack;
-  assert.equal(typeof cursor, "string", JSON.stringify(ack));
+  if (required || cursor !== undefined) assert.equal(typeof cursor, "string", JSON.stringify(ack));
   return rest;
 }
 
@@ -30,12 +36,76 @@ async function until(what, check) {
   }
 }
 
+/**
+ * Publishes and returns the ok ack. Retries a `cluster_unavailable` refusal
+ * as its message asks: the Redis backend refuses, rather than loses, while a
+ * node that died has not yet expired from the pool.
+ */
+async function publish(socket, message) {
+  const deadline = Date.now() + WAIT_MS;
+  for (;;) {
+    const ack = await socket.timeout(WAIT_MS).emitWithAck("publish", message);
+    if (ack.ok) return ack;
+    assert.equal(ack.error?.code, "cluster_unavailable", JSON.stringify(ack));
+    if (Date.now() > deadline) throw new Error(`still refused after ${WAIT_MS} ms: ${JSON.stringify(ack)}`);
+    await sleep(100);
+  }
+}
+
 function connect(url) {
   const socket = io(url, { forceNew: true, reconnection: false, transports: ["websocket"] });
   return socket;
 }
 
-describe("resume after SIGKILL", () => {
+/**
+ * The scenario on three running nodes: a subscriber on a, a publisher on b,
+ * SIGKILL a after a third of TOTAL, resume on c; `ackCursor`: the first
+ * subscribe ack must carry a cursor. Resolves to the publisher,
+ * the subscriber on c (both still open), what it received and its cursors.
+ */
+async function killedSubscriberResumes([a, b, c], { ackCursor }) {
+  const publisher = connect(b.url);
+  const received = [];
+  const acks = [];
+  const cursors = new Map();
+  const options = { cursors, onMessage: (m) => received.push(m), onAck: (ack) => acks.push(ack) };
+  const first = connect(a.url);
+  resumingSubscriber(first, ["chat.#"], options);
+  await until("the first subscribe is acked", () => acks.length === 1);
+  assert.deepEqual(withoutCursor(acks[0], ackCursor), { ok: true, pattern: "chat.#" });
+
+  const published = [];
+  const publishing = (async () => {
+    for (let i = 0; i < TOTAL; i++) {
+      const ack = await publish(publisher, { topic: "chat.room1", content: i });
+      published.push(ack.id);
+      if (i % 10 === 0) await sleep(5);
+    }
+  })();
+
+  await until("a third has arrived", () => received.length >= TOTAL / 3);
+  const killed = await a.kill();
+  assert.equal(killed.signal, "SIGKILL");
+  const seenOnA = received.length;
+
+  const second = connect(c.url);
+  resumingSubscriber(second, ["chat.#"], options);
+  await publishing;
+  await until(`all ${TOTAL} arrived (have ${received.length})`, () => received.length >= TOTAL);
+  await sleep(500);
+
+  const resumed = acks[1];
+  assert.equal(resumed.ok, true, JSON.stringify(resumed));
+  assert.equal(resumed.recovered, true, JSON.stringify(resumed));
+  assert.equal(received.length, TOTAL, "nothing twice");
+  assert.deepEqual(received.map((m) => m.id), published, "every message once, in publish order");
+  assert.ok(received.slice(seenOnA).some((m) => m.replayed), "what was missed came as a replay");
+  assert.ok(received.every((m) => typeof m.cursor === "string"));
+  first.close();
+  return { publisher, second, received, cursors };
+}
+
+describe("resume after SIGKILL, over the mesh", () => {
   let nodes = [];
   before(async () => {
     nodes = await startMesh();
@@ -45,48 +115,61 @@ describe("resume after SIGKILL", () => {
   });
 
   it("a subscriber of a killed node resumes on another with every message once, in order", async () => {
-    const [a, b, c] = nodes;
-    const publisher = connect(b.url);
+    const [a] = nodes;
+    const running = nodes.filter((n) => n !== a);
+    const { publisher, second } = await killedSubscriberResumes(nodes, { ackCursor: true });
+    nodes = running;
+    second.close();
+    publisher.close();
+  });
+});
+
+describe("resume after SIGKILL, over Redis, then a Redis restart", () => {
+  let redis;
+  let nodes = [];
+  before(async () => {
+    redis = await startRedis();
+    nodes = await startRedisPool(redis.url);
+  });
+  after(async () => {
+    for (const node of nodes) await node.stop();
+    await redis?.stop();
+  });
+
+  it("resumes from the stream after a node's SIGKILL; after Redis lost it, says recovered: false and goes on live", async () => {
+    const [, b, c] = nodes;
+    const { publisher, second, cursors } = await killedSubscriberResumes(nodes, { ackCursor: false });
+    nodes = [b, c];
+    const before = cursors.get("chat.#");
+    assert.equal(typeof before, "string");
+    second.close();
+
+    await redis.restart();
+    await allReady([b, c], "back on the restarted Redis");
     const received = [];
     const acks = [];
-    const cursors = new Map();
-    const options = { cursors, onMessage: (m) => received.push(m), onAck: (ack) => acks.push(ack) };
-    const first = connect(a.url);
-    resumingSubscriber(first, ["chat.#"], options);
-    await until("the first subscribe is acked", () => acks.length === 1);
-    assert.deepEqual(withoutCursor(acks[0]), { ok: true, pattern: "chat.#" });
+    const third = connect(c.url);
+    resumingSubscriber(third, ["chat.#"], {
+      cursors: new Map([["chat.#", before]]),
+      onMessage: (m) => received.push(m),
+      onAck: (ack) => acks.push(ack),
+    });
+    await until("the resume after the Redis restart is acked", () => acks.length === 1);
+    assert.equal(acks[0].ok, true, JSON.stringify(acks[0]));
+    assert.equal(acks[0].recovered, false, `the stream went with Redis: ${JSON.stringify(acks[0])}`);
+    assert.equal(typeof acks[0].reason, "string", JSON.stringify(acks[0]));
+    assert.equal(received.length, 0, "nothing replayed from a history that is gone");
 
-    const published = [];
-    const publishing = (async () => {
-      for (let i = 0; i < TOTAL; i++) {
-        const ack = await publisher.timeout(WAIT_MS).emitWithAck("publish", { topic: "chat.room1", content: i });
-        assert.equal(ack.ok, true, JSON.stringify(ack));
-        published.push(ack.id);
-        if (i % 10 === 0) await sleep(5);
-      }
-    })();
-
-    await until("a third has arrived", () => received.length >= TOTAL / 3);
-    nodes = nodes.filter((n) => n !== a);
-    const killed = await a.kill();
-    assert.equal(killed.signal, "SIGKILL");
-    const seenOnA = received.length;
-
-    const second = connect(c.url);
-    resumingSubscriber(second, ["chat.#"], options);
-    await publishing;
-    await until(`all ${TOTAL} arrived (have ${received.length})`, () => received.length >= TOTAL);
-    await sleep(500);
-
-    const resumed = acks[1];
-    assert.equal(resumed.ok, true, JSON.stringify(resumed));
-    assert.equal(resumed.recovered, true, JSON.stringify(resumed));
-    assert.equal(received.length, TOTAL, "nothing twice");
-    assert.deepEqual(received.map((m) => m.id), published, "every message once, in publish order");
-    assert.ok(received.slice(seenOnA).some((m) => m.replayed), "what was missed came as a replay");
-    assert.ok(received.every((m) => typeof m.cursor === "string"));
-    first.close();
-    second.close();
+    const ids = [];
+    for (let i = 0; i < 10; i++) {
+      const ack = await publish(publisher, { topic: "chat.room1", content: `after ${i}` });
+      ids.push(ack.id);
+    }
+    await until(`the 10 live messages arrived (have ${received.length})`, () => received.length >= 10);
+    await sleep(300);
+    assert.deepEqual(received.map((m) => m.id), ids, "live again, each once, in order");
+    assert.ok(received.every((m) => !m.replayed));
+    third.close();
     publisher.close();
   });
 });

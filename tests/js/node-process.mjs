@@ -153,14 +153,77 @@ export async function startMesh({ names = ["node-a", "node-b", "node-c"], settin
       }),
     ),
   );
+  await allReady(nodes, "linked to its peers");
+  return nodes.map((node, i) => ({ ...node, name: names[i], port: ports[i] }));
+}
+
+/**
+ * A `redis-server` of the test's own on a free loopback port, no
+ * persistence: {url, stop(), restart()}. `restart()` SIGKILLs it and starts
+ * it again on the same port, empty: a Redis that lost everything.
+ */
+export async function startRedis() {
+  const [port] = await freePorts(1);
+  const args = ["--bind", "127.0.0.1", "--port", String(port), "--save", "", "--appendonly", "no"];
+  let child;
+  let exited;
+  const launch = () =>
+    new Promise((resolve, reject) => {
+      child = spawn("redis-server", args, { stdio: ["ignore", "pipe", "inherit"] });
+      exited = new Promise((done) => child.on("exit", (code, signal) => done({ code, signal })));
+      const timer = setTimeout(() => reject(new Error(`redis-server did not start on ${port}`)), START_TIMEOUT_MS);
+      child.on("error", (e) => {
+        clearTimeout(timer);
+        reject(new Error(`cannot run redis-server (scripts/test.sh installs it): ${e.message}`));
+      });
+      // Keep reading every line so the pipe never fills up.
+      createInterface({ input: child.stdout }).on("line", (line) => {
+        if (line.includes("Ready to accept connections")) {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+    });
+  await launch();
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    stop: () => stopProcess(child, exited),
+    async restart() {
+      child.kill("SIGKILL");
+      await exited;
+      await launch();
+    },
+  };
+}
+
+/** Resolves once every node's /readyz answers 200; rejects naming the first that does not. */
+export async function allReady(nodes, what) {
   const deadline = Date.now() + START_TIMEOUT_MS;
   for (const node of nodes) {
     for (;;) {
       const ready = await fetch(`${node.adminUrl}/readyz`).then((r) => r.ok, () => false);
       if (ready) break;
-      if (Date.now() > deadline) throw new Error(`${node.url} did not link to its peers within ${START_TIMEOUT_MS} ms`);
+      if (Date.now() > deadline) throw new Error(`${node.url} not ready (${what}) within ${START_TIMEOUT_MS} ms`);
       await new Promise((r) => setTimeout(r, 100));
     }
   }
-  return nodes.map((node, i) => ({ ...node, name: names[i], port: ports[i] }));
+}
+
+/**
+ * Three (or `names.length`) nodes on the Redis backend at `redisUrl`, under
+ * a key prefix of their own. Resolves once every node is ready (subscribed,
+ * heartbeat written).
+ */
+export async function startRedisPool(redisUrl, { names = ["node-a", "node-b", "node-c"] } = {}) {
+  const prefix = `js-${process.pid}-${Date.now()}`;
+  const nodes = await Promise.all(
+    names.map((name) =>
+      startNode({
+        name,
+        settings: `[cluster]\nstandalone = false\nbackend = "redis"\nredis_url = "${redisUrl}"\nredis_prefix = "${prefix}"\n`,
+      }),
+    ),
+  );
+  await allReady(nodes, "joined the Redis pool");
+  return nodes.map((node, i) => ({ ...node, name: names[i] }));
 }
