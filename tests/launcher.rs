@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use stickyio::{LocalCluster, Options, Topology};
+use stickyio_testkit::free_run;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -31,27 +32,6 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> String {
     let (head, body) = fetch(addr, path).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     body
-}
-
-/// The first of `count` consecutive loopback ports free at the time of
-/// asking (node i listens on `node_port + i`).
-fn free_run(count: u16) -> u16 {
-    for _ in 0..100 {
-        let Ok(first) = std::net::TcpListener::bind("127.0.0.1:0") else {
-            continue;
-        };
-        let base = first.local_addr().unwrap().port();
-        let rest: Option<Vec<_>> = (1..count)
-            .map(|i| {
-                let port = base.checked_add(i)?;
-                std::net::TcpListener::bind(("127.0.0.1", port)).ok()
-            })
-            .collect();
-        if rest.is_some() {
-            return base;
-        }
-    }
-    panic!("no {count} consecutive free ports");
 }
 
 #[tokio::test]

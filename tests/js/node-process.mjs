@@ -122,17 +122,41 @@ export async function stopProcess(child, exited) {
   return result;
 }
 
-/** `n` free loopback ports, all held until every one is picked. */
-export async function freePorts(n) {
-  const servers = await Promise.all(
-    Array.from({ length: n }, () => new Promise((resolve) => {
-      const server = createServer();
-      server.listen(0, "127.0.0.1", () => resolve(server));
-    })),
-  );
-  const ports = servers.map((s) => s.address().port);
-  await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
-  return ports;
+// Listeners here take ports below the ephemeral range (32768 and up): a
+// port picked there is never taken, between the check and the server's bind,
+// as the source port of some process's outgoing connection (seen as
+// "Address already in use" while Chromium and other tests were connecting).
+const LOW_PORT = 20_000;
+const HIGH_PORT = 32_000;
+
+/** Listens on `port` on loopback if it is free now; resolves to the server, or null. */
+function hold(port) {
+  return new Promise((resolve) => {
+    const server = createServer();
+    server.once("error", () => resolve(null));
+    server.listen(port, "127.0.0.1", () => resolve(server));
+  });
+}
+
+/**
+ * `count` loopback ports free at the time of asking, below the ephemeral
+ * range; `consecutive`: one run of them (node i of a launcher on base + i).
+ */
+export async function freePorts(count, { consecutive = false } = {}) {
+  for (let attempt = 0; attempt < 100; attempt++) {
+    const held = [];
+    const base = LOW_PORT + Math.floor(Math.random() * (HIGH_PORT - LOW_PORT - count));
+    for (let i = 0; held.length < count && i < 4 * count; i++) {
+      const port = consecutive ? base + i : LOW_PORT + Math.floor(Math.random() * (HIGH_PORT - LOW_PORT));
+      const server = await hold(port);
+      if (server) held.push(server);
+      else if (consecutive) break;
+    }
+    const ports = held.map((s) => s.address().port);
+    await Promise.all(held.map((s) => new Promise((r) => s.close(r))));
+    if (ports.length === count && new Set(ports).size === count) return ports;
+  }
+  throw new Error(`no ${count} free ports in ${LOW_PORT}-${HIGH_PORT}`);
 }
 
 /**

@@ -26,7 +26,7 @@ pub mod websocket;
 
 pub use http_conn::{HttpConn, Reply};
 pub use metrics::metric_sum;
-pub use net::{client_ip, connect_from, free_port, free_ports};
+pub use net::{client_ip, connect_from, free_port, free_ports, free_run};
 pub use polling::{PollingSession, run_session};
 pub use process::ChildProcess;
 pub use redis_server::RedisServer;

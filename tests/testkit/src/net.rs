@@ -7,6 +7,13 @@ use tokio::net::{TcpSocket, TcpStream};
 
 use crate::wait::TIMEOUT;
 
+/// Where [`free_ports`] picks: below the ephemeral range (32768 and up), so
+/// a port picked is never taken, between the check and the listener's bind,
+/// as the source port of some outgoing connection (the chaos test alone
+/// opens a thousand). Seen as `AddrInUse` when ports came from port 0.
+const LOW_PORT: u16 = 20_000;
+const HIGH_PORT: u16 = 32_000;
+
 /// A loopback port free at the time of asking, for a listener that must be
 /// known before it binds (a node's own URL, a config file).
 pub fn free_port() -> u16 {
@@ -16,10 +23,53 @@ pub fn free_port() -> u16 {
 
 /// `N` distinct free loopback ports, all held until every one is picked.
 pub fn free_ports<const N: usize>() -> [u16; N] {
-    let held: Vec<std::net::TcpListener> = (0..N)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("reserve a port"))
-        .collect();
+    let mut held: Vec<std::net::TcpListener> = Vec::with_capacity(N);
+    for _ in 0..N * 100 {
+        if held.len() == N {
+            break;
+        }
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", random_port(1))) {
+            held.push(listener);
+        }
+    }
+    assert_eq!(held.len(), N, "no {N} free ports in {LOW_PORT}-{HIGH_PORT}");
     std::array::from_fn(|i| held[i].local_addr().expect("reserved port").port())
+}
+
+/// The first of `count` consecutive loopback ports free at the time of
+/// asking (a launcher puts node i on `base + i`).
+pub fn free_run(count: u16) -> u16 {
+    for _ in 0..100 {
+        let base = random_port(count);
+        let held: Vec<_> = (0..count)
+            .map_while(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).ok())
+            .collect();
+        if held.len() == usize::from(count) {
+            return base;
+        }
+    }
+    panic!("no {count} consecutive free ports in {LOW_PORT}-{HIGH_PORT}");
+}
+
+/// A port in the range with room for `count` after it; spread by process,
+/// call and time, so parallel tests rarely try the same one.
+fn random_port(count: u16) -> u16 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    // SplitMix64 over the three.
+    let mut z = (u64::from(std::process::id()) << 32)
+        ^ CALLS
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ u64::from(nanos);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    let span = u64::from(HIGH_PORT - LOW_PORT - count);
+    LOW_PORT + (z % span) as u16
 }
 
 /// The i-th distinct client address, 127.20.0.1 upwards.
