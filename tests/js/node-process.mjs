@@ -142,12 +142,21 @@ function hold(port) {
  * `count` loopback ports free at the time of asking, below the ephemeral
  * range; `consecutive`: one run of them (node i of a launcher on base + i).
  */
+// Handed out in turn from a start drawn per process, so two picks of one
+// test file never land on the same port.
+let nextPort = Math.floor(Math.random() * (HIGH_PORT - LOW_PORT));
+function takePorts(count) {
+  const offset = nextPort % (HIGH_PORT - LOW_PORT - count);
+  nextPort += count;
+  return LOW_PORT + offset;
+}
+
 export async function freePorts(count, { consecutive = false } = {}) {
   for (let attempt = 0; attempt < 100; attempt++) {
     const held = [];
-    const base = LOW_PORT + Math.floor(Math.random() * (HIGH_PORT - LOW_PORT - count));
+    const base = takePorts(count);
     for (let i = 0; held.length < count && i < 4 * count; i++) {
-      const port = consecutive ? base + i : LOW_PORT + Math.floor(Math.random() * (HIGH_PORT - LOW_PORT));
+      const port = consecutive ? base + i : takePorts(1);
       const server = await hold(port);
       if (server) held.push(server);
       else if (consecutive) break;

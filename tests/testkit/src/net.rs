@@ -28,7 +28,7 @@ pub fn free_ports<const N: usize>() -> [u16; N] {
         if held.len() == N {
             break;
         }
-        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", random_port(1))) {
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", next_ports(1))) {
             held.push(listener);
         }
     }
@@ -40,7 +40,7 @@ pub fn free_ports<const N: usize>() -> [u16; N] {
 /// asking (a launcher puts node i on `base + i`).
 pub fn free_run(count: u16) -> u16 {
     for _ in 0..100 {
-        let base = random_port(count);
+        let base = next_ports(count);
         let held: Vec<_> = (0..count)
             .map_while(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).ok())
             .collect();
@@ -51,25 +51,28 @@ pub fn free_run(count: u16) -> u16 {
     panic!("no {count} consecutive free ports in {LOW_PORT}-{HIGH_PORT}");
 }
 
-/// A port in the range with room for `count` after it; spread by process,
-/// call and time, so parallel tests rarely try the same one.
-fn random_port(count: u16) -> u16 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static CALLS: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    // SplitMix64 over the three.
-    let mut z = (u64::from(std::process::id()) << 32)
-        ^ CALLS
-            .fetch_add(1, Ordering::Relaxed)
-            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-        ^ u64::from(nanos);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
-    let span = u64::from(HIGH_PORT - LOW_PORT - count);
-    LOW_PORT + (z % span) as u16
+/// The next `count` ports of the range, for this process: handed out in
+/// turn from a start drawn per process, so parallel tests of one binary
+/// never try the same port (a random pick each time did: two tests then
+/// shared a listener port), and test binaries start apart.
+fn next_ports(count: u16) -> u16 {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static START: OnceLock<u32> = OnceLock::new();
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = *START.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        // SplitMix64 of the process id and the time.
+        let mut z = (u64::from(std::process::id()) << 32) ^ u64::from(nanos);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) as u32
+    });
+    let span = u32::from(HIGH_PORT - LOW_PORT - count);
+    let offset = start.wrapping_add(NEXT.fetch_add(u32::from(count), Ordering::Relaxed)) % span;
+    LOW_PORT + offset as u16
 }
 
 /// The i-th distinct client address, 127.20.0.1 upwards.
