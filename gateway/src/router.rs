@@ -113,7 +113,7 @@ pub fn session(snapshot: &Snapshot, ip: IpAddr, node: Arc<Upstream>) -> Route<'s
 /// Places a new client from `ip`.
 pub fn route(snapshot: &Snapshot, ip: IpAddr) -> Route<'_> {
     let key = client_key(snapshot, ip);
-    let ranked = ranking(snapshot, &key);
+    let mut ranked = ranking(snapshot, &key);
     if let Some((healthy, total)) = fail_open(snapshot) {
         let live: Vec<_> = ranked.iter().filter(|n| !n.is_ejected()).copied().collect();
         return Route {
@@ -129,8 +129,8 @@ pub fn route(snapshot: &Snapshot, ip: IpAddr) -> Route<'_> {
         .take_while(|n| !n.is_healthy())
         .map(|n| n.name.clone())
         .collect();
-    let candidates: Vec<_> = ranked.into_iter().filter(|n| n.is_healthy()).collect();
-    let reason = match (candidates.is_empty(), down.is_empty()) {
+    ranked.retain(|n| n.is_healthy());
+    let reason = match (ranked.is_empty(), down.is_empty()) {
         (true, _) => Reason::NoHealthyNode { down },
         (false, true) => Reason::FirstChoice,
         (false, false) => Reason::Failover { down },
@@ -138,7 +138,7 @@ pub fn route(snapshot: &Snapshot, ip: IpAddr) -> Route<'_> {
     Route {
         key,
         session: None,
-        ranked: candidates,
+        ranked,
         reason,
     }
 }

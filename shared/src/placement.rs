@@ -125,18 +125,65 @@ pub fn rank<'a, T>(
     name_weight: impl Fn(&T) -> (&str, u32),
 ) -> Vec<&'a T> {
     let key_state = key.hasher();
-    // Scores are never negative (nor NaN), and the bits of non-negative
-    // floats order as the floats do: integer compares sort faster.
-    let mut scored: Vec<(u64, &str, &'a T)> = nodes
+    let mut scored: Vec<Scored<'a, T>> = nodes
         .iter()
-        .map(|n| {
-            let (name, weight) = name_weight(n);
-            let hash = node_hash(key_state.clone(), name);
-            (score_of(hash, weight).to_bits(), name, n)
+        .map(|item| Scored {
+            order: node_hash(key_state.clone(), name_weight(item).0),
+            item,
         })
         .collect();
-    scored.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
-    scored.into_iter().map(|(_, _, n)| n).collect()
+    sort_by_score(&mut scored, &name_weight);
+    scored.into_iter().map(|s| s.item).collect()
+}
+
+/// A node being ranked: `order` starts as its hash and ends as what it
+/// sorts by. Small, so the sort moves little.
+struct Scored<'a, T> {
+    order: u64,
+    item: &'a T,
+}
+
+/// Sorts by descending score, ties by ascending name.
+///
+/// With equal weights the score `-w / ln(u)` only grows with `u`, so the
+/// hash order is the score order and no logarithm is needed (most pools;
+/// `ln` was a third of a ranking's time). Rounding can make two scores of
+/// distinct but very close `u` equal, and then the name decides: if any two
+/// neighbours in hash order are that close (within 2^-20 of each other,
+/// far wider than the few ulps of rounding in `ln` and the division), the
+/// exact scores are computed, so the order is the same bit for bit.
+fn sort_by_score<T>(scored: &mut [Scored<'_, T>], name_weight: &impl Fn(&T) -> (&str, u32)) {
+    let by_order = |a: &Scored<'_, T>, b: &Scored<'_, T>| {
+        b.order
+            .cmp(&a.order)
+            .then_with(|| name_weight(a.item).0.cmp(name_weight(b.item).0))
+    };
+    let weight = |s: &Scored<'_, T>| name_weight(s.item).1;
+    // A weight of 0 scores 0 whatever the hash (the name alone decides).
+    let equal_weights = scored.windows(2).all(|p| weight(&p[0]) == weight(&p[1]))
+        && scored.first().is_none_or(|s| weight(s) > 0);
+    if equal_weights {
+        for s in scored.iter_mut() {
+            s.order >>= 11; // `u`'s numerator, as in `score_of`.
+        }
+        scored.sort_unstable_by(by_order);
+        let near_tie = scored.windows(2).any(|pair| {
+            let (high, low) = (pair[0].order, pair[1].order);
+            high != low && high - low <= high >> 20
+        });
+        if !near_tie {
+            return;
+        }
+        for s in scored.iter_mut() {
+            s.order <<= 11;
+        }
+    }
+    // Scores are never negative (nor NaN), and the bits of non-negative
+    // floats order as the floats do: integer compares sort faster.
+    for s in scored.iter_mut() {
+        s.order = score_of(s.order, weight(s)).to_bits();
+    }
+    scored.sort_unstable_by(by_order);
 }
 
 /// SipHash-2-4 (Aumasson and Bernstein, 2012) over input fed in pieces:
@@ -168,18 +215,29 @@ impl Sip24 {
         }
     }
 
-    /// A byte at a time: inputs here are a few bytes of address and a node
-    /// name, and this measured fewer instructions than word-wise copying.
-    fn write(&mut self, data: &[u8]) {
+    /// Word-wise, with pieces shorter than a word loaded by overlapping
+    /// reads ([`load_le`]): inputs here are a few bytes of address and a
+    /// short node name, so the pieces are what costs.
+    fn write(&mut self, mut data: &[u8]) {
         self.len = self.len.wrapping_add(data.len());
-        for &byte in data {
-            self.tail |= u64::from(byte) << (8 * self.tail_len);
-            self.tail_len += 1;
-            if self.tail_len == 8 {
-                self.compress(self.tail);
-                (self.tail, self.tail_len) = (0, 0);
+        if self.tail_len > 0 {
+            let take = (8 - self.tail_len).min(data.len());
+            self.tail |= load_le(&data[..take]) << (8 * self.tail_len);
+            self.tail_len += take;
+            data = &data[take..];
+            if self.tail_len < 8 {
+                return;
             }
+            self.compress(self.tail);
         }
+        let mut words = data.chunks_exact(8);
+        for word in &mut words {
+            let mut bytes = [0; 8];
+            bytes.copy_from_slice(word);
+            self.compress(u64::from_le_bytes(bytes));
+        }
+        let rest = words.remainder();
+        (self.tail, self.tail_len) = (load_le(rest), rest.len());
     }
 
     fn compress(&mut self, m: u64) {
@@ -194,6 +252,26 @@ impl Sip24 {
         self.v[2] ^= 0xff;
         sip_rounds(&mut self.v, 4);
         self.v[0] ^ self.v[1] ^ self.v[2] ^ self.v[3]
+    }
+}
+
+/// Up to 7 bytes as a little-endian word, with at most two loads and no
+/// loop: bytes `n-4..n` overlap `0..4` (or the middle byte overlaps the
+/// ends) and carry the same values where they do.
+fn load_le(b: &[u8]) -> u64 {
+    let n = b.len();
+    match n {
+        0 => 0,
+        1..=3 => {
+            u64::from(b[0])
+                | u64::from(b[n / 2]) << (8 * (n / 2))
+                | u64::from(b[n - 1]) << (8 * (n - 1))
+        }
+        _ => {
+            let lo = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            let hi = u32::from_le_bytes([b[n - 4], b[n - 3], b[n - 2], b[n - 1]]);
+            u64::from(lo) | u64::from(hi) << (8 * (n - 4))
+        }
     }
 }
 
@@ -259,6 +337,28 @@ mod tests {
         assert_eq!(siphash24(&key, &[]), 0x726f_db47_dd0e_0e31);
         let msg: Vec<u8> = (0..8).collect();
         assert_eq!(siphash24(&key, &msg), 0x93f5_f579_9a93_2462);
+    }
+
+    #[test]
+    #[allow(deprecated)] // std's SipHasher is SipHash-2-4: a second implementation to check against.
+    fn siphash_matches_std_for_every_length_and_key() {
+        use std::hash::Hasher as _;
+        let keys = [std::array::from_fn(|i| i as u8), KEY, [0xff; 16]];
+        let msg: Vec<u8> = (0..80u8)
+            .map(|i| i.wrapping_mul(151).wrapping_add(7))
+            .collect();
+        for key in keys {
+            let word = |half: &[u8]| {
+                let mut bytes = [0; 8];
+                bytes.copy_from_slice(half);
+                u64::from_le_bytes(bytes)
+            };
+            for len in 0..=msg.len() {
+                let mut std = std::hash::SipHasher::new_with_keys(word(&key[..8]), word(&key[8..]));
+                std.write(&msg[..len]);
+                assert_eq!(siphash24(&key, &msg[..len]), std.finish(), "length {len}");
+            }
+        }
     }
 
     #[test]
@@ -456,6 +556,69 @@ mod tests {
                 "{n}-1 nodes: moved {fraction}, expected {expected}"
             );
         }
+    }
+
+    /// The ranking by exact scores alone, as it was before equal weights
+    /// skipped the logarithm.
+    fn rank_by_exact_scores<'a>(key: &ClientKey, nodes: &'a [(String, u32)]) -> Vec<&'a str> {
+        let mut scored: Vec<(u64, &str)> = nodes
+            .iter()
+            .map(|(name, w)| (score(key, name, *w).to_bits(), name.as_str()))
+            .collect();
+        scored.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        scored.into_iter().map(|(_, name)| name).collect()
+    }
+
+    #[test]
+    fn equal_weights_rank_as_the_exact_scores_do() {
+        for (count, weights) in [
+            (2, [1, 1]),
+            (3, [7, 7]),
+            (10, [1, 1]),
+            (25, [u32::MAX; 2]),
+            (10, [1, 2]),
+        ] {
+            let nodes: Vec<(String, u32)> = (0..count)
+                .map(|i| (format!("node-{i}"), weights[i % 2]))
+                .collect();
+            for key in random_keys(count as u64, 5_000) {
+                let got: Vec<&str> = rank(&key, &nodes, |(n, w)| (n.as_str(), *w))
+                    .into_iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect();
+                assert_eq!(
+                    got,
+                    rank_by_exact_scores(&key, &nodes),
+                    "{key}, {count} nodes"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn near_ties_in_hash_order_fall_back_to_the_exact_scores() {
+        // Two neighbouring `u` whose scores round to the same float: the
+        // name must decide, as it does for exact scores.
+        let exact = |numerator: u64| score_of(numerator << 11, 1).to_bits();
+        let low = (1u64 << 52..(1u64 << 52) + 100_000)
+            .find(|&n| exact(n) == exact(n + 1))
+            .expect("rounding ties exist near u = 0.5");
+        let nodes = ["a", "b", "c"];
+        let entry = |numerator: u64, i: usize| Scored {
+            order: numerator << 11,
+            item: &nodes[i],
+        };
+        fn name_weight<'n>(name: &'n &str) -> (&'n str, u32) {
+            (name, 1)
+        }
+        let mut scored = [entry(low + 1, 1), entry(low, 0), entry(3, 2)];
+        sort_by_score(&mut scored, &name_weight);
+        let order: Vec<&str> = scored.iter().map(|s| *s.item).collect();
+        assert_eq!(order, ["a", "b", "c"], "the tie goes to the smaller name");
+        // Far apart, the hash order stands.
+        let mut scored = [entry(low, 0), entry(low >> 1, 1)];
+        sort_by_score(&mut scored, &name_weight);
+        assert_eq!(scored.map(|s| *s.item), ["a", "b"]);
     }
 
     #[test]
