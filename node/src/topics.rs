@@ -23,7 +23,10 @@
 //! meanwhile), what the history holds after the cursor, then goes live:
 //! no gap and no duplicate at the seam. The cursor also becomes the
 //! socket's floor: a message it covers that reaches this node late (this
-//! node lagged the one that minted it) is not delivered again.
+//! node lagged the one that minted it) is not delivered again. Over Redis
+//! the floor is the stream read's end, and covers only what the resume
+//! replayed: a message of a pattern the socket already held still comes
+//! live, though Redis may hand it to this node after the read.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -234,10 +237,7 @@ impl Subscriber {
                 if let Some(stamp) = stamp {
                     // Past a resume's read, nothing later is below it.
                     covered.retain(|c| stamp <= c.below);
-                    if covered
-                        .iter()
-                        .any(|c| replays(&c.pattern, &c.held, topic))
-                    {
+                    if covered.iter().any(|c| replays(&c.pattern, &c.held, topic)) {
                         return Pass::Skip;
                     }
                     if !covered.is_empty() {
