@@ -215,7 +215,7 @@ impl Subscriber {
         let mut current = lock(&self.floor);
         match (current.as_mut(), floor) {
             (Some(Floor::Frontier(held)), Floor::Frontier(new)) => held.merge(&new),
-            (Some(Floor::Stream(held)), Floor::Stream(new)) => held.extend(new),
+            (Some(Floor::Stream(covered)), Floor::Stream(new)) => covered.extend(new),
             (_, floor) => *current = Some(floor),
         }
         self.has_floor.store(true, Ordering::Release);
