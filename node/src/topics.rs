@@ -23,7 +23,10 @@
 //! meanwhile), what the history holds after the cursor, then goes live:
 //! no gap and no duplicate at the seam. The cursor also becomes the
 //! socket's floor: a message it covers that reaches this node late (this
-//! node lagged the one that minted it) is not delivered again.
+//! node lagged the one that minted it) is not delivered again. Over Redis
+//! the floor is the stream read's end, and covers only what the resume
+//! replayed: a message of a pattern the socket already held still comes
+//! live, though Redis may hand it to this node after the read.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -175,8 +178,19 @@ struct Subscriber {
 enum Floor {
     /// Mesh: per origin incarnation.
     Frontier(Frontier),
-    /// Redis: one position in the stream, whose order every node delivers in.
-    Stamp(Stamp),
+    /// Redis: what resumes replayed, each up to a position in the stream,
+    /// whose order every node delivers in.
+    Stream(Vec<Covered>),
+}
+
+/// What one resume from the stream covered: up to `below`, the messages of
+/// `pattern` that no pattern the socket `held` then matches. Those it held
+/// still arrive live: the resume did not replay them, and Redis may still
+/// be handing this node ones below the position the resume read to.
+struct Covered {
+    below: Stamp,
+    pattern: Pattern,
+    held: Vec<Pattern>,
 }
 
 /// What to do with one live message for a socket with a floor.
@@ -201,27 +215,38 @@ impl Subscriber {
         let mut current = lock(&self.floor);
         match (current.as_mut(), floor) {
             (Some(Floor::Frontier(held)), Floor::Frontier(new)) => held.merge(&new),
-            (Some(Floor::Stamp(held)), Floor::Stamp(new)) => *held = (*held).max(new),
+            (Some(Floor::Stream(covered)), Floor::Stream(new)) => covered.extend(new),
             (_, floor) => *current = Some(floor),
         }
         self.has_floor.store(true, Ordering::Release);
     }
 
-    /// For a socket with a floor: whether this message is below it. The
-    /// floor is dropped once the node delivers past it.
+    /// For a socket with a floor: whether this message (of `topic`) is
+    /// below it. The floor is dropped once the node delivers past it.
     fn through_floor(
         &self,
         position: Option<&Position>,
         stamp: Option<Stamp>,
         frontier: Option<&Frontier>,
+        topic: &Topic,
     ) -> Pass {
         let mut floor = lock(&self.floor);
-        let pass = match floor.as_ref() {
+        let pass = match floor.as_mut() {
             None => return Pass::Deliver,
-            Some(Floor::Stamp(below)) => match stamp {
-                Some(stamp) if stamp <= *below => return Pass::Skip,
-                _ => Pass::Deliver,
-            },
+            Some(Floor::Stream(covered)) => {
+                if let Some(stamp) = stamp {
+                    // Past a resume's read, nothing later is below it.
+                    covered.retain(|c| stamp <= c.below);
+                    if covered.iter().any(|c| replays(&c.pattern, &c.held, topic)) {
+                        return Pass::Skip;
+                    }
+                    if !covered.is_empty() {
+                        // Below a read, but of a pattern held: it is live.
+                        return Pass::Deliver;
+                    }
+                }
+                Pass::Deliver
+            }
             Some(Floor::Frontier(below)) => {
                 if position.is_some_and(|p| below.covers(p.boot, p.seq)) {
                     return Pass::Skip;
@@ -545,8 +570,13 @@ impl TopicService {
                 replayed += 1;
             }
         }
-        // Live messages up to the last entry read were just replayed.
-        subscriber.set_floor(Floor::Stamp(last));
+        // Live messages up to the last entry read were just replayed, but
+        // for those of the patterns it held.
+        subscriber.set_floor(Floor::Stream(vec![Covered {
+            below: last,
+            pattern: pattern.clone(),
+            held,
+        }]));
         let now = (*lock(&self.last_stamp)).map_or(last, |delivered| delivered.max(last));
         Ok(done(
             Resumed::Recovered(replayed),
@@ -830,7 +860,7 @@ impl TopicService {
                     continue;
                 };
                 if subscriber.has_floor.load(Ordering::Acquire) {
-                    match subscriber.through_floor(position.as_ref(), stamp, frontier) {
+                    match subscriber.through_floor(position.as_ref(), stamp, frontier, topic) {
                         Pass::Skip => continue,
                         Pass::DeliverWith(merged) => {
                             let cursor = self.mint(&merged);
@@ -940,11 +970,15 @@ impl TopicService {
     }
 }
 
-/// Whether a resume of `pattern` replays `publication`: it matches, and no
-/// pattern the socket already `held` does (those messages it has).
+/// Whether a resume of `pattern` replays `publication`: see [`replays`].
 fn wanted(pattern: &Pattern, held: &[Pattern], publication: &Publication) -> bool {
-    Topic::parse(&publication.topic)
-        .is_ok_and(|topic| pattern.matches(&topic) && !held.iter().any(|h| h.matches(&topic)))
+    Topic::parse(&publication.topic).is_ok_and(|topic| replays(pattern, held, &topic))
+}
+
+/// Whether a resume of `pattern` replays a message of `topic`: it matches,
+/// and no pattern the socket already `held` does (those messages it has).
+fn replays(pattern: &Pattern, held: &[Pattern], topic: &Topic) -> bool {
+    pattern.matches(topic) && !held.iter().any(|h| h.matches(topic))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

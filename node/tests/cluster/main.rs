@@ -4,7 +4,8 @@
 //! (the mesh, and Redis on a `redis-server` of the test's own) by one body.
 //!
 //! By concern: `delivery` (both backends), `mesh_faults`, `redis_faults`,
-//! `catch_up` (the mesh's catch-up between peers);
+//! `catch_up` (the mesh's catch-up between peers), `resume_seam` (a resume
+//! over Redis racing publishes);
 //! here, what they share.
 
 // A panic is how a test fails, with its message; the support modules' `pub`
@@ -16,6 +17,7 @@ mod delivery;
 mod forwarder;
 mod mesh_faults;
 mod redis_faults;
+mod resume_seam;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
