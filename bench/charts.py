@@ -26,11 +26,18 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 # The percentiles a CDF is drawn from: (key in results.json, fraction).
 PERCENTILES = [("p50_us", 0.5), ("p90_us", 0.9), ("p99_us", 0.99), ("p999_us", 0.999), ("max_us", 1.0)]
 CDF_WORKLOADS = ["w1-polling", "w5-fanout"]
-# stickyio's own setups stand out in every chart.
+# stickyio's own setups stand out in every chart, extra gateway builds
+# (BENCH_GATEWAYS: `gateway-<name>`) in a colour of their own.
 OURS = {"gateway", "stickyio-cluster", "stickyio-redis"}
 
 
+def ours(setup):
+    return setup in OURS or setup.startswith("gateway-")
+
+
 def color(setup):
+    if setup.startswith("gateway-"):
+        return "tab:orange"
     return "tab:blue" if setup in OURS else "tab:gray"
 
 
@@ -72,7 +79,7 @@ def cdf(table, path):
         for setup, v in table[workload].items():
             xs = [v[k] / 1000 for k, _ in PERCENTILES]
             ys = [q for _, q in PERCENTILES]
-            ax.plot(xs, ys, marker="o", label=setup, linewidth=2.5 if setup in OURS else 1.2)
+            ax.plot(xs, ys, marker="o", label=setup, linewidth=2.5 if ours(setup) else 1.2)
         ax.set_xscale("log")
         ax.set_xlabel("latency, ms (log)")
         ax.set_ylabel("fraction of operations")

@@ -74,6 +74,15 @@ def summary(reports):
 table = {w: {s: summary(rs) for s, rs in setups.items()} for w, setups in runs.items()}
 
 
+def gateways(t):
+    """The gateway setups of a workload, with the name their ratios go by:
+    `stickyio` for the standard build, the setup name for each extra build
+    (BENCH_GATEWAYS, setups `gateway-<name>`). The targets are checked on
+    the standard build only."""
+    return [("stickyio" if s == "gateway" else s, t[s])
+            for s in t if s == "gateway" or s.startswith("gateway-")]
+
+
 def ratio(a, b):
     return round(a / b, 3) if b else None
 
@@ -82,14 +91,17 @@ ratios = {}
 checks = []
 for w in ("w1-polling", "w2-websocket", "w3-churn"):
     t = table.get(w, {})
+    if not t:
+        continue
+    ratios[w] = {
+        f"{mine}/{base}": {"rate": ratio(g["rate_per_s"], t[base]["rate_per_s"]),
+                           "p99": ratio(g["p99_us"], t[base]["p99_us"])}
+        for mine, g in gateways(t)
+        for base in ("nginx-iphash", "nginx-consistent", "haproxy", "direct", "node-cluster") if base in t
+    }
     g = t.get("gateway")
     if not g:
         continue
-    ratios[w] = {
-        f"stickyio/{base}": {"rate": ratio(g["rate_per_s"], t[base]["rate_per_s"]),
-                             "p99": ratio(g["p99_us"], t[base]["p99_us"])}
-        for base in ("nginx-iphash", "nginx-consistent", "haproxy", "direct", "node-cluster") if base in t
-    }
     proxies = [t[b] for b in ("nginx-iphash", "nginx-consistent", "haproxy") if b in t]
     if proxies:
         best = max(proxies, key=lambda s: s["rate_per_s"])
@@ -105,10 +117,11 @@ for w in ("w1-polling", "w2-websocket", "w3-churn"):
                        f'{ratio(g["rate_per_s"], t["direct"]["rate_per_s"])}x'))
 
 t = table.get("w4-idle", {})
+if t:
+    ratios["w4-idle"] = {f"{mine}/{b}": {"bytes_per_session": ratio(g["bytes_per_session"], t[b]["bytes_per_session"])}
+                         for mine, g in gateways(t) for b in ("nginx-iphash", "nginx-consistent", "haproxy") if b in t}
 if "gateway" in t:
     g = t["gateway"]
-    ratios["w4-idle"] = {f"stickyio/{b}": {"bytes_per_session": ratio(g["bytes_per_session"], t[b]["bytes_per_session"])}
-                         for b in ("nginx-iphash", "nginx-consistent", "haproxy") if b in t}
     if "nginx-iphash" in t:
         checks.append(("w4-idle: gateway memory/session <= 1.5x nginx",
                        g["bytes_per_session"] <= 1.5 * t["nginx-iphash"]["bytes_per_session"],

@@ -17,7 +17,16 @@
 # default -10 when root: other work on the machine gets less of the two
 # cores while the numbers are taken, equally for every setup),
 # BENCH_WORKLOADS (which of w1 w2 w3 w4 w5 to run, default all; e.g.
-# BENCH_WORKLOADS=w4 to rerun the idle-memory comparison alone).
+# BENCH_WORKLOADS=w4 to rerun the idle-memory comparison alone),
+# BENCH_GATEWAYS (more gateway builds to compare, as space-separated
+# NAME=BINARY pairs, default none: e.g.
+# BENCH_GATEWAYS="hyperconn=/tmp/hyperconn-gateway" adds the setup
+# gateway-hyperconn, that binary with the standard gateway's config on its
+# own port, to W1, W2, W3 and W4, visited in turn with the other setups).
+#
+# W4 measures each proxy (gateway, nginx, HAProxy) freshly restarted just
+# before its measurement, in every round: a process keeps the heap it grew
+# earlier, which would hide the memory the idle sessions take.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -37,6 +46,21 @@ for w in $workloads; do
   esac
 done
 wanted() { [[ $workloads == *" $1 "* ]]; }
+# Extra gateway builds: setup name -> binary.
+declare -A extra_gateway=()
+for pair in ${BENCH_GATEWAYS:-}; do
+  name=${pair%%=*}
+  binary=${pair#*=}
+  if ! [[ $pair == *=* && $name =~ ^[A-Za-z0-9_]+$ && -x $binary ]]; then
+    echo "BENCH_GATEWAYS: '$pair' is not NAME=BINARY (NAME of letters, digits, _; BINARY executable)" >&2
+    exit 2
+  fi
+  extra_gateway[gateway-$name]=$(realpath "$binary")
+done
+extra_setups=()
+if [ "${#extra_gateway[@]}" -gt 0 ]; then
+  mapfile -t extra_setups < <(printf '%s\n' "${!extra_gateway[@]}" | sort)
+fi
 if [ "$(id -u)" -eq 0 ]; then
   renice -n "${BENCH_NICE:--10}" -p $$ >/dev/null
 fi
@@ -58,6 +82,9 @@ haproxy_port=28083
 node_cluster_port=28090
 node_redis_port=28091
 redis_port=26379
+# Extra gateways (BENCH_GATEWAYS) listen from 28100, admin from 29100.
+extra_gateway_port=28100
+extra_gateway_admin=29100
 
 pids=()
 declare -A pid_of
@@ -147,6 +174,16 @@ EOF
     printf '\n[[nodes]]\nname = "%s"\naddr = "127.0.0.1:%s"\n' "${names[$i]}" "${node_ports[$i]}"
   done
 } >"$work/gateway.toml"
+# Each extra gateway: the same config on its own ports.
+declare -A extra_port=()
+i=0
+for setup in "${extra_setups[@]}"; do
+  extra_port[$setup]=$((extra_gateway_port + i))
+  sed -e "s/^listen = .*/listen = \"127.0.0.1:$((extra_gateway_port + i))\"/" \
+    -e "s/^admin = .*/admin = \"127.0.0.1:$((extra_gateway_admin + i))\"/" \
+    "$work/gateway.toml" >"$work/$setup.toml"
+  i=$((i + 1))
+done
 
 nginx_conf() { # name, port, balancing directive
   mkdir -p "$work/$1"
@@ -213,16 +250,23 @@ EOF
 nginx -t -q -e "$work/nginx-test.log" -c "$work/nginx-iphash/nginx.conf"
 haproxy -c -q -f "$work/haproxy.cfg"
 
+start_proxy() { # setup: starts the process in front of the nodes
+  case $1 in
+  gateway) start gateway env RUST_LOG=warn "$bin/stickyio-gateway" --config "$work/gateway.toml" ;;
+  gateway-*) start "$1" env RUST_LOG=warn "${extra_gateway[$1]}" --config "$work/$1.toml" ;;
+  nginx-*) start "$1" nginx -e "$work/$1/error.log" -c "$work/$1/nginx.conf" ;;
+  haproxy) start haproxy haproxy -db -f "$work/haproxy.cfg" ;;
+  esac
+}
+proxies=(gateway "${extra_setups[@]}" nginx-iphash nginx-consistent haproxy)
+
 step "Start every setup"
 start redis redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no
 for i in 0 1 2; do
   start "${names[$i]}" env RUST_LOG=warn "$bin/stickyio-node" --config "$work/${names[$i]}.toml"
   start "redis-${names[$i]}" env RUST_LOG=warn "$bin/stickyio-node" --config "$work/redis-${names[$i]}.toml"
 done
-start gateway env RUST_LOG=warn "$bin/stickyio-gateway" --config "$work/gateway.toml"
-start nginx-iphash nginx -e "$work/nginx-iphash/error.log" -c "$work/nginx-iphash/nginx.conf"
-start nginx-consistent nginx -e "$work/nginx-consistent/error.log" -c "$work/nginx-consistent/nginx.conf"
-start haproxy haproxy -db -f "$work/haproxy.cfg"
+for setup in "${proxies[@]}"; do start_proxy "$setup"; done
 start node-cluster env PORT=$node_cluster_port ADAPTER=cluster node bench/node-baseline/server.js
 start node-redis env PORT=$node_redis_port ADAPTER=redis REDIS_URL="redis://127.0.0.1:$redis_port" node bench/node-baseline/server.js
 
@@ -236,7 +280,7 @@ wait_http() { # url: until it answers 200, at most 30 s
 }
 for p in "${node_ports[@]}" "${redis_node_ports[@]}"; do wait_http "http://127.0.0.1:$(node_admin "$p")/readyz"; done
 handshake="socket.io/?EIO=4&transport=polling"
-for p in $gateway_port $nginx_iphash_port $nginx_consistent_port $haproxy_port $node_cluster_port $node_redis_port; do
+for p in $gateway_port "${extra_port[@]}" $nginx_iphash_port $nginx_consistent_port $haproxy_port $node_cluster_port $node_redis_port; do
   wait_http "http://127.0.0.1:$p/$handshake"
 done
 
@@ -252,15 +296,16 @@ declare -A target=(
   [stickyio-cluster]="$(printf '127.0.0.1:%s,' "${node_ports[@]}" | sed 's/,$//')"
   [stickyio-redis]="$(printf '127.0.0.1:%s,' "${redis_node_ports[@]}" | sed 's/,$//')"
 )
-proxy_setups=(direct gateway nginx-iphash nginx-consistent haproxy node-cluster)
-idle_setups=(gateway nginx-iphash nginx-consistent haproxy)
+for setup in "${!extra_port[@]}"; do target[$setup]="127.0.0.1:${extra_port[$setup]}"; done
+proxy_setups=(direct gateway "${extra_setups[@]}" nginx-iphash nginx-consistent haproxy node-cluster)
+idle_setups=(gateway "${extra_setups[@]}" nginx-iphash nginx-consistent haproxy)
 fanout_setups=(stickyio-cluster stickyio-redis node-cluster node-redis)
 pid_of[nginx-iphash]=$(cat "$work/nginx-iphash/nginx.pid")
 pid_of[nginx-consistent]=$(cat "$work/nginx-consistent/nginx.pid")
 node_pids="--pid ${pid_of[node-a]} --pid ${pid_of[node-b]} --pid ${pid_of[node-c]}"
 proxy_pid() { # the process in front of the nodes (W4 measures its memory)
   case $1 in
-  gateway | haproxy | nginx-*) echo "--pid ${pid_of[$1]}" ;;
+  gateway | gateway-* | haproxy | nginx-*) echo "--pid ${pid_of[$1]}" ;;
   esac
 }
 pids_of() { # every process of a setup, for CPU per process
@@ -277,8 +322,24 @@ pids_of() { # every process of a setup, for CPU per process
 raw=$out/raw
 rm -rf "$raw"
 mkdir -p "$raw"
-# Which process is which, for the CPU columns of the results.
+# Which process is which, for the CPU columns of the results (a restarted
+# proxy adds a line).
 for name in "${!pid_of[@]}"; do printf '%s %s\n' "${pid_of[$name]}" "$name"; done >"$out/pids.txt"
+restart_proxy() { # setup: stops its proxy by PID, starts a fresh one, waits for it
+  local setup=$1 old=${pid_of[$1]}
+  kill -TERM "$old"
+  wait "$old" 2>/dev/null || true
+  while kill -0 "$old" 2>/dev/null; do sleep 0.1; done
+  local kept=()
+  for pid in "${pids[@]}"; do [ "$pid" = "$old" ] || kept+=("$pid"); done
+  pids=("${kept[@]}")
+  start_proxy "$setup"
+  wait_http "http://${target[$setup]}/$handshake"
+  case $setup in
+  nginx-*) pid_of[$setup]=$(cat "$work/$setup/nginx.pid") ;;
+  esac
+  printf '%s %s\n' "${pid_of[$setup]}" "$setup" >>"$out/pids.txt"
+}
 block=0
 measure() { # workload-name setup round, then loadgen args
   local name=$1 setup=$2 round=$3
@@ -313,7 +374,8 @@ for round in $(seq "$rounds"); do
     measure w3-churn "$setup" "$round" churn --clients 50 --transport polling
   done
   wanted w4 && for setup in $(in_order "$round" "${idle_setups[@]}"); do
-    # Memory of the process in front of the nodes only.
+    # Memory of the process in front of the nodes only, freshly started.
+    restart_proxy "$setup"
     pick=proxy_pid measure w4-idle "$setup" "$round" idle --websockets 6000 --polling 1500 --open-concurrency 200
     sleep 2 # let the closed sessions drain before the next setup
   done

@@ -3,7 +3,7 @@
 //! in-process node, and the same cycles straight to the node.
 //!
 //! ```sh
-//! cargo run -p stickyio-loadgen --example alloc_per_cycle [CYCLES]
+//! cargo run --release -p stickyio-loadgen --example alloc_per_cycle -- [--only direct|gateway] [CYCLES]
 //! ```
 //!
 //! One cycle is one emit with an ack over long-polling: the client's POST
@@ -12,6 +12,30 @@
 //! whole process (client, gateway, node, runtime), so the gateway's share is
 //! the difference between the two runs: same client, same node, one with
 //! the gateway between them.
+//!
+//! `--only direct` or `--only gateway` runs one leg alone (the other is
+//! not even started), for counting **instructions per cycle** with
+//! callgrind, which load on the machine does not move. A run counts its
+//! start-up too, so each leg runs at two cycle counts, N and 2N, and the
+//! difference is N cycles' worth; the gateway's share is then the
+//! difference of the two legs' differences:
+//!
+//! ```sh
+//! cargo build --release -p stickyio-loadgen --example alloc_per_cycle
+//! ex=${CARGO_TARGET_DIR:-target}/release/examples/alloc_per_cycle
+//! for leg in direct gateway; do for n in 1000 2000; do
+//!   valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.$leg.$n "$ex" --only $leg $n
+//! done; done
+//! ir() { awk '/^summary:/ {print $2}' "$1"; }
+//! echo "gateway instructions per cycle:" $(( \
+//!   ( ($(ir /tmp/cg.gateway.2000) - $(ir /tmp/cg.gateway.1000)) \
+//!   - ($(ir /tmp/cg.direct.2000) - $(ir /tmp/cg.direct.1000)) ) / 1000 ))
+//! callgrind_annotate /tmp/cg.gateway.2000 | head -60   # where they go
+//! ```
+//!
+//! The counts are of every thread of the process (client, gateway, node,
+//! runtime); valgrind runs them one at a time, so a run takes about a
+//! minute per 1,000 cycles.
 
 // A measuring tool: a panic with its message is report enough.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -70,13 +94,47 @@ async fn open(target: &Target) -> anyhow::Result<Session> {
     }
 }
 
+/// Which legs a run measures.
+#[derive(Clone, Copy, PartialEq)]
+enum Legs {
+    Both,
+    Direct,
+    Gateway,
+}
+
+/// `[--only direct|gateway] [CYCLES]`.
+fn args() -> anyhow::Result<(Legs, usize)> {
+    let mut legs = Legs::Both;
+    let mut cycles = 5000;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--only" => {
+                legs = match args.next().as_deref() {
+                    Some("direct") => Legs::Direct,
+                    Some("gateway") => Legs::Gateway,
+                    other => anyhow::bail!("--only takes direct or gateway, not {other:?}"),
+                }
+            }
+            n => cycles = n.parse()?,
+        }
+    }
+    Ok((legs, cycles))
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    let cycles: usize = match std::env::args().nth(1) {
-        Some(n) => n.parse()?,
-        None => 5000,
-    };
+    let (legs, cycles) = args()?;
     let node = Node::bind(NodeConfig::standalone("node-a", "127.0.0.1:0".parse()?)).await?;
+    println!("{cycles} polling echo cycles (POST + GET) each, after {WARMUP} to warm up");
+    if legs == Legs::Direct {
+        let (direct, direct_bytes) = per_cycle(node.local_addr(), cycles).await?;
+        println!(
+            "straight to the node:  {direct:7.1} allocations/cycle  {direct_bytes:9.0} bytes/cycle"
+        );
+        node.shutdown().await?;
+        return Ok(());
+    }
     // One worker thread and slow health checks: the gateway's own work per
     // cycle, not its background, is what is counted.
     let config: GatewayConfig = stickyio_shared::config::parse(
@@ -89,20 +147,26 @@ async fn main() -> anyhow::Result<()> {
     )?;
     let gateway = Gateway::start(config).await?;
 
-    let (direct, direct_bytes) = per_cycle(node.local_addr(), cycles).await?;
-    let (through, through_bytes) = per_cycle(gateway.local_addr(), cycles).await?;
-    println!("{cycles} polling echo cycles (POST + GET) each, after {WARMUP} to warm up");
-    println!(
-        "straight to the node:  {direct:7.1} allocations/cycle  {direct_bytes:9.0} bytes/cycle"
-    );
-    println!(
-        "through the gateway:   {through:7.1} allocations/cycle  {through_bytes:9.0} bytes/cycle"
-    );
-    println!(
-        "the gateway's share:   {:7.1} allocations/cycle  {:9.0} bytes/cycle",
-        through - direct,
-        through_bytes - direct_bytes
-    );
+    if legs == Legs::Gateway {
+        let (through, through_bytes) = per_cycle(gateway.local_addr(), cycles).await?;
+        println!(
+            "through the gateway:   {through:7.1} allocations/cycle  {through_bytes:9.0} bytes/cycle"
+        );
+    } else {
+        let (direct, direct_bytes) = per_cycle(node.local_addr(), cycles).await?;
+        let (through, through_bytes) = per_cycle(gateway.local_addr(), cycles).await?;
+        println!(
+            "straight to the node:  {direct:7.1} allocations/cycle  {direct_bytes:9.0} bytes/cycle"
+        );
+        println!(
+            "through the gateway:   {through:7.1} allocations/cycle  {through_bytes:9.0} bytes/cycle"
+        );
+        println!(
+            "the gateway's share:   {:7.1} allocations/cycle  {:9.0} bytes/cycle",
+            through - direct,
+            through_bytes - direct_bytes
+        );
+    }
     gateway.shutdown().await;
     node.shutdown().await?;
     Ok(())
