@@ -329,7 +329,8 @@ restart_proxy() { # setup: stops its proxy by PID, starts a fresh one, waits for
   local setup=$1 old=${pid_of[$1]}
   kill -TERM "$old"
   wait "$old" 2>/dev/null || true
-  while kill -0 "$old" 2>/dev/null; do sleep 0.1; done
+  for _ in $(seq 100); do kill -0 "$old" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$old" 2>/dev/null || true
   local kept=()
   for pid in "${pids[@]}"; do [ "$pid" = "$old" ] || kept+=("$pid"); done
   pids=("${kept[@]}")
