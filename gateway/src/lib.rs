@@ -24,6 +24,7 @@ pub mod engineio;
 pub mod forwarding;
 pub mod gateway;
 pub mod health_check;
+pub mod hyper_conn;
 pub mod limits;
 pub mod metrics;
 pub mod node_conn;

@@ -32,6 +32,7 @@ use crate::body::{self, Body};
 use crate::client_ip::{client_ip, is_trusted};
 use crate::engineio::EngineQuery;
 use crate::forwarding::{NODE_HEADER, rewrite_request, rewrite_response};
+use crate::hyper_conn::{DrivenBody, HyperConn, HyperReuse, SendError};
 use crate::limits;
 use crate::node_conn::{NodeBody, NodeConn, NodeError, Reuse};
 use crate::open_packet;
@@ -50,8 +51,11 @@ pub struct Conn {
     pub peer: SocketAddr,
     /// Arrived over TLS: told to the node as `proto=https`.
     pub tls: bool,
-    /// The connection's idle node connection, for the next request.
+    /// The connection's idle node connection, for the next upgrade.
     pub reuse: Reuse,
+    /// The connection's idle hyper client connection, for the next plain
+    /// request (the experiment's path).
+    pub hyper: HyperReuse,
 }
 
 pub async fn handle(
@@ -109,6 +113,7 @@ pub async fn handle(
     let exchange = Exchange {
         state: &state,
         reuse: &conn.reuse,
+        hyper: &conn.hyper,
         proto: if conn.tls { "https" } else { "http" },
         peer_ip,
         peer_trusted,
@@ -137,6 +142,7 @@ pub fn is_upgrade<B>(req: &Request<B>) -> bool {
 struct Exchange<'a> {
     state: &'a Arc<State>,
     reuse: &'a Reuse,
+    hyper: &'a HyperReuse,
     proto: &'static str,
     peer_ip: IpAddr,
     peer_trusted: bool,
@@ -222,6 +228,24 @@ impl Exchange<'_> {
             )),
             _ => std::borrow::Cow::Borrowed(target),
         };
+        if upgrade.is_none() {
+            // The experiment: plain requests go through hyper's client.
+            let uri = http::Uri::try_from(target.as_ref());
+            drop(target);
+            return match uri {
+                Ok(uri) => {
+                    parts.uri = uri;
+                    self.forward_hyper(parts, body, query, route, pinned, turn)
+                        .await
+                }
+                Err(e) => body::error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_target",
+                    e.to_string(),
+                    json!({}),
+                ),
+            };
+        }
         wire::encode_request_head(&mut head, &parts.method, &target, &parts.headers, framing);
         // The head is encoded: let go of hyper's parsed request now. Its
         // header values share hyper's read buffer, and while any of them
@@ -269,7 +293,18 @@ impl Exchange<'_> {
                         Some(client) if response.status == StatusCode::SWITCHING_PROTOCOLS => {
                             self.relay(upstream, query, client, conn, response)
                         }
-                        _ => self.respond(upstream, query, &method, conn, response).await,
+                        _ => {
+                            let body = NodeBody::new(conn, &response, self.reuse.clone());
+                            self.respond(
+                                upstream,
+                                query,
+                                &method,
+                                response.status,
+                                response.headers,
+                                body,
+                            )
+                            .await
+                        }
                     };
                 }
                 Err(Failed::Answer(answer)) => return answer,
@@ -286,6 +321,156 @@ impl Exchange<'_> {
             }
         }
         unreachable(self.state, &errors)
+    }
+
+    /// A plain request through hyper's client on the client connection's
+    /// hyper connection to the node.
+    async fn forward_hyper(
+        &self,
+        parts: Parts,
+        body: Option<Body>,
+        query: &EngineQuery,
+        route: &Route<'_>,
+        pinned: bool,
+        mut turn: Option<Turn>,
+    ) -> Response<Body> {
+        let method = parts.method.clone();
+        let retryable = body.is_none() && !pinned;
+        let mut req = Some(Request::from_parts(parts, body.unwrap_or_else(body::empty)));
+        let mut errors = Vec::new();
+        for upstream in route.candidates() {
+            let Some(this) = req.take() else { break };
+            match self
+                .attempt_hyper(upstream, this, &mut turn, retryable)
+                .await
+            {
+                Ok((conn, response)) => {
+                    let (head, incoming) = response.into_parts();
+                    let body = DrivenBody::new(incoming, conn, self.hyper.clone());
+                    return self
+                        .respond(upstream, query, &method, head.status, head.headers, body)
+                        .await;
+                }
+                Err((Failed::Answer(answer), _)) => return answer,
+                Err((Failed::Connect(error), back)) if retryable && back.is_some() => {
+                    errors.push(error);
+                    req = back;
+                }
+                Err((Failed::Connect(error), _)) => {
+                    return body::error(
+                        StatusCode::BAD_GATEWAY,
+                        "node_unreachable",
+                        error,
+                        json!({ "node": upstream.name }),
+                    );
+                }
+            }
+        }
+        unreachable(self.state, &errors)
+    }
+
+    /// [`Self::attempt`] over hyper's client. A connection failure before
+    /// anything was sent gives the request back.
+    #[allow(clippy::type_complexity)]
+    async fn attempt_hyper(
+        &self,
+        upstream: &Arc<Upstream>,
+        req: Request<Body>,
+        turn: &mut Option<Turn>,
+        retryable: bool,
+    ) -> Result<(HyperConn, Response<Incoming>), (Failed, Option<Request<Body>>)> {
+        upstream.metrics.requests.inc();
+        let redispatch = retryable && self.handshake;
+        let limit = if redispatch {
+            self.handshake_timeout
+        } else {
+            self.idle
+        };
+        let mut conn = match self.hyper.take(upstream) {
+            Some(conn) => conn,
+            None => match self.connect_hyper(upstream).await {
+                Ok(conn) => conn,
+                Err(failed) => return Err((failed, Some(req))),
+            },
+        };
+        let sent = tokio::time::timeout(limit, async {
+            let mut req = req;
+            loop {
+                let mut end_turn = || {
+                    if let Some(turn) = turn.take() {
+                        turn.end();
+                    }
+                };
+                match conn.send(req, &mut end_turn).await {
+                    Ok(response) => return Ok(response),
+                    // A kept-alive connection the node closed while idle:
+                    // nothing of this request was taken, so send it afresh.
+                    Err(SendError::NotSent(back)) if conn.reused => {
+                        req = back;
+                        conn = self.connect_hyper(upstream).await?;
+                    }
+                    Err(SendError::NotSent(_)) => {
+                        return Err(self.node_failed(upstream, &NodeError::Closed));
+                    }
+                    Err(SendError::Failed(e)) => return Err(self.hyper_failed(upstream, &e)),
+                }
+            }
+        })
+        .await;
+        match sent {
+            Ok(Ok(response)) => Ok((conn, response)),
+            Ok(Err(failed)) => Err((failed, None)),
+            Err(_) if redispatch => {
+                upstream.metrics.upstream_errors.inc();
+                if upstream.eject() == Transition::Down {
+                    tracing::warn!(node = %upstream.name, waited = ?limit, "node ejected: handshake unanswered");
+                }
+                Err((
+                    Failed::Connect(format!(
+                        "{} ({}) did not answer the handshake within {limit:?}",
+                        upstream.name, upstream.addr
+                    )),
+                    None,
+                ))
+            }
+            Err(_) => {
+                upstream.metrics.upstream_errors.inc();
+                Err((
+                    Failed::Answer(body::error(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "node_timeout",
+                        format!("{} did not answer within {limit:?}", upstream.name),
+                        json!({ "node": upstream.name }),
+                    )),
+                    None,
+                ))
+            }
+        }
+    }
+
+    async fn connect_hyper(&self, upstream: &Arc<Upstream>) -> Result<HyperConn, Failed> {
+        HyperConn::connect(upstream).await.map_err(|e| {
+            upstream.metrics.upstream_errors.inc();
+            if upstream.eject() == Transition::Down {
+                tracing::warn!(node = %upstream.name, error = %e, "node ejected: connect failed");
+            }
+            Failed::Connect(format!(
+                "cannot connect to {} ({}): {e}",
+                upstream.name, upstream.addr
+            ))
+        })
+    }
+
+    /// hyper's client failed the exchange: the client's body (413, 400), or
+    /// the node (502).
+    fn hyper_failed(&self, upstream: &Upstream, e: &hyper::Error) -> Failed {
+        if e.is_user() || limits::is_body_too_large(e) {
+            return Failed::Answer(self.body_failed(e));
+        }
+        self.node_failed(
+            upstream,
+            &NodeError::Io(std::io::Error::other(e.to_string())),
+        )
     }
 
     /// The client's body, limited, and watched for a close packet on a
@@ -478,21 +663,19 @@ impl Exchange<'_> {
     /// The node's response, with hop-by-hop headers dropped, the node
     /// named, a handshake's sid route-tagged, and a session's body watched
     /// for a close packet.
-    async fn respond(
+    async fn respond<B>(
         &self,
         upstream: &Arc<Upstream>,
         query: &EngineQuery,
         method: &Method,
-        conn: NodeConn,
-        head: ResponseHead,
-    ) -> Response<Body> {
+        status: StatusCode,
+        mut headers: http::HeaderMap,
+        body: B,
+    ) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = bytes::Bytes, Error = body::BoxError> + Send + Unpin + 'static,
+    {
         let pins = &self.state.pins;
-        let body = NodeBody::new(conn, &head, self.reuse.clone());
-        let ResponseHead {
-            status,
-            mut headers,
-            ..
-        } = head;
         rewrite_response(&mut headers, &upstream.name);
         let body = if query.is_polling_handshake(method) && status == StatusCode::OK {
             match self.tag_handshake(upstream, body, &mut headers).await {
@@ -526,12 +709,15 @@ impl Exchange<'_> {
 
     /// Reads a polling handshake's body whole (it is one small open packet)
     /// and gives the client the route-tagged sid.
-    async fn tag_handshake(
+    async fn tag_handshake<B>(
         &self,
         upstream: &Arc<Upstream>,
-        body: NodeBody,
+        body: B,
         headers: &mut http::HeaderMap,
-    ) -> Result<Body, Response<Body>> {
+    ) -> Result<Body, Response<Body>>
+    where
+        B: hyper::body::Body<Data = bytes::Bytes, Error = body::BoxError> + Send + Unpin + 'static,
+    {
         let read = http_body_util::Limited::new(body, MAX_HANDSHAKE_BODY).collect();
         let bytes = match tokio::time::timeout(self.handshake_timeout, read).await {
             Ok(Ok(collected)) => collected.to_bytes(),

@@ -109,6 +109,7 @@ async fn serve_client(
         peer,
         tls: tls.is_some(),
         reuse: Reuse::default(),
+        hyper: crate::hyper_conn::HyperReuse::default(),
     };
     let open = state.metrics.connections().clone();
     open.inc();
