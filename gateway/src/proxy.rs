@@ -336,6 +336,26 @@ impl Exchange<'_> {
     ) -> Response<Body> {
         let method = parts.method.clone();
         let retryable = body.is_none() && !pinned;
+        // hyper takes the request: an unanswered handshake is sent again
+        // to the next node from a copy of its head.
+        let copy = (retryable && self.handshake).then(|| {
+            (
+                parts.method.clone(),
+                parts.uri.clone(),
+                parts.version,
+                parts.headers.clone(),
+            )
+        });
+        let again = || {
+            copy.as_ref().map(|(method, uri, version, headers)| {
+                let mut req = Request::new(body::empty());
+                *req.method_mut() = method.clone();
+                *req.uri_mut() = uri.clone();
+                *req.version_mut() = *version;
+                *req.headers_mut() = headers.clone();
+                req
+            })
+        };
         let mut req = Some(Request::from_parts(parts, body.unwrap_or_else(body::empty)));
         let mut errors = Vec::new();
         for upstream in route.candidates() {
@@ -352,9 +372,12 @@ impl Exchange<'_> {
                         .await;
                 }
                 Err((Failed::Answer(answer), _)) => return answer,
-                Err((Failed::Connect(error), back)) if retryable && back.is_some() => {
+                Err((Failed::Connect(error), back)) if retryable => {
                     errors.push(error);
-                    req = back;
+                    req = back.or_else(again);
+                    if req.is_none() {
+                        break;
+                    }
                 }
                 Err((Failed::Connect(error), _)) => {
                     return body::error(
