@@ -24,6 +24,9 @@
 # gateway-hyperconn, that binary with the standard gateway's config on its
 # own port, to W1, W2, W3 and W4, visited in turn with the other setups).
 #
+# BENCH_W5_WINDOW (each W5 publisher's own messages in flight, default 8:
+# the target is a rate at p99 <= 50 ms, and 16 only queued more).
+#
 # W4 measures each proxy (gateway, nginx, HAProxy) freshly restarted just
 # before its measurement, in every round: a process keeps the heap it grew
 # earlier, which would hide the memory the idle sessions take.
@@ -36,6 +39,7 @@ rounds=${BENCH_ROUNDS:-2}
 out=${BENCH_OUT:-$root/bench/results}
 profile=${BENCH_PROFILE:-1}
 workloads=" ${BENCH_WORKLOADS:-w1 w2 w3 w4 w5} "
+w5_window=${BENCH_W5_WINDOW:-8}
 for w in $workloads; do
   case $w in
   w1 | w2 | w3 | w4 | w5) ;;
@@ -381,7 +385,7 @@ for round in $(seq "$rounds"); do
     sleep 2 # let the closed sessions drain before the next setup
   done
   wanted w5 && for setup in $(in_order "$round" "${fanout_setups[@]}"); do
-    measure w5-fanout "$setup" "$round" fanout --subscribers 300 --publishers 3 --window 16
+    measure w5-fanout "$setup" "$round" fanout --subscribers 300 --publishers 3 --window "$w5_window"
   done
 done
 
