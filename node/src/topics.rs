@@ -174,23 +174,31 @@ struct Subscriber {
     floor: Mutex<Option<Floor>>,
 }
 
-/// Below what a resumed socket has already had.
+/// Below what a resumed socket has already had, per resume.
 enum Floor {
-    /// Mesh: per origin incarnation.
-    Frontier(Frontier),
-    /// Redis: what resumes replayed, each up to a position in the stream,
-    /// whose order every node delivers in.
-    Stream(Vec<Covered>),
+    /// Mesh: up to the resumed cursor, per origin incarnation.
+    Frontier(Vec<Covered<Frontier>>),
+    /// Redis: up to the position in the stream the resume read to, whose
+    /// order every node delivers in.
+    Stream(Vec<Covered<Stamp>>),
 }
 
-/// What one resume from the stream covered: up to `below`, the messages of
-/// `pattern` that no pattern the socket `held` then matches. Those it held
-/// still arrive live: the resume did not replay them, and Redis may still
-/// be handing this node ones below the position the resume read to.
-struct Covered {
-    below: Stamp,
+/// What one resume covered: up to `below`, the messages of `pattern` that
+/// no pattern the socket `held` then matches. Those it held still arrive
+/// live: the resume did not replay them, and this node may get ones below
+/// `below` after the resume (its origin's relay lagged, or Redis was still
+/// handing them over).
+struct Covered<B> {
+    below: B,
     pattern: Pattern,
     held: Vec<Pattern>,
+}
+
+impl<B> Covered<B> {
+    /// Whether the resume replayed (or the socket had) a message of `topic`.
+    fn replays(&self, topic: &Topic) -> bool {
+        replays(&self.pattern, &self.held, topic)
+    }
 }
 
 /// What to do with one live message for a socket with a floor.
@@ -214,11 +222,15 @@ impl Subscriber {
     fn set_floor(&self, floor: Floor) {
         let mut current = lock(&self.floor);
         match (current.as_mut(), floor) {
-            (Some(Floor::Frontier(held)), Floor::Frontier(new)) => held.merge(&new),
+            (Some(Floor::Frontier(covered)), Floor::Frontier(new)) => covered.extend(new),
             (Some(Floor::Stream(covered)), Floor::Stream(new)) => covered.extend(new),
             (_, floor) => *current = Some(floor),
         }
         self.has_floor.store(true, Ordering::Release);
+    }
+
+    fn holds_only(&self, pattern: &Pattern) -> bool {
+        matches!(self.patterns.as_slice(), [only] if only == pattern)
     }
 
     /// For a socket with a floor: whether this message (of `topic`) is
@@ -237,7 +249,7 @@ impl Subscriber {
                 if let Some(stamp) = stamp {
                     // Past a resume's read, nothing later is below it.
                     covered.retain(|c| stamp <= c.below);
-                    if covered.iter().any(|c| replays(&c.pattern, &c.held, topic)) {
+                    if covered.iter().any(|c| c.replays(topic)) {
                         return Pass::Skip;
                     }
                     if !covered.is_empty() {
@@ -247,17 +259,29 @@ impl Subscriber {
                 }
                 Pass::Deliver
             }
-            Some(Floor::Frontier(below)) => {
-                if position.is_some_and(|p| below.covers(p.boot, p.seq)) {
+            Some(Floor::Frontier(covered)) => {
+                let below =
+                    |c: &Covered<Frontier>| position.is_some_and(|p| c.below.covers(p.boot, p.seq));
+                if covered.iter().any(|c| below(c) && c.replays(topic)) {
                     return Pass::Skip;
                 }
+                // Once this node delivered past a resume's cursor, nothing
+                // later is below it.
                 match frontier {
-                    Some(frontier) if !frontier.dominates(below) => {
+                    Some(frontier) => covered.retain(|c| !frontier.dominates(&c.below)),
+                    None => covered.clear(),
+                }
+                match (frontier, covered.as_slice()) {
+                    (_, []) | (None, _) => Pass::Deliver,
+                    // The cursor may claim the resumed one only when the
+                    // socket holds nothing else: of another pattern it may
+                    // not have had all below it yet.
+                    (Some(frontier), [only]) if self.holds_only(&only.pattern) => {
                         let mut merged = frontier.clone();
-                        merged.merge(below);
+                        merged.merge(&only.below);
                         return Pass::DeliverWith(merged);
                     }
-                    _ => Pass::Deliver,
+                    _ => return Pass::Deliver,
                 }
             }
         };
@@ -524,12 +548,20 @@ impl TopicService {
             let cursor = self.mint(after);
             self.replay(subscriber, publication, &cursor);
         }
-        // The position now: this node's, and what the cursor had seen
-        // that this node has not delivered yet (the floor).
+        // What the cursor had seen that this node has not delivered yet is
+        // the floor, for this pattern only. The position now is this node's,
+        // and the cursor's too if the socket holds nothing else: of a held
+        // pattern it may not have had all the cursor covers yet.
         let mut now = history.frontier().clone();
         if !now.dominates(&cursor.frontier) {
-            subscriber.set_floor(Floor::Frontier(cursor.frontier.clone()));
-            now.merge(&cursor.frontier);
+            if held.is_empty() {
+                now.merge(&cursor.frontier);
+            }
+            subscriber.set_floor(Floor::Frontier(vec![Covered {
+                below: cursor.frontier.clone(),
+                pattern: pattern.clone(),
+                held,
+            }]));
         }
         Ok(done(
             Resumed::Recovered(replay.len()),
