@@ -22,11 +22,13 @@
 //! `since` replays, under the subscriptions' write lock (no delivery runs
 //! meanwhile), what the history holds after the cursor, then goes live:
 //! no gap and no duplicate at the seam. The cursor also becomes the
-//! socket's floor: a message it covers that reaches this node late (this
-//! node lagged the one that minted it) is not delivered again. Over Redis
-//! the floor is the stream read's end, and covers only what the resume
-//! replayed: a message of a pattern the socket already held still comes
-//! live, though Redis may hand it to this node after the read.
+//! socket's floor: a message of the resumed pattern it covers that reaches
+//! this node late (this node lagged the one that minted it) is not
+//! delivered again. Over Redis the floor is the stream read's end. Either
+//! way it covers only what the resume replayed: a message of a pattern the
+//! socket already held still comes live, though it may reach this node
+//! after the resume, and its cursor claims no more than this node's
+//! position (the client keeps it for that pattern).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -174,23 +176,31 @@ struct Subscriber {
     floor: Mutex<Option<Floor>>,
 }
 
-/// Below what a resumed socket has already had.
+/// Below what a resumed socket has already had, per resume.
 enum Floor {
-    /// Mesh: per origin incarnation.
-    Frontier(Frontier),
-    /// Redis: what resumes replayed, each up to a position in the stream,
-    /// whose order every node delivers in.
-    Stream(Vec<Covered>),
+    /// Mesh: up to the resumed cursor, per origin incarnation.
+    Frontier(Vec<Covered<Frontier>>),
+    /// Redis: up to the position in the stream the resume read to, whose
+    /// order every node delivers in.
+    Stream(Vec<Covered<Stamp>>),
 }
 
-/// What one resume from the stream covered: up to `below`, the messages of
-/// `pattern` that no pattern the socket `held` then matches. Those it held
-/// still arrive live: the resume did not replay them, and Redis may still
-/// be handing this node ones below the position the resume read to.
-struct Covered {
-    below: Stamp,
+/// What one resume covered: up to `below`, the messages of `pattern` that
+/// no pattern the socket `held` then matches. Those it held still arrive
+/// live: the resume did not replay them, and this node may get ones below
+/// `below` after the resume (its origin's relay lagged, or Redis was still
+/// handing them over).
+struct Covered<B> {
+    below: B,
     pattern: Pattern,
     held: Vec<Pattern>,
+}
+
+impl<B> Covered<B> {
+    /// Whether the resume replayed (or the socket had) a message of `topic`.
+    fn replays(&self, topic: &Topic) -> bool {
+        replays(&self.pattern, &self.held, topic)
+    }
 }
 
 /// What to do with one live message for a socket with a floor.
@@ -214,57 +224,87 @@ impl Subscriber {
     fn set_floor(&self, floor: Floor) {
         let mut current = lock(&self.floor);
         match (current.as_mut(), floor) {
-            (Some(Floor::Frontier(held)), Floor::Frontier(new)) => held.merge(&new),
+            (Some(Floor::Frontier(covered)), Floor::Frontier(new)) => covered.extend(new),
             (Some(Floor::Stream(covered)), Floor::Stream(new)) => covered.extend(new),
             (_, floor) => *current = Some(floor),
         }
         self.has_floor.store(true, Ordering::Release);
     }
 
-    /// For a socket with a floor: whether this message (of `topic`) is
-    /// below it. The floor is dropped once the node delivers past it.
+    /// For a socket with a floor: whether this message (of `topic`,
+    /// matching the socket's `patterns`) is below it. The floor is dropped
+    /// once the node delivers past it.
     fn through_floor(
         &self,
         position: Option<&Position>,
         stamp: Option<Stamp>,
         frontier: Option<&Frontier>,
         topic: &Topic,
+        patterns: &[&str],
     ) -> Pass {
         let mut floor = lock(&self.floor);
-        let pass = match floor.as_mut() {
+        let below = match floor.as_mut() {
             None => return Pass::Deliver,
-            Some(Floor::Stream(covered)) => {
-                if let Some(stamp) = stamp {
-                    // Past a resume's read, nothing later is below it.
-                    covered.retain(|c| stamp <= c.below);
-                    if covered.iter().any(|c| replays(&c.pattern, &c.held, topic)) {
-                        return Pass::Skip;
-                    }
-                    if !covered.is_empty() {
-                        // Below a read, but of a pattern held: it is live.
-                        return Pass::Deliver;
-                    }
-                }
-                Pass::Deliver
-            }
-            Some(Floor::Frontier(below)) => {
-                if position.is_some_and(|p| below.covers(p.boot, p.seq)) {
-                    return Pass::Skip;
-                }
-                match frontier {
-                    Some(frontier) if !frontier.dominates(below) => {
-                        let mut merged = frontier.clone();
-                        merged.merge(below);
-                        return Pass::DeliverWith(merged);
-                    }
-                    _ => Pass::Deliver,
-                }
+            Some(Floor::Stream(covered)) => below_stream(covered, stamp, topic),
+            Some(Floor::Frontier(covered)) => {
+                below_frontier(covered, position, frontier, topic, patterns)
             }
         };
-        *floor = None;
-        self.has_floor.store(false, Ordering::Release);
-        pass
+        below.unwrap_or_else(|| {
+            *floor = None;
+            self.has_floor.store(false, Ordering::Release);
+            Pass::Deliver
+        })
     }
+}
+
+/// A live message against what stream resumes covered; `None` once past
+/// them all. A resume's read is the stream's order: nothing later is below.
+fn below_stream(
+    covered: &mut Vec<Covered<Stamp>>,
+    stamp: Option<Stamp>,
+    topic: &Topic,
+) -> Option<Pass> {
+    let stamp = stamp?;
+    covered.retain(|c| stamp <= c.below);
+    if covered.iter().any(|c| c.replays(topic)) {
+        return Some(Pass::Skip);
+    }
+    // Below a read, but of a pattern held: it is live.
+    (!covered.is_empty()).then_some(Pass::Deliver)
+}
+
+/// A live message against what mesh resumes covered; `None` once this
+/// node's `frontier` (with the message) is past every resumed cursor.
+fn below_frontier(
+    covered: &mut Vec<Covered<Frontier>>,
+    position: Option<&Position>,
+    frontier: Option<&Frontier>,
+    topic: &Topic,
+    patterns: &[&str],
+) -> Option<Pass> {
+    let below = |c: &Covered<Frontier>| position.is_some_and(|p| c.below.covers(p.boot, p.seq));
+    if covered.iter().any(|c| below(c) && c.replays(topic)) {
+        return Some(Pass::Skip);
+    }
+    let frontier = frontier?;
+    covered.retain(|c| !frontier.dominates(&c.below));
+    if covered.is_empty() {
+        return None;
+    }
+    // A client keeps a message's cursor for the patterns it matched: it
+    // may claim a resumed cursor only for that resume's pattern alone. Of
+    // another, the socket may not have had all below it yet.
+    Some(
+        match covered.iter().find(|c| patterns == [c.pattern.as_str()]) {
+            Some(resumed) => {
+                let mut merged = frontier.clone();
+                merged.merge(&resumed.below);
+                Pass::DeliverWith(merged)
+            }
+            None => Pass::Deliver,
+        },
+    )
 }
 
 /// Where a Redis-backed node's resumes read the stream: the backend, which
@@ -524,12 +564,17 @@ impl TopicService {
             let cursor = self.mint(after);
             self.replay(subscriber, publication, &cursor);
         }
-        // The position now: this node's, and what the cursor had seen
-        // that this node has not delivered yet (the floor).
+        // What the cursor had seen that this node has not delivered yet is
+        // the floor, for this pattern only. The position now (the ack's
+        // cursor, kept for this pattern) is this node's and the cursor's.
         let mut now = history.frontier().clone();
         if !now.dominates(&cursor.frontier) {
-            subscriber.set_floor(Floor::Frontier(cursor.frontier.clone()));
             now.merge(&cursor.frontier);
+            subscriber.set_floor(Floor::Frontier(vec![Covered {
+                below: cursor.frontier.clone(),
+                pattern: pattern.clone(),
+                held,
+            }]));
         }
         Ok(done(
             Resumed::Recovered(replay.len()),
@@ -860,7 +905,13 @@ impl TopicService {
                     continue;
                 };
                 if subscriber.has_floor.load(Ordering::Acquire) {
-                    match subscriber.through_floor(position.as_ref(), stamp, frontier, topic) {
+                    match subscriber.through_floor(
+                        position.as_ref(),
+                        stamp,
+                        frontier,
+                        topic,
+                        &patterns,
+                    ) {
                         Pass::Skip => continue,
                         Pass::DeliverWith(merged) => {
                             let cursor = self.mint(&merged);

@@ -5,7 +5,8 @@
 //!
 //! By concern: `delivery` (both backends), `mesh_faults`, `redis_faults`,
 //! `catch_up` (the mesh's catch-up between peers), `resume_seam` (a resume
-//! over Redis racing publishes);
+//! over Redis racing publishes), `resume_lag` (a resume over the mesh on a
+//! node that lags the origin);
 //! here, what they share.
 
 // A panic is how a test fails, with its message; the support modules' `pub`
@@ -17,6 +18,7 @@ mod delivery;
 mod forwarder;
 mod mesh_faults;
 mod redis_faults;
+mod resume_lag;
 mod resume_seam;
 
 use std::collections::{BTreeSet, HashMap};

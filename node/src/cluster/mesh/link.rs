@@ -508,6 +508,9 @@ struct PeerEvents {
 
 /// Connects to the peer's `/cluster` namespace and waits for its answer:
 /// `welcome` when the secret was accepted, a connect error when refused.
+/// rust_engineio dials with Nagle on (no `TCP_NODELAY`, and no way to set
+/// it): a frame written while an earlier one awaits the peer's (delayed)
+/// ack waits too, ~40 ms on Linux, so peers may get relays that late.
 async fn dial(
     settings: &LinkSettings,
     started_at: u64,
