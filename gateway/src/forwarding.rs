@@ -7,6 +7,7 @@
 //! `X-Forwarded-For`, `X-Forwarded-Proto` and `Forwarded`; what an untrusted
 //! peer sent in those headers is replaced, never passed on.
 
+use std::io::Write as _;
 use std::net::IpAddr;
 
 use http::Method;
@@ -73,8 +74,9 @@ pub struct Forwarding {
 #[derive(Debug, Clone, Copy)]
 pub struct NodeHead<'a> {
     pub method: &'a Method,
-    /// The target as the node must see it (its own sid).
-    pub target: &'a str,
+    /// The target as the node must see it: these parts in turn (the
+    /// client's target, cut around the sid the node knows by another name).
+    pub target: [&'a str; 3],
     pub framing: RequestBody,
     /// Relay the client's `Upgrade` with `Connection: upgrade`.
     pub upgrade: bool,
@@ -96,7 +98,9 @@ pub fn encode_node_head(
 ) {
     out.extend_from_slice(node.method.as_str().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(node.target.as_bytes());
+    for part in node.target {
+        out.extend_from_slice(part.as_bytes());
+    }
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let named = |name: &str| has_token(client, "connection", name);
     let (mut xff, mut forwarded, mut proto_sent, mut host) = (Vec::new(), Vec::new(), false, None);
@@ -137,20 +141,26 @@ pub fn encode_node_head(
     {
         header(out, b"host", default.as_bytes());
     }
+    // Written in place: no string per request for the chains.
     let peer = fwd.peer;
-    let peer_text = peer.to_string();
-    xff.push(&peer_text);
-    header(out, X_FORWARDED_FOR.as_bytes(), xff.join(", ").as_bytes());
-    let for_node = match peer {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    };
-    let mut element = format!("for={for_node};proto={}", fwd.proto);
-    if let Some(host) = host.and_then(text).filter(|h| is_token_safe(h)) {
-        element.push_str(&format!(";host=\"{host}\""));
+    out.extend_from_slice(b"x-forwarded-for: ");
+    for hop in xff {
+        out.extend_from_slice(hop.as_bytes());
+        out.extend_from_slice(b", ");
     }
-    forwarded.push(&element);
-    header(out, b"forwarded", forwarded.join(", ").as_bytes());
+    let _ = write!(out, "{peer}\r\nforwarded: ");
+    for element in forwarded {
+        out.extend_from_slice(element.as_bytes());
+        out.extend_from_slice(b", ");
+    }
+    let _ = match peer {
+        IpAddr::V4(v4) => write!(out, "for={v4};proto={}", fwd.proto),
+        IpAddr::V6(v6) => write!(out, "for=\"[{v6}]\";proto={}", fwd.proto),
+    };
+    if let Some(host) = host.and_then(text).filter(|h| is_token_safe(h)) {
+        let _ = write!(out, ";host=\"{host}\"");
+    }
+    out.extend_from_slice(b"\r\n");
     if !proto_sent {
         header(out, X_FORWARDED_PROTO.as_bytes(), fwd.proto.as_bytes());
     }
@@ -241,7 +251,7 @@ mod tests {
 
     const GET: NodeHead<'static> = NodeHead {
         method: &Method::GET,
-        target: "/t",
+        target: ["/t", "", ""],
         framing: RequestBody::None,
         upgrade: false,
         no_extensions: false,

@@ -194,16 +194,12 @@ pub fn prepare<'s>(
     };
     // Nodes see only their own sids.
     let target = match (&session, &query.sid) {
-        (Some(tagged), Some(sid)) => std::borrow::Cow::Owned(head.target.replacen(
-            &format!("sid={sid}"),
-            &format!("sid={}", tagged.node_sid),
-            1,
-        )),
-        _ => std::borrow::Cow::Borrowed(head.target),
+        (Some(tagged), Some(sid)) => with_node_sid(head.target, sid, &tagged.node_sid),
+        _ => [head.target, "", ""],
     };
     let node_head = NodeHead {
         method: &head.method,
-        target: &target,
+        target,
         framing,
         upgrade: head.upgrade,
         // The first frame of a websocket-only session carries the sid the
@@ -226,6 +222,20 @@ pub fn prepare<'s>(
         framing,
         upgrade: head.upgrade,
     })
+}
+
+/// `target` cut around the value of its first `sid=<sid>` parameter,
+/// `node_sid` in its place.
+fn with_node_sid<'a>(target: &'a str, sid: &str, node_sid: &'a str) -> [&'a str; 3] {
+    let Some(start) = target
+        .match_indices("sid=")
+        .filter(|(at, _)| matches!(target.as_bytes().get(at.wrapping_sub(1)), Some(b'?' | b'&')))
+        .map(|(at, _)| at + "sid=".len())
+        .find(|at| target[*at..].starts_with(sid))
+    else {
+        return [target, "", ""];
+    };
+    [&target[..start], node_sid, &target[start + sid.len()..]]
 }
 
 /// Forwards a prepared request: waits for the session's turn, sends head
@@ -795,4 +805,22 @@ fn too_large(max: u64) -> Answer {
         format!("request bodies are limited to {max} bytes"),
         json!({}),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_node_sees_its_own_sid() {
+        assert_eq!(
+            with_node_sid("/s/?EIO=4&sid=abc.tag&t=1", "abc.tag", "abc").concat(),
+            "/s/?EIO=4&sid=abc&t=1"
+        );
+        assert_eq!(
+            with_node_sid("/s/?xsid=q&sid=q", "q", "n").concat(),
+            "/s/?xsid=q&sid=n"
+        );
+        assert_eq!(with_node_sid("/s/?sid=", "q", "n").concat(), "/s/?sid=");
+    }
 }
