@@ -81,16 +81,24 @@ pub fn parse_response_head(
     request_method: &Method,
 ) -> Result<Option<ResponseHead>, WireError> {
     loop {
+        let len = {
+            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            match httparse::Response::new(&mut slots).parse(buf) {
+                Ok(httparse::Status::Complete(len)) => len,
+                Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
+                    return Err(WireError::HeadTooLarge);
+                }
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(e) => return Err(WireError::Malformed(e.to_string())),
+            }
+        };
+        // The header values are slices of the head's bytes, not copies.
+        let bytes = buf.split_to(len).freeze();
         let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut res = httparse::Response::new(&mut slots);
-        let len = match res.parse(buf) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
-                return Err(WireError::HeadTooLarge);
-            }
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(e) => return Err(WireError::Malformed(e.to_string())),
-        };
+        if !matches!(res.parse(&bytes), Ok(httparse::Status::Complete(_))) {
+            return Err(WireError::Malformed("unparsable head".into()));
+        }
         let code = res.code.unwrap_or(0);
         let status = StatusCode::from_u16(code)
             .map_err(|_| WireError::Malformed(format!("status {code}")))?;
@@ -99,11 +107,10 @@ pub fn parse_response_head(
         for h in res.headers.iter() {
             let name = HeaderName::from_bytes(h.name.as_bytes())
                 .map_err(|_| WireError::Malformed(format!("header name {:?}", h.name)))?;
-            let value = HeaderValue::from_bytes(h.value)
+            let value = HeaderValue::from_maybe_shared(bytes.slice_ref(h.value))
                 .map_err(|_| WireError::Malformed(format!("value of {name}")))?;
             headers.append(name, value);
         }
-        buf.advance(len);
         if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
             continue;
         }
