@@ -34,8 +34,17 @@ use crate::state::State;
 use crate::upstream::Snapshot;
 use crate::wire::{self, Chunked, Step};
 
-/// Room reserved for each read from the client.
+/// Room reserved for each read from a TLS client, and the size of the
+/// writes a streamed answer is gathered into.
 const READ_CHUNK: usize = 4 * 1024;
+/// Largest read from a plain TCP client.
+const SCRATCH_BYTES: usize = 16 * 1024;
+
+thread_local! {
+    /// Every plain TCP client connection of a worker reads into this: the
+    /// bytes are copied out before the task can yield.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; SCRATCH_BYTES]);
+}
 /// Header slots parsed on the stack; a config allowing more uses the heap.
 const STACK_HEADERS: usize = 128;
 /// Most bytes a client may send ahead (pipelined) while its request waits:
@@ -66,7 +75,9 @@ pub async fn serve<S: ClientStream>(state: Arc<State>, conn: Conn, io: S) {
                 // What the client sent past its request head is the
                 // websocket's first bytes.
                 let early = std::mem::take(&mut client.buf);
-                upgraded.relay(client.io, &early).await;
+                // Boxed: inline, the relay's state would grow every
+                // connection's future, websocket or not.
+                Box::pin(upgraded.relay(client.io, &early)).await;
                 return;
             }
         }
@@ -268,10 +279,17 @@ impl<S: ClientStream> Client<S> {
             self.buf = BytesMut::new();
         }
         match self.io.socket() {
+            // Into the worker's scratch buffer, then only what came is kept:
+            // no room is reserved across a wait (readiness can be stale).
             Some(socket) => loop {
                 socket.readable().await?;
-                self.buf.reserve(READ_CHUNK);
-                match socket.try_read_buf(&mut self.buf) {
+                let read = SCRATCH.with(|scratch| {
+                    let mut scratch = scratch.borrow_mut();
+                    let n = socket.try_read(&mut scratch[..])?;
+                    self.buf.extend_from_slice(&scratch[..n]);
+                    Ok::<_, io::Error>(n)
+                });
+                match read {
                     Ok(n) => return Ok(n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(e),

@@ -112,23 +112,33 @@ async fn serve_client(
     open.inc();
     match tls {
         None => client_conn::serve(state.clone(), conn, stream).await,
-        Some(acceptor) => {
-            let timeout = state.snapshot().config.limits.header_read_timeout.get();
-            let handshake = acceptor.accept(stream);
-            match tokio::time::timeout(timeout, handshake).await {
-                Ok(Ok(stream)) => client_conn::serve(state.clone(), conn, stream).await,
-                Ok(Err(e)) => {
-                    state.metrics.rejected("tls_handshake");
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                }
-                Err(_) => {
-                    state.metrics.rejected("tls_handshake");
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                }
-            }
-        }
+        // Boxed: the TLS stream's state stays out of plain connections' futures.
+        Some(acceptor) => Box::pin(serve_tls(state.clone(), conn, stream, acceptor)).await,
     }
     open.dec();
+}
+
+/// A TLS client connection: served once its handshake has finished within
+/// the header read timeout.
+async fn serve_tls(
+    state: Arc<State>,
+    conn: Conn,
+    stream: Counted<TcpStream>,
+    acceptor: TlsAcceptor,
+) {
+    let peer = conn.peer;
+    let timeout = state.snapshot().config.limits.header_read_timeout.get();
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => client_conn::serve(state, conn, stream).await,
+        Ok(Err(e)) => {
+            state.metrics.rejected("tls_handshake");
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            state.metrics.rejected("tls_handshake");
+            tracing::debug!(%peer, "TLS handshake timed out");
+        }
+    }
 }
 
 /// The admin listener.
