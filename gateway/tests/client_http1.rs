@@ -146,6 +146,17 @@ async fn until(stream: &mut TcpStream, needle: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Sends `head` from source `last` and reads the gateway's one answer, a 400,
+/// up to its close.
+async fn refused(gw: &RunningGateway, last: u8, head: &str) -> String {
+    let mut stream = open(gw, last).await;
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let reply = to_end(&mut stream).await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert_eq!(reply.matches("HTTP/1.1").count(), 1, "{reply}");
+    reply
+}
+
 #[tokio::test]
 async fn pipelined_requests_are_answered_one_after_another_in_order() {
     let gw = gateway(backend().await, "").await;
@@ -261,13 +272,12 @@ async fn ambiguous_body_lengths_are_refused_as_smuggling() {
     .into_iter()
     .enumerate()
     {
-        let mut stream = open(&gw, 10 + i as u8).await;
-        stream.write_all(head.as_bytes()).await.unwrap();
-        let reply = to_end(&mut stream).await;
-        assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
-        assert!(reply.contains("\"error\":\"ambiguous_body_length\""), "{reply}");
+        let reply = refused(&gw, 10 + i as u8, head).await;
+        assert!(
+            reply.contains("\"error\":\"ambiguous_body_length\""),
+            "{reply}"
+        );
         assert!(reply.contains("ambiguous request body length"), "{reply}");
-        assert_eq!(reply.matches("HTTP/1.1").count(), 1, "{reply}");
     }
     gw.shutdown().await;
 }
@@ -364,10 +374,7 @@ async fn malformed_heads_get_400_and_the_connection_closed() {
     .into_iter()
     .enumerate()
     {
-        let mut stream = open(&gw, 30 + i as u8).await;
-        stream.write_all(head.as_bytes()).await.unwrap();
-        let reply = to_end(&mut stream).await;
-        assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+        let reply = refused(&gw, 30 + i as u8, head).await;
         assert!(reply.contains("\"error\":\"malformed_request\""), "{reply}");
     }
     gw.shutdown().await;
