@@ -9,23 +9,53 @@
 use std::net::{IpAddr, SocketAddr};
 
 use http::HeaderMap;
-use http::header::FORWARDED;
 use ipnet::IpNet;
 use stickyio_shared::placement::canonical_ip;
 
 pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
+
+const FORWARDED: &str = "forwarded";
+
+/// Headers to read forwarding chains from: a `HeaderMap`, or the borrowed
+/// slices of a request head as parsed on the public listener.
+pub trait Headers {
+    /// Every value of `name` (lowercase), as text; `None` for a value that
+    /// is not text.
+    fn text_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = Option<&'a str>> + 'a;
+}
+
+impl Headers for HeaderMap {
+    fn text_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = Option<&'a str>> + 'a {
+        self.get_all(name).iter().map(|v| v.to_str().ok())
+    }
+}
+
+impl Headers for [httparse::Header<'_>] {
+    fn text_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = Option<&'a str>> + 'a {
+        self.iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| {
+                let text = h
+                    .value
+                    .iter()
+                    .all(|b| *b == b'\t' || (0x20..0x7f).contains(b));
+                text.then(|| std::str::from_utf8(h.value.trim_ascii()).ok())
+                    .flatten()
+            })
+    }
+}
 
 pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
     trusted.iter().any(|net| net.contains(&ip))
 }
 
 /// The address to place the request by.
-pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+pub fn client_ip<H: Headers + ?Sized>(peer: IpAddr, headers: &H, trusted: &[IpNet]) -> IpAddr {
     let peer = canonical_ip(peer);
     if !is_trusted(peer, trusted) {
         return peer;
     }
-    let chain = if headers.contains_key(FORWARDED) {
+    let chain = if headers.text_values(FORWARDED).next().is_some() {
         forwarded_chain(headers)
     } else {
         x_forwarded_for_chain(headers)
@@ -42,21 +72,20 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
 }
 
 /// Every `X-Forwarded-For` entry, left to right, `None` for garbage.
-fn x_forwarded_for_chain(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
+fn x_forwarded_for_chain<H: Headers + ?Sized>(headers: &H) -> Vec<Option<IpAddr>> {
     headers
-        .get_all(X_FORWARDED_FOR)
-        .iter()
-        .flat_map(|v| v.to_str().unwrap_or("\u{0}").split(','))
+        .text_values(X_FORWARDED_FOR)
+        .flat_map(|v| v.unwrap_or("\u{0}").split(','))
         .map(|s| parse_node(s.trim()))
         .collect()
 }
 
 /// Every `for=` of `Forwarded` (RFC 7239), left to right, `None` for
 /// garbage, `unknown` and obfuscated identifiers.
-fn forwarded_chain(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
+fn forwarded_chain<H: Headers + ?Sized>(headers: &H) -> Vec<Option<IpAddr>> {
     let mut chain = Vec::new();
-    for value in headers.get_all(FORWARDED) {
-        let Ok(value) = value.to_str() else {
+    for value in headers.text_values(FORWARDED) {
+        let Some(value) = value else {
             chain.push(None);
             continue;
         };
@@ -186,6 +215,17 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append(FORWARDED, HeaderValue::from_bytes(b"for=\xfe").unwrap());
         assert_eq!(client_ip(proxy, &h, &trusted), proxy);
+        // The same from a parsed request head.
+        let parsed = [httparse::Header {
+            name: "X-Forwarded-For",
+            value: b"1.2.3.4\xff",
+        }];
+        assert_eq!(client_ip(proxy, &parsed[..], &trusted), proxy);
+        let parsed = [httparse::Header {
+            name: "Forwarded",
+            value: b" for=1.2.3.4, for=203.0.113.9 ",
+        }];
+        assert_eq!(client_ip(proxy, &parsed[..], &trusted), ip("203.0.113.9"));
         // A long chain is walked without trouble and still ends right.
         let long = format!("{}203.0.113.10", "10.0.0.9, ".repeat(5000));
         let h = headers(&[("x-forwarded-for", &long)]);

@@ -22,8 +22,17 @@ pub struct EngineQuery {
 
 impl EngineQuery {
     pub fn of<B>(req: &Request<B>) -> Self {
+        Self::of_query(req.uri().query().unwrap_or(""))
+    }
+
+    /// From a request target as sent (`/path?query`).
+    pub fn of_target(target: &str) -> Self {
+        Self::of_query(target.split_once('?').map_or("", |(_, q)| q))
+    }
+
+    fn of_query(query: &str) -> Self {
         let mut q = EngineQuery::default();
-        for pair in req.uri().query().unwrap_or("").split('&') {
+        for pair in query.split('&') {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             match key {
                 "EIO" => q.engine_io = true,
@@ -146,6 +155,10 @@ mod tests {
         assert_eq!(q.sid.as_deref(), Some("Ab-_1"));
         assert!(!q.is_polling_handshake(&Method::GET));
         assert_eq!(EngineQuery::of(&req("/demo")), EngineQuery::default());
+        assert_eq!(
+            EngineQuery::of_target("/socket.io/?EIO=4&transport=websocket&sid=Ab-_1&t=1"),
+            EngineQuery::of(&req("/socket.io/?EIO=4&transport=websocket&sid=Ab-_1&t=1"))
+        );
         assert!(!EngineQuery::of(&req("/x?sid=&&=&EIO")).is_polling_handshake(&Method::PUT));
     }
 

@@ -5,10 +5,11 @@
 //!   ([`client_ip`], [`router`], `stickyio_shared::placement`).
 //! - Pinning: `sid → node` learned from polling handshakes ([`pinning`],
 //!   [`engineio`], [`sniff`]).
-//! - Proxying: one forwarding path for streamed HTTP and relayed websockets
-//!   ([`proxy`], [`node_conn`], [`wire`], [`relay`], [`forwarding`]), in
-//!   per-session order ([`ordering`]), behind [`limits`], optionally over
-//!   [`tls`].
+//! - Proxying: the gateway's own HTTP/1 on both sides ([`client_conn`],
+//!   [`client_wire`] towards clients; [`node_conn`], [`wire`] towards
+//!   nodes), one forwarding path for streamed HTTP and relayed websockets
+//!   ([`proxy`], [`relay`], [`forwarding`]), in per-session order
+//!   ([`ordering`]), behind [`limits`], optionally over [`tls`].
 //! - Threads: client connections on single-threaded [`workers`], one per
 //!   client address.
 //! - Operations: [`health_check`], [`reload`], [`admin`] (with its
@@ -19,7 +20,9 @@
 pub mod admin;
 pub mod body;
 pub mod cli;
+pub mod client_conn;
 pub mod client_ip;
+pub mod client_wire;
 pub mod engineio;
 pub mod forwarding;
 pub mod gateway;

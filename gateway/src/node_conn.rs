@@ -1,5 +1,5 @@
 //! One HTTP/1.1 connection from the gateway to a node: write a request,
-//! read the response head, stream the response body back to hyper.
+//! read the response head, stream the response body back to the client.
 //!
 //! Each client connection keeps at most one idle node connection
 //! ([`Reuse`]), HAProxy's model: a client almost always talks to one node,

@@ -1,51 +1,50 @@
-//! The public listener's request handler: route, take the session's turn,
-//! forward, stream back. Plain requests and upgrades take this one path;
-//! only the answer differs (a streamed body, or a relayed connection).
+//! The public listener's request handling: route, take the session's turn,
+//! forward, and hand the answer back to the client connection
+//! ([`crate::client_conn`]), which writes it. Plain requests and upgrades
+//! take this one path; only the answer differs (a streamed body, or a
+//! relayed connection).
 //!
-//! Bodies stream in both directions; nothing is buffered whole. A request
-//! without a body that fails to *connect* is retried on the next rendezvous
-//! choice (after ejecting the dead node), so a node that just died costs a
-//! client nothing; a request that reached a node is never retried, except
-//! on a kept-alive connection the node had closed before the request came.
+//! [`prepare`] decides everything the request head tells, while the head
+//! still borrows the connection's read buffer: the route, and the head the
+//! node gets, written straight from the client's headers. [`forward`] then
+//! streams the body (read by the connection, see [`ClientSide`]) and waits
+//! for the node, watching for the client to leave.
+//!
+//! Nothing is buffered whole. A request without a body that fails to
+//! *connect* is retried on the next rendezvous choice (after ejecting the
+//! dead node), so a node that just died costs a client nothing; a request
+//! that reached a node is never retried, except on a kept-alive connection
+//! the node had closed before the request came.
 
-use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{
-    CONNECTION, CONTENT_LENGTH, EXPECT, HOST, HeaderValue, SEC_WEBSOCKET_EXTENSIONS,
-    TRANSFER_ENCODING, UPGRADE,
-};
-use http::request::Parts;
-use http::{Method, Request, Response, StatusCode};
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, HeaderValue};
+use http::{HeaderMap, Method, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::{Body as _, Incoming};
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use serde_json::json;
-use stickyio_shared::connection_limit::Counted;
 use stickyio_shared::placement::canonical_ip;
-use tokio::net::TcpStream;
 
-use crate::body::{self, Body};
+use crate::body::{self, BoxError};
 use crate::client_ip::{client_ip, is_trusted};
+use crate::client_wire::{BodyLength, RequestHead};
 use crate::engineio::EngineQuery;
-use crate::forwarding::{NODE_HEADER, rewrite_request, rewrite_response};
-use crate::limits;
+use crate::forwarding::{Forwarding, NODE_HEADER, NodeHead, encode_node_head, rewrite_response};
+use crate::limits::{self, TooLarge};
 use crate::node_conn::{NodeBody, NodeConn, NodeError, Reuse};
 use crate::open_packet;
 use crate::ordering::Turn;
-use crate::relay;
-use crate::route_tag::Tagged;
+use crate::relay::{self, ClientStream};
 use crate::router::{self, Reason, Route};
-use crate::sniff::{CloseObserver, Observed};
+use crate::sniff::{CloseObserver, Observed, Watch};
 use crate::state::State;
-use crate::upstream::{Transition, Upstream};
-use crate::wire::{self, RequestBody, ResponseHead};
+use crate::upstream::{Snapshot, Transition, Upstream};
+use crate::wire::{self, RequestBody, ResponseHead, WireError};
 
 /// One client connection's context.
-#[derive(Clone)]
 pub struct Conn {
     pub peer: SocketAddr,
     /// Arrived over TLS: told to the node as `proto=https`.
@@ -54,24 +53,112 @@ pub struct Conn {
     pub reuse: Reuse,
 }
 
-pub async fn handle(
-    state: Arc<State>,
-    conn: Conn,
-    mut req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
-    let snapshot = state.snapshot();
+/// The client connection as the forwarding sees it: where the request body
+/// comes from, and whether the client is still there.
+pub trait ClientSide: Send {
+    /// Appends the next bytes of the request body (decoded) to `out`;
+    /// `Ok(false)` once the body is complete.
+    fn body_into(
+        &mut self,
+        out: &mut Vec<u8>,
+    ) -> impl Future<Output = Result<bool, BodyError>> + Send;
+    /// Resolves once the client has closed the connection.
+    fn gone(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// Why the request body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error(transparent)]
+    TooLarge(#[from] TooLarge),
+    #[error("the client closed the connection in the middle of the body")]
+    Closed,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("bad chunked body: {0}")]
+    Chunked(#[from] WireError),
+}
+
+/// The gateway's own JSON answer.
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: String,
+}
+
+/// What the client connection writes back.
+// One per request, moved once: boxing the node's answer would cost an
+// allocation per request.
+#[allow(clippy::large_enum_variant)]
+pub enum Reply {
+    Answer(Answer),
+    /// The node's answer, headers rewritten for the client.
+    Node {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: ReplyBody,
+    },
+    /// A `101`: answer it, then relay.
+    Upgrade(Box<Upgraded>),
+    /// The client left before the answer came; the node's request is dropped.
+    Gone,
+}
+
+/// A node's response body on its way to the client.
+pub enum ReplyBody {
+    Node(NodeBody),
+    /// A session's long poll, watched for a close packet.
+    Watched(Observed<NodeBody, CloseObserver>),
+    /// Read whole (a route-tagged handshake).
+    Full(Bytes),
+}
+
+impl ReplyBody {
+    /// The next piece; `None` at the end.
+    pub async fn next(&mut self) -> Option<Result<Bytes, BoxError>> {
+        let frame = match self {
+            ReplyBody::Node(body) => body.frame().await,
+            ReplyBody::Watched(body) => body.frame().await,
+            ReplyBody::Full(bytes) if bytes.is_empty() => None,
+            ReplyBody::Full(bytes) => return Some(Ok(std::mem::take(bytes))),
+        };
+        match frame? {
+            Ok(frame) => Some(Ok(frame.into_data().unwrap_or_default())),
+            Err(e) => Some(Err(e)),
+        }
+    }
+}
+
+/// A request ready to go: routed, its node head written.
+pub struct Request<'s> {
+    method: Method,
+    query: EngineQuery,
+    route: Route<'s>,
+    /// The node's request head, before the sid is rewritten into it.
+    head: Vec<u8>,
+    framing: RequestBody,
+    upgrade: bool,
+}
+
+/// Routes a parsed request and writes its node head. A request refused
+/// here (bad sid, no node, declared body too large) gets its answer.
+pub fn prepare<'s>(
+    state: &State,
+    snapshot: &'s Snapshot,
+    conn: &Conn,
+    head: &RequestHead<'_, '_>,
+) -> Result<Request<'s>, Answer> {
     let config = &snapshot.config;
     let peer_ip = canonical_ip(conn.peer.ip());
     let peer_trusted = is_trusted(peer_ip, &config.trusted_proxies);
-    let ip = client_ip(peer_ip, req.headers(), &config.trusted_proxies);
-    let query = EngineQuery::of(&req);
+    let ip = client_ip(peer_ip, head.headers, &config.trusted_proxies);
+    let query = EngineQuery::of_target(head.target);
     let session = match query.sid.as_deref().map(|sid| state.route_keys.open(sid)) {
         None => None,
         Some(Ok(tagged)) => Some(tagged),
         Some(Err(e)) => {
             state.metrics.rejected("invalid_sid");
             tracing::debug!(peer = %conn.peer, error = %e, "request refused: bad sid");
-            return Ok(body::error(
+            return Err(answer(
                 StatusCode::BAD_REQUEST,
                 "invalid_sid",
                 e.to_string(),
@@ -80,66 +167,105 @@ pub async fn handle(
         }
     };
     let route = match &session {
-        Some(tagged) => router::session(&snapshot, ip, state.session_node(&snapshot, tagged)),
-        None => router::route(&snapshot, ip),
+        Some(tagged) => router::session(snapshot, ip, state.session_node(snapshot, tagged)),
+        None => router::route(snapshot, ip),
     };
-    if route.node().is_none() {
+    let Some(first) = route.node() else {
         state.metrics.rejected("no_healthy_node");
-        return Ok(body::error(
+        return Err(answer(
             StatusCode::SERVICE_UNAVAILABLE,
             "no_healthy_node",
             route.reason.to_string(),
             json!({ "client_key": route.key.to_string() }),
         ));
-    }
+    };
     if let Reason::FailOpen { .. } = route.reason {
         state.metrics.fail_open_requests().inc();
     }
-    let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let max_body = config.limits.max_body_bytes;
-    if upgrade.is_none() && limits::declared_too_large(req.headers(), max_body) {
+    if !head.upgrade && limits::declared_too_large(head.body, max_body) {
         state.metrics.rejected("body_too_large");
-        return Ok(too_large(max_body));
+        return Err(too_large(max_body));
     }
+    let framing = match (head.upgrade, head.body) {
+        (true, _) | (false, BodyLength::None) => RequestBody::None,
+        (false, BodyLength::Length(_)) => RequestBody::Length,
+        (false, BodyLength::Chunked) => RequestBody::Chunked,
+    };
+    // Nodes see only their own sids.
+    let target = match (&session, &query.sid) {
+        (Some(tagged), Some(sid)) => with_node_sid(head.target, sid, &tagged.node_sid),
+        _ => [head.target, "", ""],
+    };
+    let node_head = NodeHead {
+        method: &head.method,
+        target,
+        framing,
+        upgrade: head.upgrade,
+        // The first frame of a websocket-only session carries the sid the
+        // gateway rewrites: it must not be compressed.
+        no_extensions: head.upgrade && query.engine_io && query.sid.is_none(),
+        default_host: Some(first.addr.as_str()),
+    };
+    let forwarding = Forwarding {
+        peer: peer_ip,
+        peer_trusted,
+        proto: if conn.tls { "https" } else { "http" },
+    };
+    let mut out = Vec::with_capacity(512);
+    encode_node_head(&mut out, &node_head, head.headers, forwarding);
+    Ok(Request {
+        method: head.method.clone(),
+        query,
+        route,
+        head: out,
+        framing,
+        upgrade: head.upgrade,
+    })
+}
+
+/// `target` cut around the value of its first `sid=<sid>` parameter,
+/// `node_sid` in its place.
+fn with_node_sid<'a>(target: &'a str, sid: &str, node_sid: &'a str) -> [&'a str; 3] {
+    let Some(start) = target
+        .match_indices("sid=")
+        .filter(|(at, _)| matches!(target.as_bytes().get(at.wrapping_sub(1)), Some(b'?' | b'&')))
+        .map(|(at, _)| at + "sid=".len())
+        .find(|at| target[*at..].starts_with(sid))
+    else {
+        return [target, "", ""];
+    };
+    [&target[..start], node_sid, &target[start + sid.len()..]]
+}
+
+/// Forwards a prepared request: waits for the session's turn, sends head
+/// and body, and gives back the node's answer.
+pub async fn forward<C: ClientSide>(
+    state: &Arc<State>,
+    conn: &Conn,
+    req: Request<'_>,
+    client: &mut C,
+) -> Reply {
+    let limits = &state.snapshot().config.limits;
     // The session's place in line is taken before anything can await.
-    let turn = match &query.sid {
+    let turn = match &req.query.sid {
         Some(sid) => Some(state.order.enter(sid).await),
         None => None,
     };
     let exchange = Exchange {
-        state: &state,
+        state,
         reuse: &conn.reuse,
-        proto: if conn.tls { "https" } else { "http" },
-        peer_ip,
-        peer_trusted,
-        max_body,
-        idle: config.limits.idle_timeout.get(),
-        handshake: query.engine_io && query.sid.is_none(),
-        handshake_timeout: config.limits.handshake_timeout.get(),
+        max_body: limits.max_body_bytes,
+        idle: limits.idle_timeout.get(),
+        handshake: req.query.engine_io && req.query.sid.is_none(),
+        handshake_timeout: limits.handshake_timeout.get(),
     };
-    Ok(exchange
-        .forward(req, upgrade, &query, session.as_ref(), &route, turn)
-        .await)
-}
-
-/// `Connection: upgrade` together with an `Upgrade` protocol.
-pub fn is_upgrade<B>(req: &Request<B>) -> bool {
-    let connection_upgrade = req
-        .headers()
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    connection_upgrade && req.headers().contains_key(UPGRADE)
+    exchange.forward(req, client, turn).await
 }
 
 struct Exchange<'a> {
     state: &'a Arc<State>,
     reuse: &'a Reuse,
-    proto: &'static str,
-    peer_ip: IpAddr,
-    peer_trusted: bool,
     max_body: u64,
     idle: Duration,
     /// An Engine.IO handshake: answered at once by a working node.
@@ -152,164 +278,128 @@ enum Failed {
     /// Nothing reached the node: the next candidate may take the request.
     Connect(String),
     /// The answer to give the client.
-    Answer(Response<Body>),
+    Answer(Answer),
+    /// The client left: the request is dropped.
+    Gone,
+}
+
+/// The rest of the request body, still with the client.
+struct ClientBody<'c, C> {
+    client: &'c mut C,
+    /// Body bytes are still to be read.
+    pending: bool,
+    framing: RequestBody,
+    /// A session's `POST`, watched for a close packet.
+    watch: Option<Watch<CloseObserver>>,
+}
+
+impl<C: ClientSide> ClientBody<'_, C> {
+    /// Appends the next piece of the body to `out`, framed for the node.
+    async fn next(&mut self, out: &mut Vec<u8>) -> Result<(), BodyError> {
+        let start = out.len();
+        let more = self.client.body_into(out).await?;
+        self.pending = more;
+        if let Some(watch) = self.watch.as_mut() {
+            watch.see(&out[start..]);
+            if !more {
+                watch.ended();
+            }
+        }
+        if self.framing == RequestBody::Chunked {
+            wire::frame_chunk(out, start);
+            if !more {
+                out.extend_from_slice(wire::LAST_CHUNK);
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Exchange<'_> {
-    async fn forward(
+    async fn forward<C: ClientSide>(
         &self,
-        req: Request<Incoming>,
-        upgrade: Option<OnUpgrade>,
-        query: &EngineQuery,
-        session: Option<&Tagged>,
-        route: &Route<'_>,
+        req: Request<'_>,
+        client: &mut C,
         mut turn: Option<Turn>,
-    ) -> Response<Body> {
+    ) -> Reply {
+        let Request {
+            method,
+            query,
+            route,
+            mut head,
+            framing,
+            upgrade,
+        } = req;
         let pinned = route.reason == Reason::Session;
-        let (mut parts, body) = req.into_parts();
-        let protocol = parts.headers.get(UPGRADE).cloned();
-        let client_chunked = parts.headers.contains_key(TRANSFER_ENCODING);
-        rewrite_request(
-            &mut parts.headers,
-            self.peer_ip,
-            self.peer_trusted,
-            self.proto,
-        );
-        // hyper answered any `Expect: 100-continue` itself, and decoded a
-        // chunked body: its length is not the one a `Content-Length` beside
-        // it claims (request smuggling), so only the chunks go on.
-        parts.headers.remove(EXPECT);
-        if client_chunked {
-            parts.headers.remove(CONTENT_LENGTH);
-        }
-        // The first frame of a websocket-only session carries the sid the
-        // gateway rewrites: it must not be compressed.
-        if upgrade.is_some() && query.engine_io && query.sid.is_none() {
-            parts.headers.remove(SEC_WEBSOCKET_EXTENSIONS);
-        }
-        if !parts.headers.contains_key(HOST)
-            && let Some(first) = route.node()
-            && let Ok(host) = HeaderValue::from_str(first.addr.as_str())
-        {
-            parts.headers.insert(HOST, host);
-        }
-        let mut body = match upgrade {
-            Some(_) => None,
-            None => (!body.is_end_stream()).then(|| self.request_body(body, &parts, query)),
+        let watch = match (&query.sid, method == Method::POST) {
+            (Some(sid), true) => Some(Watch::new(CloseObserver {
+                pins: self.state.pins.clone(),
+                sid: sid.clone(),
+            })),
+            _ => None,
         };
-        let framing = match (&body, upgrade.is_some()) {
-            (_, true) => {
-                if let Some(protocol) = protocol {
-                    parts.headers.insert(UPGRADE, protocol);
-                }
-                parts
-                    .headers
-                    .insert(CONNECTION, HeaderValue::from_static("upgrade"));
-                RequestBody::None
-            }
-            (None, false) => RequestBody::None,
-            (Some(_), false) if parts.headers.contains_key(CONTENT_LENGTH) => RequestBody::Length,
-            (Some(_), false) => RequestBody::Chunked,
+        let mut body = ClientBody {
+            client,
+            pending: framing != RequestBody::None,
+            framing,
+            watch,
         };
-        let mut head = Vec::with_capacity(512);
-        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        // Nodes see only their own sids.
-        let target = match (session, &query.sid) {
-            (Some(tagged), Some(sid)) => std::borrow::Cow::Owned(target.replacen(
-                &format!("sid={sid}"),
-                &format!("sid={}", tagged.node_sid),
-                1,
-            )),
-            _ => std::borrow::Cow::Borrowed(target),
-        };
-        wire::encode_request_head(&mut head, &parts.method, &target, &parts.headers, framing);
-        // The head is encoded: let go of hyper's parsed request now. Its
-        // header values share hyper's read buffer, and while any of them
-        // lives hyper cannot reuse that buffer for the read it keeps open
-        // during a long poll: it allocates another (24 KiB per idle polling
-        // session, measured with massif).
-        let method = parts.method.clone();
-        drop(target);
-        drop(parts);
-        // The body's first frame (a whole polling payload, usually) goes in
+        // The body's first piece (a whole polling payload, usually) goes in
         // the head's write: one system call instead of two.
-        if let Some(b) = body.as_mut() {
-            match b.frame().await {
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        encode_body(&mut head, framing, &data);
-                    }
-                }
-                Some(Err(e)) => return self.body_failed(&*e),
-                None => {}
-            }
-            if b.is_end_stream() {
-                if framing == RequestBody::Chunked {
-                    head.extend_from_slice(wire::LAST_CHUNK);
-                }
-                body = None;
-            }
+        if body.pending
+            && let Err(e) = body.next(&mut head).await
+        {
+            return Reply::Answer(self.body_failed(&e));
         }
-        let mut upgrade = upgrade;
         let mut errors = Vec::new();
-        let bodyless = body.is_none() && framing == RequestBody::None;
+        let bodyless = !body.pending && framing == RequestBody::None;
         for upstream in route.candidates() {
             let retryable = bodyless && !pinned;
             let outgoing = Outgoing {
                 method: &method,
                 head: &head,
-                framing,
             };
             match self
-                .attempt(upstream, &outgoing, body.take(), &mut turn, retryable)
+                .attempt(upstream, &outgoing, &mut body, &mut turn, retryable)
                 .await
             {
                 Ok((conn, response)) => {
-                    return match upgrade.take() {
-                        Some(client) if response.status == StatusCode::SWITCHING_PROTOCOLS => {
-                            self.relay(upstream, query, client, conn, response)
-                        }
-                        _ => self.respond(upstream, query, &method, conn, response).await,
+                    return if upgrade && response.status == StatusCode::SWITCHING_PROTOCOLS {
+                        Reply::Upgrade(Box::new(Upgraded {
+                            state: self.state.clone(),
+                            upstream: upstream.clone(),
+                            query,
+                            conn,
+                            head: response,
+                        }))
+                    } else {
+                        self.respond(upstream, &query, &method, conn, response)
+                            .await
                     };
                 }
-                Err(Failed::Answer(answer)) => return answer,
+                Err(Failed::Answer(answer)) => return Reply::Answer(answer),
+                Err(Failed::Gone) => return Reply::Gone,
                 Err(Failed::Connect(error)) if retryable => errors.push(error),
                 Err(Failed::Connect(error)) => {
                     // The session lives only there, or the body went with the attempt.
-                    return body::error(
+                    return Reply::Answer(answer(
                         StatusCode::BAD_GATEWAY,
                         "node_unreachable",
                         error,
                         json!({ "node": upstream.name }),
-                    );
+                    ));
                 }
             }
         }
-        unreachable(self.state, &errors)
-    }
-
-    /// The client's body, limited, and watched for a close packet on a
-    /// session's `POST`.
-    fn request_body(&self, body: Incoming, parts: &Parts, query: &EngineQuery) -> Body {
-        let limited = limits::limited(body, self.max_body);
-        match (&query.sid, parts.method == Method::POST) {
-            (Some(sid), true) => {
-                let observer = CloseObserver {
-                    pins: self.state.pins.clone(),
-                    sid: sid.clone(),
-                };
-                Observed::new(limited, observer).boxed_unsync()
-            }
-            _ => limited,
-        }
+        Reply::Answer(unreachable(self.state, &errors))
     }
 
     /// Sends the request to one node and reads its response head.
-    async fn attempt(
+    async fn attempt<C: ClientSide>(
         &self,
         upstream: &Arc<Upstream>,
         outgoing: &Outgoing<'_>,
-        mut body: Option<Body>,
+        body: &mut ClientBody<'_, C>,
         turn: &mut Option<Turn>,
         retryable: bool,
     ) -> Result<(NodeConn, ResponseHead), Failed> {
@@ -328,7 +418,7 @@ impl Exchange<'_> {
         };
         let sent = tokio::time::timeout(limit, async {
             loop {
-                match self.exchange(&mut conn, outgoing, &mut body, turn).await {
+                match self.exchange(&mut conn, outgoing, body, turn).await {
                     // A kept-alive connection the node closed while idle:
                     // nothing of this request was taken, so send it afresh.
                     Err(Exchanged::Stale) if conn.reused => {
@@ -358,7 +448,7 @@ impl Exchange<'_> {
             }
             Err(_) => {
                 upstream.metrics.upstream_errors.inc();
-                Err(Failed::Answer(body::error(
+                Err(Failed::Answer(answer(
                     StatusCode::GATEWAY_TIMEOUT,
                     "node_timeout",
                     format!("{} did not answer within {limit:?}", upstream.name),
@@ -382,15 +472,15 @@ impl Exchange<'_> {
     }
 
     /// Writes head and body on `conn`, ends the session's turn once the head
-    /// is out, and reads the response head.
-    async fn exchange(
+    /// is out, and reads the response head, unless the client leaves first.
+    async fn exchange<C: ClientSide>(
         &self,
         conn: &mut NodeConn,
         outgoing: &Outgoing<'_>,
-        body: &mut Option<Body>,
+        body: &mut ClientBody<'_, C>,
         turn: &mut Option<Turn>,
     ) -> Result<ResponseHead, Exchanged> {
-        let stale = conn.reused && body.is_none();
+        let stale = conn.reused && !body.pending;
         let upstream = conn.node.clone();
         if let Err(e) = conn.write(outgoing.head).await {
             return Err(if stale {
@@ -402,8 +492,8 @@ impl Exchange<'_> {
         if let Some(turn) = turn.take() {
             turn.end();
         }
-        if let Some(body) = body.take()
-            && let Err(cut) = self.send_body(conn, body, outgoing.framing).await
+        if body.pending
+            && let Err(cut) = self.send_body(conn, body).await
         {
             return match cut {
                 BodyCut::Client(answer) => Err(Exchanged::Failed(Failed::Answer(answer))),
@@ -420,45 +510,41 @@ impl Exchange<'_> {
                 },
             };
         }
-        match conn.read_head(outgoing.method).await {
+        // A long poll waits here; a client that leaves meanwhile ends it.
+        let read = tokio::select! {
+            read = conn.read_head(outgoing.method) => read,
+            () = body.client.gone() => return Err(Exchanged::Failed(Failed::Gone)),
+        };
+        match read {
             Ok(head) => Ok(head),
             Err(NodeError::Closed | NodeError::Io(_)) if stale => Err(Exchanged::Stale),
             Err(e) => Err(Exchanged::Failed(self.node_failed(&upstream, &e))),
         }
     }
 
-    async fn send_body(
+    async fn send_body<C: ClientSide>(
         &self,
         conn: &mut NodeConn,
-        mut body: Body,
-        framing: RequestBody,
+        body: &mut ClientBody<'_, C>,
     ) -> Result<(), BodyCut> {
         let mut out = Vec::new();
-        while let Some(frame) = body.frame().await {
-            let data = match frame {
-                Ok(frame) => match frame.into_data() {
-                    Ok(data) => data,
-                    Err(_) => continue,
-                },
-                Err(e) => return Err(BodyCut::Client(self.body_failed(&*e))),
-            };
+        while body.pending {
             out.clear();
-            encode_body(&mut out, framing, &data);
+            if let Err(e) = body.next(&mut out).await {
+                return Err(BodyCut::Client(self.body_failed(&e)));
+            }
             conn.write(&out).await.map_err(BodyCut::Node)?;
-        }
-        if framing == RequestBody::Chunked {
-            conn.write(wire::LAST_CHUNK).await.map_err(BodyCut::Node)?;
         }
         Ok(())
     }
 
     /// The client's body failed: over the limit (413), or cut off.
-    fn body_failed(&self, e: &(dyn std::error::Error + 'static)) -> Response<Body> {
-        if limits::is_body_too_large(e) {
+    fn body_failed(&self, e: &BodyError) -> Answer {
+        if let BodyError::TooLarge(_) = e {
             self.state.metrics.rejected("body_too_large");
             return too_large(self.max_body);
         }
-        body::error(
+        answer(
             StatusCode::BAD_REQUEST,
             "body_failed",
             format!("the request body could not be read: {e}"),
@@ -485,7 +571,7 @@ impl Exchange<'_> {
         method: &Method,
         conn: NodeConn,
         head: ResponseHead,
-    ) -> Response<Body> {
+    ) -> Reply {
         let pins = &self.state.pins;
         let body = NodeBody::new(conn, &head, self.reuse.clone());
         let ResponseHead {
@@ -496,8 +582,8 @@ impl Exchange<'_> {
         rewrite_response(&mut headers, &upstream.name);
         let body = if query.is_polling_handshake(method) && status == StatusCode::OK {
             match self.tag_handshake(upstream, body, &mut headers).await {
-                Ok(body) => body,
-                Err(answer) => return answer,
+                Ok(bytes) => ReplyBody::Full(bytes),
+                Err(answer) => return Reply::Answer(answer),
             }
         } else if let Some(sid) = &query.sid {
             if status == StatusCode::BAD_REQUEST {
@@ -511,17 +597,18 @@ impl Exchange<'_> {
                     pins: pins.clone(),
                     sid: sid.clone(),
                 };
-                Observed::new(body, observer).boxed_unsync()
+                ReplyBody::Watched(Observed::new(body, observer))
             } else {
-                body.boxed_unsync()
+                ReplyBody::Node(body)
             }
         } else {
-            body.boxed_unsync()
+            ReplyBody::Node(body)
         };
-        let mut response = Response::new(body);
-        *response.status_mut() = status;
-        *response.headers_mut() = headers;
-        response
+        Reply::Node {
+            status,
+            headers,
+            body,
+        }
     }
 
     /// Reads a polling handshake's body whole (it is one small open packet)
@@ -530,8 +617,8 @@ impl Exchange<'_> {
         &self,
         upstream: &Arc<Upstream>,
         body: NodeBody,
-        headers: &mut http::HeaderMap,
-    ) -> Result<Body, Response<Body>> {
+        headers: &mut HeaderMap,
+    ) -> Result<Bytes, Answer> {
         let read = http_body_util::Limited::new(body, MAX_HANDSHAKE_BODY).collect();
         let bytes = match tokio::time::timeout(self.handshake_timeout, read).await {
             Ok(Ok(collected)) => collected.to_bytes(),
@@ -554,34 +641,49 @@ impl Exchange<'_> {
         let Some(open) = open_packet::rewrite_polling(&bytes, |sid| {
             keys.seal(&upstream.name, upstream.addr.as_str(), sid)
         }) else {
-            return Ok(body::full(bytes));
+            return Ok(bytes);
         };
         tracing::debug!(sid = %open.client_sid, node = %upstream.name, "session opened");
         self.state
             .pins
             .learn(&open.client_sid, upstream.clone(), open.silence_limit);
         headers.insert(CONTENT_LENGTH, HeaderValue::from(open.bytes.len()));
-        Ok(body::full(open.bytes))
+        Ok(open.bytes.into())
+    }
+}
+
+/// A node's `101`: the client connection answers it, then hands itself to
+/// [`Upgraded::relay`].
+pub struct Upgraded {
+    state: Arc<State>,
+    upstream: Arc<Upstream>,
+    query: EngineQuery,
+    conn: NodeConn,
+    head: ResponseHead,
+}
+
+impl Upgraded {
+    /// The `101`'s headers for the client: the node's, with the node named.
+    /// Upgrade and Connection stay: they are the 101's meaning.
+    pub fn headers(&self) -> HeaderMap {
+        let mut headers = self.head.headers.clone();
+        if let Ok(name) = HeaderValue::from_str(&self.upstream.name) {
+            headers.insert(NODE_HEADER, name);
+        }
+        headers
     }
 
-    /// Answers `101` and relays the two connections until either side closes.
-    fn relay(
-        &self,
-        upstream: &Arc<Upstream>,
-        query: &EngineQuery,
-        client: OnUpgrade,
-        conn: NodeConn,
-        head: ResponseHead,
-    ) -> Response<Body> {
-        let mut to_client = Response::new(body::empty());
-        *to_client.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        *to_client.headers_mut() = head.headers;
-        if let Ok(name) = HeaderValue::from_str(&upstream.name) {
-            // Upgrade and Connection stay: they are the 101's meaning.
-            to_client.headers_mut().insert(NODE_HEADER, name);
-        }
-        let state = self.state.clone();
-        let upstream = upstream.clone();
+    /// Relays the two connections until either side closes (or the
+    /// shutdown grace ends). `client_early` is what the client sent past
+    /// its request head.
+    pub async fn relay<S: ClientStream>(self, client: S, client_early: &[u8]) {
+        let Upgraded {
+            state,
+            upstream,
+            query,
+            conn,
+            ..
+        } = self;
         upstream.metrics.websockets.inc();
         // The session's client-visible sid: known now for an upgrade from
         // polling, learned from the first frame for a websocket-only one.
@@ -615,40 +717,21 @@ impl Exchange<'_> {
         };
         let flush = query.sid.as_deref().map(|sid| state.order.relay(sid));
         let (node, early) = conn.into_parts();
-        state.tasks.clone().spawn(async move {
-            let relayed = async {
-                let client = client.await?;
-                // A plain TCP client gets the readiness-driven relay, which
-                // holds no buffer while the websocket is idle.
-                let copied = match client.downcast::<TokioIo<Counted<TcpStream>>>() {
-                    Ok(parts) => {
-                        // What hyper read past the request, copied: its
-                        // `Bytes` would keep hyper's whole read buffer alive.
-                        let client_early = parts.read_buf.to_vec();
-                        drop(parts.read_buf);
-                        let socket = parts.io.inner().get_ref();
-                        relay::run_sockets(socket, &client_early, node, early, flush, tag).await?
-                    }
-                    Err(client) => relay::run(TokioIo::new(client), node, early, flush, tag).await?,
-                };
-                Ok::<_, crate::body::BoxError>(copied)
-            };
-            tokio::select! {
-                result = relayed => match result {
-                    Ok((up, down)) => tracing::debug!(node = %upstream.name, up, down, "websocket closed"),
-                    Err(e) => tracing::debug!(node = %upstream.name, error = %e, "websocket ended"),
-                },
-                () = state.relays.cancelled() => tracing::debug!(node = %upstream.name, "websocket cut at shutdown"),
-            }
-            upstream.metrics.websockets.dec();
-            let sid = sid.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if let Some(sid) = sid {
-                // The websocket carried the session; its end is the session's end.
-                state.pins.websocket(&sid, false);
-                state.pins.forget(&sid);
-            }
-        });
-        to_client
+        let relayed = relay::run_client(client, client_early, node, early, flush, tag);
+        tokio::select! {
+            result = relayed => match result {
+                Ok((up, down)) => tracing::debug!(node = %upstream.name, up, down, "websocket closed"),
+                Err(e) => tracing::debug!(node = %upstream.name, error = %e, "websocket ended"),
+            },
+            () = state.relays.cancelled() => tracing::debug!(node = %upstream.name, "websocket cut at shutdown"),
+        }
+        upstream.metrics.websockets.dec();
+        let sid = sid.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(sid) = sid {
+            // The websocket carried the session; its end is the session's end.
+            state.pins.websocket(&sid, false);
+            state.pins.forget(&sid);
+        }
     }
 }
 
@@ -657,17 +740,16 @@ impl Exchange<'_> {
 const MAX_HANDSHAKE_BODY: usize = 64 * 1024;
 
 /// A request as it goes to any node: its head (with what was already read
-/// of the body) and how the rest of the body is framed.
+/// of the body).
 struct Outgoing<'a> {
     method: &'a Method,
     head: &'a [u8],
-    framing: RequestBody,
 }
 
 /// Why a request body stopped on its way to the node.
 enum BodyCut {
     /// The client's side failed (over the limit, or cut off): this answer.
-    Client(Response<Body>),
+    Client(Answer),
     /// The node stopped taking it.
     Node(std::io::Error),
 }
@@ -683,17 +765,23 @@ enum Exchanged {
     Failed(Failed),
 }
 
-fn encode_body(out: &mut Vec<u8>, framing: RequestBody, data: &[u8]) {
-    match framing {
-        RequestBody::Chunked => wire::encode_chunk(out, data),
-        _ => out.extend_from_slice(data),
+/// A gateway error answer: `{"error": code, "message": …}` plus `extra`.
+pub fn answer(
+    status: StatusCode,
+    code: &str,
+    message: impl Into<String>,
+    extra: serde_json::Value,
+) -> Answer {
+    Answer {
+        status,
+        body: body::error_json(code, message, extra).to_string(),
     }
 }
 
 /// Every candidate refused the connection: no node can take the client now.
-fn unreachable(state: &State, errors: &[String]) -> Response<Body> {
+fn unreachable(state: &State, errors: &[String]) -> Answer {
     state.metrics.rejected("no_healthy_node");
-    body::error(
+    answer(
         StatusCode::SERVICE_UNAVAILABLE,
         "no_healthy_node",
         format!("no node accepted the connection: {}", errors.join("; ")),
@@ -701,8 +789,8 @@ fn unreachable(state: &State, errors: &[String]) -> Response<Body> {
     )
 }
 
-pub fn bad_gateway(upstream: &Upstream, message: String) -> Response<Body> {
-    body::error(
+fn bad_gateway(upstream: &Upstream, message: String) -> Answer {
+    answer(
         StatusCode::BAD_GATEWAY,
         "node_failed",
         message,
@@ -710,8 +798,8 @@ pub fn bad_gateway(upstream: &Upstream, message: String) -> Response<Body> {
     )
 }
 
-fn too_large(max: u64) -> Response<Body> {
-    body::error(
+fn too_large(max: u64) -> Answer {
+    answer(
         StatusCode::PAYLOAD_TOO_LARGE,
         "body_too_large",
         format!("request bodies are limited to {max} bytes"),
@@ -723,30 +811,16 @@ fn too_large(max: u64) -> Response<Body> {
 mod tests {
     use super::*;
 
-    fn req(headers: &[(&'static str, &'static str)]) -> Request<()> {
-        let mut r = Request::get("/socket.io/?EIO=4&transport=websocket");
-        for (k, v) in headers {
-            r = r.header(*k, *v);
-        }
-        r.body(()).unwrap()
-    }
-
     #[test]
-    fn an_upgrade_needs_both_headers() {
-        assert!(is_upgrade(&req(&[
-            ("connection", "keep-alive, Upgrade"),
-            ("upgrade", "websocket")
-        ])));
-        assert!(is_upgrade(&req(&[
-            ("connection", "close"),
-            ("connection", "upgrade"),
-            ("upgrade", "h2c")
-        ])));
-        assert!(!is_upgrade(&req(&[("upgrade", "websocket")])));
-        assert!(!is_upgrade(&req(&[("connection", "upgrade")])));
-        assert!(!is_upgrade(&req(&[
-            ("connection", "upgraded"),
-            ("upgrade", "websocket")
-        ])));
+    fn the_node_sees_its_own_sid() {
+        assert_eq!(
+            with_node_sid("/s/?EIO=4&sid=abc.tag&t=1", "abc.tag", "abc").concat(),
+            "/s/?EIO=4&sid=abc&t=1"
+        );
+        assert_eq!(
+            with_node_sid("/s/?xsid=q&sid=q", "q", "n").concat(),
+            "/s/?xsid=q&sid=n"
+        );
+        assert_eq!(with_node_sid("/s/?sid=", "q", "n").concat(), "/s/?sid=");
     }
 }

@@ -24,6 +24,8 @@ use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use stickyio_shared::connection_limit::Counted;
+
 use crate::open_packet::{self, FirstFrame};
 use crate::ordering::RelayHandle;
 
@@ -35,10 +37,47 @@ const MAX_FIRST_FRAME: usize = 16 * 1024;
 /// Makes the client's sid from the node's, for a websocket-only session.
 pub type TagSid = Box<dyn FnOnce(&str) -> String + Send>;
 
+/// A client connection: any stream, and the plain TCP socket under it when
+/// there is one, for readiness-driven I/O.
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {
+    /// `None` over TLS.
+    fn socket(&self) -> Option<&TcpStream>;
+}
+
+impl ClientStream for Counted<TcpStream> {
+    fn socket(&self) -> Option<&TcpStream> {
+        Some(self.get_ref())
+    }
+}
+
+impl ClientStream for tokio_rustls::server::TlsStream<Counted<TcpStream>> {
+    fn socket(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+/// Relays `client` with [`run_sockets`] when it is a plain socket, [`run`]
+/// otherwise. `client_early` is what the client sent past its upgrade
+/// request.
+pub async fn run_client<C: ClientStream>(
+    client: C,
+    client_early: &[u8],
+    node: TcpStream,
+    early: BytesMut,
+    flush: Option<RelayHandle>,
+    tag: Option<TagSid>,
+) -> io::Result<(u64, u64)> {
+    match client.socket() {
+        Some(socket) => run_sockets(socket, client_early, node, early, flush, tag).await,
+        None => run(client, client_early, node, early, flush, tag).await,
+    }
+}
+
 /// Relays until both directions have ended; returns the bytes sent up (client
 /// to node) and down. `early` is what the node sent right after its `101`.
 pub async fn run<C>(
     client: C,
+    client_early: &[u8],
     node: TcpStream,
     early: BytesMut,
     flush: Option<RelayHandle>,
@@ -52,7 +91,8 @@ where
     let up = async {
         let mut flush = flush;
         let mut buf = vec![0u8; BUFFER];
-        let mut sent = 0u64;
+        let mut sent = client_early.len() as u64;
+        node_w.write_all(client_early).await?;
         loop {
             let requests = async {
                 match flush.as_mut() {
@@ -205,7 +245,7 @@ impl Direction {
 }
 
 /// [`run`] for a plain TCP client: readiness-driven, see the module doc.
-/// `client_early` is what hyper had read past the upgrade request.
+/// `client_early` is what the client sent past the upgrade request.
 pub async fn run_sockets(
     client: &TcpStream,
     client_early: &[u8],

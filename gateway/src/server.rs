@@ -2,10 +2,12 @@
 //! their connections. Public connections are served on the
 //! [`crate::workers`], admin ones where they are accepted.
 //!
-//! On shutdown the loops stop accepting and every connection is asked to
-//! finish its in-flight request and close (hyper's graceful shutdown).
-//! With `[tls]`, a public connection is served once its TLS handshake has
-//! finished within the header read timeout.
+//! Public connections are served by the gateway's own HTTP/1 code
+//! ([`crate::client_conn`]), admin ones by hyper's server. On shutdown the
+//! loops stop accepting and every connection finishes its in-flight request
+//! and closes (idle ones at once). With `[tls]`, a public connection is
+//! served once its TLS handshake has finished within the header read
+//! timeout.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,14 +18,13 @@ use futures_util::future::BoxFuture;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin;
-use crate::limits;
+use crate::client_conn;
 use crate::node_conn::Reuse;
-use crate::proxy::{self, Conn};
+use crate::proxy::Conn;
 use crate::state::State;
 use stickyio_shared::connection_limit::{ConnectionLimit, Counted, refuse_busy};
 use tokio::sync::OwnedSemaphorePermit;
@@ -100,10 +101,7 @@ async fn serve_client(
     tls: Option<TlsAcceptor>,
 ) {
     let _ = stream.set_nodelay(true);
-    let limits = state.snapshot().config.limits.clone();
-    let builder = limits::http1_builder(&limits);
-    // The permit goes with the socket, so a websocket keeps it after
-    // hyper hands the connection over to the relay.
+    // The permit goes with the socket, so a websocket keeps it while relayed.
     let stream = Counted::new(stream, permit);
     let conn = Conn {
         peer,
@@ -112,26 +110,35 @@ async fn serve_client(
     };
     let open = state.metrics.connections().clone();
     open.inc();
-    let handler_state = state.clone();
-    let service = service_fn(move |req| proxy::handle(handler_state.clone(), conn.clone(), req));
     match tls {
-        None => drive(&state, &builder, stream, service, peer).await,
-        Some(acceptor) => {
-            let handshake = acceptor.accept(stream);
-            match tokio::time::timeout(limits.header_read_timeout.get(), handshake).await {
-                Ok(Ok(stream)) => drive(&state, &builder, stream, service, peer).await,
-                Ok(Err(e)) => {
-                    state.metrics.rejected("tls_handshake");
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                }
-                Err(_) => {
-                    state.metrics.rejected("tls_handshake");
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                }
-            }
-        }
+        None => client_conn::serve(state.clone(), conn, stream).await,
+        // Boxed: the TLS stream's state stays out of plain connections' futures.
+        Some(acceptor) => Box::pin(serve_tls(state.clone(), conn, stream, acceptor)).await,
     }
     open.dec();
+}
+
+/// A TLS client connection: served once its handshake has finished within
+/// the header read timeout.
+async fn serve_tls(
+    state: Arc<State>,
+    conn: Conn,
+    stream: Counted<TcpStream>,
+    acceptor: TlsAcceptor,
+) {
+    let peer = conn.peer;
+    let timeout = state.snapshot().config.limits.header_read_timeout.get();
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => client_conn::serve(state, conn, stream).await,
+        Ok(Err(e)) => {
+            state.metrics.rejected("tls_handshake");
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            state.metrics.rejected("tls_handshake");
+            tracing::debug!(%peer, "TLS handshake timed out");
+        }
+    }
 }
 
 /// The admin listener.
@@ -140,34 +147,26 @@ pub async fn serve_admin(state: Arc<State>, listener: TcpListener) {
     accept_loop(loop_state, listener, move |stream, peer| {
         let state = state.clone();
         async move {
-            let builder = http1::Builder::new();
             let handler_state = state.clone();
             let service = service_fn(move |req| admin::handle(handler_state.clone(), req));
-            drive(&state, &builder, stream, service, peer).await;
+            drive(&state, stream, service, peer).await;
         }
         .boxed()
     })
     .await;
 }
 
-/// Serves one connection until it closes, or gracefully ends it at shutdown.
-async fn drive<I, S>(
-    state: &State,
-    builder: &http1::Builder,
-    stream: I,
-    service: S,
-    peer: SocketAddr,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+/// Serves one admin connection until it closes, or gracefully ends it at
+/// shutdown.
+async fn drive<S>(state: &State, stream: TcpStream, service: S, peer: SocketAddr)
+where
     S: hyper::service::HttpService<hyper::body::Incoming> + Send,
     S::Future: Send + 'static,
     S::ResBody: Send + 'static,
     <S::ResBody as hyper::body::Body>::Data: Send,
     <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let connection = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
+    let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,

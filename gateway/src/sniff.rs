@@ -30,8 +30,9 @@ pub trait Observer: Send + 'static {
     fn on_end(&mut self, _seen: &[u8], _complete: bool) {}
 }
 
-pub struct Observed<B, O: Observer> {
-    inner: B,
+/// What an observer has seen of one body so far; tells it the end when
+/// dropped.
+pub struct Watch<O: Observer> {
     seen: Vec<u8>,
     overflow: bool,
     ended: bool,
@@ -39,15 +40,51 @@ pub struct Observed<B, O: Observer> {
     observer: O,
 }
 
-impl<B, O: Observer> Observed<B, O> {
-    pub fn new(inner: B, observer: O) -> Self {
-        Observed {
-            inner,
+impl<O: Observer> Watch<O> {
+    pub fn new(observer: O) -> Self {
+        Watch {
             seen: Vec::new(),
             overflow: false,
             ended: false,
             satisfied: false,
             observer,
+        }
+    }
+
+    /// The next bytes of the body went by.
+    pub fn see(&mut self, data: &[u8]) {
+        let room = CAP - self.seen.len();
+        self.overflow |= data.len() > room;
+        self.seen.extend_from_slice(&data[..data.len().min(room)]);
+        if !self.satisfied {
+            self.satisfied = self.observer.on_data(&self.seen);
+        }
+    }
+
+    /// The whole body went by.
+    pub fn ended(&mut self) {
+        self.ended = true;
+    }
+}
+
+impl<O: Observer> Drop for Watch<O> {
+    fn drop(&mut self) {
+        self.observer
+            .on_end(&self.seen, self.ended && !self.overflow);
+    }
+}
+
+/// A body passed on under a [`Watch`].
+pub struct Observed<B, O: Observer> {
+    inner: B,
+    watch: Watch<O>,
+}
+
+impl<B, O: Observer> Observed<B, O> {
+    pub fn new(inner: B, observer: O) -> Self {
+        Observed {
+            inner,
+            watch: Watch::new(observer),
         }
     }
 }
@@ -69,17 +106,14 @@ where
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    let room = CAP - this.seen.len();
-                    this.overflow |= data.len() > room;
-                    this.seen.extend_from_slice(&data[..data.len().min(room)]);
-                    if !this.satisfied {
-                        this.satisfied = this.observer.on_data(&this.seen);
-                    }
+                    this.watch.see(data);
                 }
-                // Hyper stops polling once a declared length has arrived.
-                this.ended |= this.inner.is_end_stream();
+                // A declared length may have arrived whole: no `None` follows.
+                if this.inner.is_end_stream() {
+                    this.watch.ended();
+                }
             }
-            Poll::Ready(None) => this.ended = true,
+            Poll::Ready(None) => this.watch.ended(),
             _ => {}
         }
         polled
@@ -91,13 +125,6 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-impl<B, O: Observer> Drop for Observed<B, O> {
-    fn drop(&mut self) {
-        self.observer
-            .on_end(&self.seen, self.ended && !self.overflow);
     }
 }
 

@@ -5,7 +5,8 @@
 //! The gateway writes its own requests to nodes (instead of a pooled client)
 //! so it knows the moment a request head has left for the node: that moment
 //! releases the next request of the same session ([`crate::ordering`]). The
-//! client side stays hyper's server, which owns every client-facing rule.
+//! node's request head itself is written by [`crate::forwarding`], straight
+//! from the client's; the client side is [`crate::client_wire`].
 
 use bytes::{Buf, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -33,43 +34,19 @@ pub enum RequestBody {
     None,
     /// `Content-Length` is among the headers and the bytes go as they are.
     Length,
-    /// Each frame becomes a chunk.
+    /// Each piece becomes a chunk.
     Chunked,
 }
 
-/// Appends `METHOD target HTTP/1.1`, the headers and the blank line to `out`.
-/// `headers` are already rewritten for the node (hop-by-hop dropped);
-/// `Transfer-Encoding: chunked` is added for [`RequestBody::Chunked`].
-pub fn encode_request_head(
-    out: &mut Vec<u8>,
-    method: &Method,
-    target: &str,
-    headers: &HeaderMap,
-    body: RequestBody,
-) {
-    out.extend_from_slice(method.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    if body == RequestBody::Chunked {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-}
-
-/// Appends one chunk of a chunked request body.
-pub fn encode_chunk(out: &mut Vec<u8>, data: &[u8]) {
-    if data.is_empty() {
+/// Makes the bytes of `out` from `start` on one chunk of a chunked body
+/// (nothing when there are none).
+pub fn frame_chunk(out: &mut Vec<u8>, start: usize) {
+    let len = out.len().saturating_sub(start);
+    if len == 0 {
         return;
     }
-    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-    out.extend_from_slice(data);
+    let line = format!("{len:x}\r\n");
+    out.splice(start..start, line.bytes());
     out.extend_from_slice(b"\r\n");
 }
 
@@ -104,16 +81,24 @@ pub fn parse_response_head(
     request_method: &Method,
 ) -> Result<Option<ResponseHead>, WireError> {
     loop {
+        let len = {
+            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            match httparse::Response::new(&mut slots).parse(buf) {
+                Ok(httparse::Status::Complete(len)) => len,
+                Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
+                    return Err(WireError::HeadTooLarge);
+                }
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(e) => return Err(WireError::Malformed(e.to_string())),
+            }
+        };
+        // The header values are slices of the head's bytes, not copies.
+        let bytes = buf.split_to(len).freeze();
         let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut res = httparse::Response::new(&mut slots);
-        let len = match res.parse(buf) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
-                return Err(WireError::HeadTooLarge);
-            }
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(e) => return Err(WireError::Malformed(e.to_string())),
-        };
+        if !matches!(res.parse(&bytes), Ok(httparse::Status::Complete(_))) {
+            return Err(WireError::Malformed("unparsable head".into()));
+        }
         let code = res.code.unwrap_or(0);
         let status = StatusCode::from_u16(code)
             .map_err(|_| WireError::Malformed(format!("status {code}")))?;
@@ -122,11 +107,10 @@ pub fn parse_response_head(
         for h in res.headers.iter() {
             let name = HeaderName::from_bytes(h.name.as_bytes())
                 .map_err(|_| WireError::Malformed(format!("header name {:?}", h.name)))?;
-            let value = HeaderValue::from_bytes(h.value)
+            let value = HeaderValue::from_maybe_shared(bytes.slice_ref(h.value))
                 .map_err(|_| WireError::Malformed(format!("value of {name}")))?;
             headers.append(name, value);
         }
-        buf.advance(len);
         if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
             continue;
         }
@@ -294,36 +278,17 @@ mod tests {
     }
 
     #[test]
-    fn request_heads_are_written_as_http_1_1() {
-        let mut headers = HeaderMap::new();
-        headers.insert("host", HeaderValue::from_static("gw:8080"));
-        headers.insert("content-length", HeaderValue::from_static("3"));
-        let mut out = Vec::new();
-        encode_request_head(
-            &mut out,
-            &Method::POST,
-            "/socket.io/?EIO=4&sid=a",
-            &headers,
-            RequestBody::Length,
-        );
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "POST /socket.io/?EIO=4&sid=a HTTP/1.1\r\nhost: gw:8080\r\ncontent-length: 3\r\n\r\n"
-        );
-        let mut out = Vec::new();
-        encode_request_head(
-            &mut out,
-            &Method::PUT,
-            "/x",
-            &HeaderMap::new(),
-            RequestBody::Chunked,
-        );
-        encode_chunk(&mut out, b"hello world, 17b");
-        encode_chunk(&mut out, b"");
+    fn chunks_are_framed_in_place() {
+        let mut out = b"PUT /x HTTP/1.1\r\n\r\n".to_vec();
+        let start = out.len();
+        out.extend_from_slice(b"hello world, 17b");
+        frame_chunk(&mut out, start);
+        let start = out.len();
+        frame_chunk(&mut out, start);
         out.extend_from_slice(LAST_CHUNK);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "PUT /x HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n10\r\nhello world, 17b\r\n0\r\n\r\n"
+            "PUT /x HTTP/1.1\r\n\r\n10\r\nhello world, 17b\r\n0\r\n\r\n"
         );
     }
 
