@@ -102,10 +102,9 @@ pub fn parse_request_head<'h, 'b>(
     };
     let method = Method::from_bytes(method.as_bytes())
         .map_err(|_| HeadError::Malformed(format!("method {method:?}")))?;
-    let origin_form = target.starts_with('/') || (method == Method::OPTIONS && target == "*");
-    if !origin_form {
+    let Some(target) = origin_form(target, &method) else {
         return Err(HeadError::Malformed(format!("request target {target:?}")));
-    }
+    };
     let headers: &'h [httparse::Header<'b>] = req.headers;
     let http10 = version == 0;
     let body = body_length(headers)?;
@@ -126,6 +125,35 @@ pub fn parse_request_head<'h, 'b>(
         upgrade,
         len,
     }))
+}
+
+/// The target in origin form (path and query). An absolute-form target
+/// (`http://host/path`), which RFC 9112 §3.2.2 says a server must accept,
+/// is reduced to its path and query: nodes are origin servers and get the
+/// origin form. The authority-form of `CONNECT` is refused.
+fn origin_form<'b>(target: &'b str, method: &Method) -> Option<&'b str> {
+    if target.starts_with('/') || (*method == Method::OPTIONS && target == "*") {
+        return Some(target);
+    }
+    let scheme_len = ["http://", "https://"]
+        .iter()
+        .find(|scheme| {
+            target
+                .get(..scheme.len())
+                .is_some_and(|t| t.eq_ignore_ascii_case(scheme))
+        })?
+        .len();
+    let rest = &target[scheme_len..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    if authority_end == 0 {
+        return None;
+    }
+    match &rest[authority_end..] {
+        "" => Some("/"),
+        path if path.starts_with('/') => Some(path),
+        // `http://host?q`: the path is empty, so it is `/` with that query.
+        _ => None,
+    }
 }
 
 fn body_length(headers: &[httparse::Header<'_>]) -> Result<BodyLength, HeadError> {
@@ -297,6 +325,36 @@ mod tests {
     }
 
     #[test]
+    fn absolute_form_targets_reach_the_node_in_origin_form() {
+        let target = |text: &str| {
+            let mut slots = [httparse::EMPTY_HEADER; 8];
+            parse_request_head(text.as_bytes(), &mut slots, 1024)
+                .map(|h| h.map(|h| h.target.to_owned()))
+        };
+        for (sent, seen) in [
+            ("http://gw.example/socket.io/?EIO=4", "/socket.io/?EIO=4"),
+            ("HTTPS://gw.example:8443/a", "/a"),
+            ("http://gw.example", "/"),
+            ("/plain?x", "/plain?x"),
+        ] {
+            let head = format!("GET {sent} HTTP/1.1\r\nhost: gw.example\r\n\r\n");
+            assert_eq!(target(&head).unwrap().as_deref(), Some(seen), "{sent}");
+        }
+        for refused in [
+            "gw.example:443",
+            "ftp://gw.example/a",
+            "http:///a",
+            "http://gw.example?q",
+        ] {
+            let head = format!("GET {refused} HTTP/1.1\r\nhost: gw.example\r\n\r\n");
+            assert!(
+                matches!(target(&head), Err(HeadError::Malformed(m)) if m.contains("request target")),
+                "{refused}"
+            );
+        }
+    }
+
+    #[test]
     fn ambiguous_lengths_are_smuggling() {
         for text in [
             "POST / HTTP/1.1\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
@@ -328,7 +386,7 @@ mod tests {
             Err(HeadError::Malformed(_))
         ));
         assert!(matches!(
-            parse("GET http://x/ HTTP/1.1\r\n\r\n"),
+            parse("CONNECT x:443 HTTP/1.1\r\n\r\n"),
             Err(HeadError::Malformed(_))
         ));
         let many: String = (0..9).map(|i| format!("x-{i}: v\r\n")).collect();
