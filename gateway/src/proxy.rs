@@ -682,8 +682,11 @@ impl Upgraded {
             upstream,
             query,
             conn,
-            ..
+            head,
         } = self;
+        // Its header values share the node connection's 8 KiB read buffer:
+        // kept, they would hold it for the websocket's whole life.
+        drop(head);
         upstream.metrics.websockets.inc();
         // The session's client-visible sid: known now for an upgrade from
         // polling, learned from the first frame for a websocket-only one.

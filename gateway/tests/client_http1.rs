@@ -368,7 +368,7 @@ async fn malformed_heads_get_400_and_the_connection_closed() {
     let gw = gateway(backend().await, "").await;
     for (i, head) in [
         "GET / HTTP/1.1\r\nho st: x\r\n\r\n",
-        "GET http://elsewhere/ HTTP/1.1\r\n\r\n",
+        "CONNECT elsewhere:443 HTTP/1.1\r\n\r\n",
         "GET / HTTP/1.1\r\ncontent-length: -1\r\n\r\n",
     ]
     .into_iter()
@@ -377,5 +377,14 @@ async fn malformed_heads_get_400_and_the_connection_closed() {
         let reply = refused(&gw, 30 + i as u8, head).await;
         assert!(reply.contains("\"error\":\"malformed_request\""), "{reply}");
     }
+    // The absolute form a server must accept reaches the node as a path.
+    let mut stream = open(&gw, 40).await;
+    stream
+        .write_all(b"GET http://elsewhere/echo?x=1 HTTP/1.1\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let reply = to_end(&mut stream).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("\"path\":\"/echo\""), "{reply}");
     gw.shutdown().await;
 }
