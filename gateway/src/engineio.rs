@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use http::{Method, Request};
+use http::Method;
 
 /// Packet separator of Engine.IO v4 polling payloads.
 const RECORD_SEPARATOR: u8 = 0x1e;
@@ -21,10 +21,6 @@ pub struct EngineQuery {
 }
 
 impl EngineQuery {
-    pub fn of<B>(req: &Request<B>) -> Self {
-        Self::of_query(req.uri().query().unwrap_or(""))
-    }
-
     /// From a request target as sent (`/path?query`).
     pub fn of_target(target: &str) -> Self {
         Self::of_query(target.split_once('?').map_or("", |(_, q)| q))
@@ -141,25 +137,20 @@ pub fn has_close_packet(payload: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    fn req(uri: &str) -> Request<()> {
-        Request::get(uri).body(()).unwrap()
-    }
-
     #[test]
     fn query_is_read() {
-        let q = EngineQuery::of(&req("/socket.io/?EIO=4&transport=polling&t=abc"));
+        let q = EngineQuery::of_target("/socket.io/?EIO=4&transport=polling&t=abc");
         assert!(q.engine_io && q.sid.is_none());
         assert!(q.is_polling_handshake(&Method::GET));
         assert!(!q.is_polling_handshake(&Method::POST));
-        let q = EngineQuery::of(&req("/socket.io/?EIO=4&transport=websocket&sid=Ab-_1"));
+        let q = EngineQuery::of_target("/socket.io/?EIO=4&transport=websocket&sid=Ab-_1");
         assert_eq!(q.sid.as_deref(), Some("Ab-_1"));
         assert!(!q.is_polling_handshake(&Method::GET));
-        assert_eq!(EngineQuery::of(&req("/demo")), EngineQuery::default());
-        assert_eq!(
-            EngineQuery::of_target("/socket.io/?EIO=4&transport=websocket&sid=Ab-_1&t=1"),
-            EngineQuery::of(&req("/socket.io/?EIO=4&transport=websocket&sid=Ab-_1&t=1"))
-        );
-        assert!(!EngineQuery::of(&req("/x?sid=&&=&EIO")).is_polling_handshake(&Method::PUT));
+        assert_eq!(EngineQuery::of_target("/demo"), EngineQuery::default());
+        let q = EngineQuery::of_target("/socket.io/?EIO=4&transport=websocket&sid=Ab-_1&t=1");
+        assert_eq!(q.sid.as_deref(), Some("Ab-_1"));
+        assert_eq!(q.transport.as_deref(), Some("websocket"));
+        assert!(!EngineQuery::of_target("/x?sid=&&=&EIO").is_polling_handshake(&Method::PUT));
     }
 
     #[test]
